@@ -1,0 +1,5 @@
+"""`python -m api`: the same as `postroom api`."""
+
+from postroom.cli import main
+
+main(["api"])

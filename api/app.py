@@ -1,0 +1,85 @@
+"""The app factory: everything with a lifetime is built in the lifespan, nothing at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.middleware import BodySizeLimit, RequestMetrics
+from api.problems import (
+    ProblemError,
+    handle_http_exception,
+    handle_problem,
+    handle_validation_error,
+    problem_response,
+)
+from api.routes import public_router, users_router
+from postroom.db import create_engine, is_unavailable
+from postroom.settings import ApiSettings
+
+log = structlog.get_logger("postroom.api")
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_unavailable(exc):
+        log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem_response(
+            503,
+            "database-unavailable",
+            "The database does not answer; try again shortly.",
+            title="Service Unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+    log.error("unexpected error", path=request.url.path, exc_info=exc)
+    return problem_response(
+        500, "internal-error", "Something went wrong on our side.", instance=request.url.path
+    )
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = create_engine(settings, application_name="postroom-api")
+        try:
+            yield
+        finally:
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Postroom API",
+        version="1.0.0",
+        summary="User accounts whose every change is committed with the event that announces it.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = CollectorRegistry()
+    app.include_router(users_router)
+    app.include_router(public_router)
+    app.state.route_methods = [
+        (route.path_regex, frozenset(route.methods or ()))
+        for route in (*users_router.routes, *public_router.routes)
+        if isinstance(route, APIRoute)
+    ]
+
+    app.add_exception_handler(ProblemError, handle_problem)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    for unavailable in (SQLAlchemyError, OSError, TimeoutError):
+        app.add_exception_handler(unavailable, _handle_unexpected)
+    app.add_exception_handler(Exception, _handle_unexpected)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, registry=app.state.registry)
+    return app

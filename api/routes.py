@@ -1,0 +1,273 @@
+"""The `/v1` routes, the verification page and the operational endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from api import idempotency, pages
+from api import users as use_cases
+from api.deps import EngineDep, PrincipalDep, SettingsDep
+from api.problems import ProblemError, problem_response, problem_responses
+from api.schemas import EmailVerificationRequest, Health, UserCreate, UserOut, UserPatch
+from postroom import tokens
+from postroom.db import is_unavailable, ping
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Replays the first answer for a repeat of the same request.",
+        min_length=1,
+        max_length=idempotency.MAX_KEY_LENGTH,
+        pattern=idempotency.KEY_PATTERN,
+    ),
+]
+
+users_router = APIRouter(prefix="/v1", tags=["users"])
+public_router = APIRouter()
+
+
+def _replay(answer: idempotency.StoredAnswer) -> JSONResponse:
+    return JSONResponse(
+        answer.body,
+        status_code=answer.status_code,
+        headers={**answer.headers, "Idempotent-Replayed": "true"},
+    )
+
+
+@users_router.post(
+    "/users",
+    status_code=201,
+    response_model=UserOut,
+    responses={
+        201: {"headers": {"Location": {"schema": {"type": "string"}}}},
+        **problem_responses(400, 401, 409, 413, 422, 503),
+    },
+)
+async def create_user(
+    body: UserCreate,
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Register a user; emits `user.registered`."""
+    async with engine.begin() as conn:
+        if idempotency_key is not None:
+            fingerprint = idempotency.request_fingerprint(
+                "POST", request.url.path, body.model_dump(mode="json")
+            )
+            stored = await idempotency.claim(
+                conn,
+                principal=principal,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+                ttl=settings.idempotency_key_ttl,
+            )
+            if stored is not None:
+                return _replay(stored)
+        row = await use_cases.register_user(
+            conn, email=body.email, name=body.name, shards=settings.relay_shards
+        )
+        user = UserOut.from_row(row)
+        location = f"/v1/users/{row.id}"
+        if idempotency_key is not None:
+            await idempotency.store(
+                conn,
+                principal=principal,
+                key=idempotency_key,
+                answer=idempotency.StoredAnswer(
+                    201, user.model_dump(mode="json"), {"Location": location}
+                ),
+            )
+    response.headers["Location"] = location
+    return user
+
+
+@users_router.get(
+    "/users/{user_id}", response_model=UserOut, responses=problem_responses(401, 404, 422, 503)
+)
+async def read_user(user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
+    """Read one user."""
+    async with engine.connect() as conn:
+        return UserOut.from_row(await use_cases.get_user(conn, user_id=user_id))
+
+
+@users_router.patch(
+    "/users/{user_id}",
+    response_model=UserOut,
+    responses=problem_responses(400, 401, 404, 409, 413, 422, 503),
+)
+async def patch_user(
+    user_id: uuid.UUID, body: UserPatch, _: PrincipalDep, engine: EngineDep, settings: SettingsDep
+) -> Any:
+    """Change name and/or email; emits `user.updated`, and `user.email_changed` when the
+    address changes (its verification is reset)."""
+    async with engine.begin() as conn:
+        row = await use_cases.update_user(
+            conn, user_id=user_id, name=body.name, email=body.email, shards=settings.relay_shards
+        )
+    return UserOut.from_row(row)
+
+
+@users_router.delete(
+    "/users/{user_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(401, 404, 422, 503),
+)
+async def remove_user(
+    user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep, settings: SettingsDep
+) -> Response:
+    """Delete a user; emits `user.deleted`."""
+    async with engine.begin() as conn:
+        await use_cases.delete_user(conn, user_id=user_id, shards=settings.relay_shards)
+    return Response(status_code=204)
+
+
+def _claim_from(token: str, settings: SettingsDep) -> tokens.VerificationClaim:
+    try:
+        return tokens.read_token(
+            settings.email_token_secret.get_secret_value(),
+            token,
+            max_age=settings.email_token_max_age,
+        )
+    except tokens.TokenExpired:
+        raise ProblemError(
+            410,
+            "token-expired",
+            "This verification link has expired; ask for a new one.",
+            title="Verification link expired",
+        ) from None
+    except tokens.TokenInvalid:
+        raise ProblemError(
+            400,
+            "token-invalid",
+            "This verification token is not valid.",
+            title="Invalid verification token",
+        ) from None
+
+
+@users_router.post(
+    "/email-verifications",
+    response_model=UserOut,
+    responses=problem_responses(400, 410, 413, 422, 503),
+    openapi_extra={"security": []},
+)
+async def verify_email(
+    body: EmailVerificationRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Mark an address verified with the signed token from the email; emits
+    `user.email_verified`. The token is the credential: no bearer token needed."""
+    claim = _claim_from(body.token, settings)
+    principal = f"user:{claim.user_id}"
+    async with engine.begin() as conn:
+        if idempotency_key is not None:
+            fingerprint = idempotency.request_fingerprint(
+                "POST", request.url.path, body.model_dump(mode="json")
+            )
+            stored = await idempotency.claim(
+                conn,
+                principal=principal,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+                ttl=settings.idempotency_key_ttl,
+            )
+            if stored is not None:
+                return _replay(stored)
+        row = await use_cases.verify_email(conn, claim=claim, shards=settings.relay_shards)
+        user = UserOut.from_row(row)
+        if idempotency_key is not None:
+            await idempotency.store(
+                conn,
+                principal=principal,
+                key=idempotency_key,
+                answer=idempotency.StoredAnswer(200, user.model_dump(mode="json"), {}),
+            )
+    return user
+
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+@public_router.get(
+    "/verify-email",
+    response_class=HTMLResponse,
+    tags=["users"],
+    responses={
+        200: {"content": _HTML, "description": "Verified"},
+        400: {"content": _HTML, "description": "Missing or invalid token"},
+        410: {"content": _HTML, "description": "Expired or superseded link"},
+        503: {"content": _HTML, "description": "Database unavailable"},
+    },
+    # Read by hand so that no input can turn this page into a JSON validation error.
+    openapi_extra={
+        "parameters": [
+            {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}
+        ]
+    },
+)
+async def verify_email_page(
+    request: Request, engine: EngineDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The page a verification link opens: verifies, then says so in plain HTML."""
+    token = request.query_params.get("token")
+    if not token or len(token) > 1024:
+        return pages.verification_page(400)
+    try:
+        claim = _claim_from(token, settings)
+        async with engine.begin() as conn:
+            row = await use_cases.verify_email(conn, claim=claim, shards=settings.relay_shards)
+    except ProblemError as problem:
+        return pages.verification_page(problem.status)
+    except Exception as exc:
+        if is_unavailable(exc):
+            return pages.verification_page(503)
+        raise
+    return pages.verification_page(200, email=row.email)
+
+
+@public_router.get("/healthz", response_model=Health, tags=["operations"])
+async def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@public_router.get(
+    "/readyz", response_model=Health, tags=["operations"], responses=problem_responses(503)
+)
+async def readyz(engine: EngineDep, settings: SettingsDep) -> Any:
+    """Readiness: the database answers."""
+    try:
+        await ping(engine, within=settings.database_connect_timeout)
+    except Exception:
+        return problem_response(
+            503,
+            "database-unavailable",
+            "The database does not answer.",
+            headers={"Retry-After": "1"},
+        )
+    return Health(status="ready")
+
+
+@public_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["operations"],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process."""
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,71 @@
+"""The outbox writer: adds an event row to the caller's transaction.
+
+Invariants (DESIGN 1-2):
+- The writer never commits or begins; the use case owns the transaction, so the state change
+  and the event that announces it are committed together or not at all.
+- The caller has already locked (or just inserted) the aggregate's row, so the ids of one
+  aggregate's events follow commit order.
+- Each insert also calls `pg_notify` on one channel with a constant payload. PostgreSQL folds
+  identical notifications raised in one transaction into one and delivers it only at commit,
+  so every transaction wakes the relays at most once, and a rolled-back one never does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from postroom.events import Event
+from postroom.models import outbox
+
+NOTIFY_CHANNEL = "postroom_outbox"
+
+
+def shard_of(aggregate_id: str, shards: int) -> int:
+    """The relay shard of an aggregate: stable across processes and releases (CRC-32)."""
+    return zlib.crc32(aggregate_id.encode()) % shards
+
+
+def _insert_statement() -> sa.Select[Any]:
+    inserted = (
+        sa.insert(outbox)
+        .values(
+            event_id=sa.bindparam("event_id"),
+            aggregate_type=sa.bindparam("aggregate_type"),
+            aggregate_id=sa.bindparam("aggregate_id"),
+            event_type=sa.bindparam("event_type"),
+            payload=sa.bindparam("payload", type_=outbox.c.payload.type),
+            headers=sa.bindparam("headers", type_=outbox.c.headers.type),
+            shard=sa.bindparam("shard"),
+        )
+        .returning(outbox.c.id)
+        .cte("inserted")
+    )
+    notified = sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal(""))
+    return sa.select(inserted.c.id).add_columns(notified.label("notified"))
+
+
+_INSERT = _insert_statement()
+
+
+async def add_event(conn: AsyncConnection, event: Event, *, shards: int) -> int:
+    """Add `event` to the transaction open on `conn`; return its outbox id."""
+    if not conn.in_transaction():
+        raise RuntimeError("add_event needs the caller's open transaction")
+    result = await conn.execute(
+        _INSERT,
+        {
+            "event_id": event.event_id,
+            "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id,
+            "event_type": event.event_type,
+            "payload": event.payload(),
+            "headers": event.headers(),
+            "shard": shard_of(event.aggregate_id, shards),
+        },
+    )
+    outbox_id: int = result.scalar_one()
+    return outbox_id

@@ -1,0 +1,1 @@
+"""Shared pieces of Postroom: settings, database, tables, events, local infrastructure."""

@@ -1,0 +1,150 @@
+"""`postroom dev`: the whole stack on a laptop, no Docker, no accounts.
+
+Starts an embedded PostgreSQL whose data persists under `.postroom/`, applies migrations and
+runs each process as a child with one shared environment. Every setting given in the
+environment is honoured; only missing ones get development defaults, which are printed.
+Generated secrets are kept in `.postroom/dev.env` so the token stays the same between runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from postroom.embedded import EmbeddedPostgres, InfrastructureError
+from postroom.migrate import upgrade
+
+STATE_DIR = Path(".postroom")
+DEV_PG_PORT = 5433
+API_PORT = 8000
+
+
+def _load_dev_secrets(path: Path) -> dict[str, str]:
+    """Generated once per checkout, then reused."""
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip()
+    wanted: dict[str, Callable[[], str]] = {
+        "API_TOKENS": lambda: "dev-only-" + secrets.token_urlsafe(18),
+        "EMAIL_TOKEN_SECRET": lambda: "dev-only-" + secrets.token_urlsafe(32),
+    }
+    changed = False
+    for key, make in wanted.items():
+        if key not in values:
+            values[key] = make()
+            changed = True
+    if changed:
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+    return values
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own loopback URL
+                if answer.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def run_dev() -> int:
+    STATE_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    defaults: dict[str, str] = {"APP_ENV": "development"}
+    postgres: EmbeddedPostgres | None = None
+
+    if "DATABASE_URL" not in env:
+        port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
+        postgres = EmbeddedPostgres(STATE_DIR / "pg", port=port)
+        print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
+        try:
+            postgres.start()
+            postgres.create_database("postroom")
+        except InfrastructureError as exc:
+            print(f"postroom dev: {exc}", file=sys.stderr)
+            return 1
+        defaults["DATABASE_URL"] = postgres.url("postroom")
+
+    for key, value in _load_dev_secrets(STATE_DIR / "dev.env").items():
+        defaults[key] = value
+    api_port = int(env.get("API_PORT", API_PORT))
+    defaults["API_PORT"] = str(api_port)
+    defaults["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{api_port}"
+
+    filled = {key: value for key, value in defaults.items() if key not in env}
+    env.update(filled)
+    print("development defaults (set any of these in the environment to override):")
+    for key, value in filled.items():
+        shown = value if key != "EMAIL_TOKEN_SECRET" else f"(generated, in {STATE_DIR / 'dev.env'})"
+        print(f"  {key}={shown}")
+
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        upgrade(env["DATABASE_URL"])
+        print("migrations applied")
+        api = subprocess.Popen([sys.executable, "-m", "postroom.cli", "api"], env=env)
+        children.append(api)
+        base = f"http://127.0.0.1:{api_port}"
+        if not _wait_ready(f"{base}/readyz", api, timeout=30):
+            print("postroom dev: the api did not become ready", file=sys.stderr)
+            return 1
+        token = env["API_TOKENS"].split(",")[0].strip()
+        print(
+            f"\nPostroom is running.\n  api       {base}  (docs at {base}/docs)\n"
+            f"  token     {token}\n\n"
+            f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
+            f"       -H 'Content-Type: application/json' "
+            f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
+            f"  postroom outbox recent      # the event it wrote\n\nCtrl-C stops everything.",
+            flush=True,
+        )
+        return _supervise(children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if postgres is not None:
+            postgres.stop()
+            print("embedded PostgreSQL stopped")
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop:
+        for child in children:
+            code = child.poll()
+            if code is not None:
+                print(f"postroom dev: a process exited with code {code}; stopping", file=sys.stderr)
+                return code or 1
+        time.sleep(0.2)
+    return 0

@@ -1,0 +1,108 @@
+"""The event envelope and the data of each event type.
+
+An event is a fact in the past tense. The outbox stores its data as JSON; the relay turns
+the row into a Kafka record with CloudEvents 1.0 binary-mode headers, so the data models
+here are also the published schemas other services code against.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SOURCE_API = "/postroom/api"
+
+
+class EventData(BaseModel):
+    """Base of every event's data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+    aggregate_type: ClassVar[str]
+
+    def aggregate_id(self) -> str:
+        raise NotImplementedError
+
+
+class _UserEvent(EventData):
+    aggregate_type: ClassVar[str] = "user"
+    user_id: uuid.UUID
+    version: int
+
+    def aggregate_id(self) -> str:
+        return str(self.user_id)
+
+
+class UserRegistered(_UserEvent):
+    event_type: ClassVar[str] = "user.registered"
+    email: str
+    name: str
+    registered_at: datetime
+
+
+class UserUpdated(_UserEvent):
+    event_type: ClassVar[str] = "user.updated"
+    email: str
+    name: str
+    changed: list[Literal["name", "email"]]
+
+
+class UserEmailChanged(_UserEvent):
+    event_type: ClassVar[str] = "user.email_changed"
+    old_email: str
+    new_email: str
+    name: str
+
+
+class UserEmailVerified(_UserEvent):
+    event_type: ClassVar[str] = "user.email_verified"
+    email: str
+    verified_at: datetime
+
+
+class UserDeleted(_UserEvent):
+    event_type: ClassVar[str] = "user.deleted"
+    email: str
+    name: str
+    deleted_at: datetime
+
+
+USER_EVENTS: tuple[type[_UserEvent], ...] = (
+    UserRegistered,
+    UserUpdated,
+    UserEmailChanged,
+    UserEmailVerified,
+    UserDeleted,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event ready for the outbox: its id is fixed now and survives every re-send."""
+
+    data: EventData
+    source: str = SOURCE_API
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def event_type(self) -> str:
+        return self.data.event_type
+
+    @property
+    def aggregate_type(self) -> str:
+        return self.data.aggregate_type
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.data.aggregate_id()
+
+    def payload(self) -> dict[str, Any]:
+        return self.data.model_dump(mode="json")
+
+    def headers(self) -> dict[str, str]:
+        return {"ce_source": self.source, **self.extra_headers}

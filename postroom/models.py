@@ -1,0 +1,80 @@
+"""The tables, as SQLAlchemy Core metadata. Alembic revisions in `migrations/` create them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+NOW = sa.text("now()")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("email_verified_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default=sa.text("1")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+# Case-insensitive uniqueness: `Ann@x.io` and `ann@X.IO` are the same mailbox to a person.
+USERS_EMAIL_INDEX = "uq_users_email_lower"
+sa.Index(USERS_EMAIL_INDEX, sa.func.lower(users.c.email), unique=True)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    sa.Column("aggregate_type", sa.Text, nullable=False),
+    sa.Column("aggregate_id", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column(
+        "created_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        # clock_timestamp(), not now(): now() is the transaction's start, which would make a
+        # long transaction's events look older than they are to the lag metrics.
+        server_default=sa.text("clock_timestamp()"),
+    ),
+    sa.Column("published_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text),
+    sa.Column("parked_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("shard >= 0", name="shard_non_negative"),
+)
+# The relay's work list: unpublished, unparked rows of one shard in id order.
+sa.Index(
+    "ix_outbox_unpublished",
+    outbox.c.shard,
+    outbox.c.id,
+    postgresql_where=sa.and_(outbox.c.published_at.is_(None), outbox.c.parked_at.is_(None)),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("principal", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("request_hash", sa.Text, nullable=False),
+    sa.Column("status_code", sa.SmallInteger),
+    sa.Column("response_body", JSONB),
+    sa.Column("response_headers", JSONB),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+)
+sa.Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)

@@ -1,0 +1,124 @@
+"""Typed settings, one class per process, read from the environment and an optional `.env`.
+
+Outside development a missing or placeholder secret stops the process at start with a
+one-line reason (`ConfigError`), so a mis-deployed service never runs with a guessable key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AppEnv = Literal["development", "staging", "production"]
+
+# Values people paste into example files; none of them may protect a real deployment.
+_PLACEHOLDERS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "password",
+        "placeholder",
+        "todo",
+        "xxx",
+        "test",
+        "example",
+        "dev",
+        "development",
+    }
+)
+_DEV_PREFIX = "dev-only-"
+
+
+class ConfigError(RuntimeError):
+    """A setting makes the process unsafe or unable to start; the message is one line."""
+
+
+def is_placeholder(value: str) -> bool:
+    """True for empty, well-known example values and the development defaults."""
+    lowered = value.strip().lower()
+    return lowered in _PLACEHOLDERS or lowered.startswith(_DEV_PREFIX)
+
+
+def asyncpg_url(url: str) -> str:
+    """The SQLAlchemy form of a PostgreSQL URL, whichever spelling the operator used."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got scheme {url.split(':')[0]!r}")
+
+
+def plain_url(url: str) -> str:
+    """The libpq/asyncpg form of a PostgreSQL URL (no SQLAlchemy driver suffix)."""
+    return "postgresql://" + asyncpg_url(url).removeprefix("postgresql+asyncpg://")
+
+
+class CommonSettings(BaseSettings):
+    """What every process reads."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    app_env: AppEnv = "development"
+    database_url: str = "postgresql://postgres@127.0.0.1:5433/postroom"
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_connect_timeout: float = Field(default=3.0, gt=0)
+    relay_shards: int = Field(default=8, ge=1, le=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        asyncpg_url(value)
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return asyncpg_url(self.database_url)
+
+    def _require_secret(self, name: str, value: str, *, min_length: int) -> None:
+        if not value.strip():
+            raise ConfigError(f"{name} is missing; set it in the environment or .env")
+        if self.app_env == "development":
+            return
+        if is_placeholder(value):
+            raise ConfigError(
+                f"{name} is missing or a placeholder; set a real secret ({self.app_env})"
+            )
+        if len(value) < min_length:
+            raise ConfigError(f"{name} must be at least {min_length} characters ({self.app_env})")
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the `api` process."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    email_token_secret: SecretStr = SecretStr("")
+    email_token_max_age: int = Field(default=48 * 3600, ge=60, description="seconds")
+    public_base_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_key_ttl: int = Field(default=24 * 3600, ge=60, description="seconds")
+    access_log: bool = False
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(token.strip() for token in value.split(",") if token.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_present(self) -> ApiSettings:
+        if not self.api_tokens:
+            raise ConfigError("API_TOKENS is missing; set at least one comma-separated token")
+        for token in self.api_tokens:
+            self._require_secret("API_TOKENS", token.get_secret_value(), min_length=16)
+        self._require_secret(
+            "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
+        )
+        return self

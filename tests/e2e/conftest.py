@@ -1,0 +1,68 @@
+"""End-to-end: the real `postroom api` process, spoken to over loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from postroom.embedded import free_port
+from tests.conftest import API_TOKEN, EMAIL_SECRET
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    base_url: str
+    process: subprocess.Popen[bytes]
+
+
+def start_api(database_url: str, **extra_env: str) -> LiveApi:
+    port = free_port()
+    env = {
+        **os.environ,
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_TOKENS": API_TOKEN,
+        "EMAIL_TOKEN_SECRET": EMAIL_SECRET,
+        "LOG_LEVEL": "warning",
+        **extra_env,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "api"], env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the api exited during start-up"
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return LiveApi(base_url, process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the api did not answer /healthz within 30 s")
+
+
+def stop_api(api: LiveApi) -> None:
+    api.process.terminate()
+    try:
+        api.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        api.process.kill()
+        api.process.wait()
+
+
+@pytest.fixture
+def live_api(database_url: str) -> Iterator[LiveApi]:
+    api = start_api(database_url)
+    try:
+        yield api
+    finally:
+        stop_api(api)

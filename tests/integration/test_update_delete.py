@@ -1,0 +1,169 @@
+"""Changing and deleting users: each change commits with its events, in the user's order."""
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+
+async def register(client: httpx.AsyncClient, email: str = "ada@example.com") -> dict[str, Any]:
+    answer = await client.post("/v1/users", json={"email": email, "name": "Ada"})
+    assert answer.status_code == 201
+    user: dict[str, Any] = answer.json()
+    return user
+
+
+async def events_of(db: asyncpg.Connection, user_id: str) -> list[tuple[str, dict[str, Any]]]:
+    rows = await db.fetch(
+        "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY id", user_id
+    )
+    return [(row["event_type"], json.loads(row["payload"])) for row in rows]
+
+
+async def test_changing_the_email_announces_old_and_new_and_resets_verification(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    await db.execute(
+        "UPDATE users SET email_verified_at = now() WHERE id = $1", uuid.UUID(user["id"])
+    )
+
+    answer = await client.patch(f"/v1/users/{user['id']}", json={"email": "ada@new.example"})
+
+    assert answer.status_code == 200
+    changed = answer.json()
+    assert changed["email"] == "ada@new.example"
+    assert changed["email_verified"] is False
+    assert changed["email_verified_at"] is None
+    assert changed["version"] == 2
+    events = await events_of(db, user["id"])
+    assert [kind for kind, _ in events] == [
+        "user.registered",
+        "user.updated",
+        "user.email_changed",
+    ]
+    assert events[1][1]["changed"] == ["email"]
+    assert events[2][1] == {
+        "user_id": user["id"],
+        "version": 2,
+        "old_email": "ada@example.com",
+        "new_email": "ada@new.example",
+        "name": "Ada",
+    }
+
+
+async def test_a_name_change_is_only_an_update(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    answer = await client.patch(f"/v1/users/{user['id']}", json={"name": "Ada King"})
+    assert answer.status_code == 200
+    assert answer.json()["name"] == "Ada King"
+    assert [kind for kind, _ in await events_of(db, user["id"])] == [
+        "user.registered",
+        "user.updated",
+    ]
+
+
+async def test_a_patch_that_changes_nothing_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    for body in ({}, {"name": "Ada"}, {"email": "ada@example.com"}):
+        answer = await client.patch(f"/v1/users/{user['id']}", json=body)
+        assert answer.status_code == 200
+        assert answer.json()["version"] == 1
+    assert len(await events_of(db, user["id"])) == 1
+
+
+async def test_a_case_only_email_change_keeps_verification(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    await db.execute(
+        "UPDATE users SET email_verified_at = now() WHERE id = $1", uuid.UUID(user["id"])
+    )
+    answer = await client.patch(f"/v1/users/{user['id']}", json={"email": "ADA@example.com"})
+    assert answer.status_code == 200
+    assert answer.json()["email"] == "ADA@example.com"
+    assert answer.json()["email_verified"] is True  # the same mailbox, still verified
+    assert [kind for kind, _ in await events_of(db, user["id"])] == [
+        "user.registered",
+        "user.updated",
+    ]
+
+
+async def test_taking_another_users_address_is_409(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await register(client, "first@example.com")
+    second = await register(client, "second@example.com")
+    answer = await client.patch(f"/v1/users/{second['id']}", json={"email": "FIRST@example.com"})
+    assert answer.status_code == 409
+    assert answer.json()["type"] == "urn:postroom:problem:email-taken"
+    assert len(await events_of(db, second["id"])) == 1
+    assert (await client.get(f"/v1/users/{second['id']}")).json()["email"] == "second@example.com"
+
+
+async def test_null_is_not_a_value(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    user = await register(client)
+    answer = await client.patch(f"/v1/users/{user['id']}", json={"name": None})
+    assert answer.status_code == 422
+    assert len(await events_of(db, user["id"])) == 1
+
+
+async def test_patching_an_unknown_user_is_404(client: httpx.AsyncClient) -> None:
+    answer = await client.patch(f"/v1/users/{uuid.uuid4()}", json={"name": "x"})
+    assert answer.status_code == 404
+    assert answer.json()["type"] == "urn:postroom:problem:user-not-found"
+
+
+async def test_concurrent_patches_leave_events_in_version_order(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    answers = await asyncio.gather(
+        *(client.patch(f"/v1/users/{user['id']}", json={"name": f"Name {n}"}) for n in range(50))
+    )
+    assert {answer.status_code for answer in answers} == {200}
+    assert sorted(answer.json()["version"] for answer in answers) == list(range(2, 52))
+
+    rows = await db.fetch(
+        "SELECT id, (payload->>'version')::int AS version FROM outbox "
+        "WHERE aggregate_id = $1 AND event_type = 'user.updated' ORDER BY id",
+        user["id"],
+    )
+    assert [row["version"] for row in rows] == list(range(2, 52))
+
+
+async def test_delete_announces_and_then_the_user_is_gone(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+
+    answer = await client.delete(f"/v1/users/{user['id']}")
+
+    assert answer.status_code == 204
+    assert answer.content == b""
+    events = await events_of(db, user["id"])
+    assert events[-1][0] == "user.deleted"
+    assert events[-1][1]["email"] == "ada@example.com"
+    assert events[-1][1]["version"] == 2
+    assert (await client.get(f"/v1/users/{user['id']}")).status_code == 404
+    again = await client.delete(f"/v1/users/{user['id']}")
+    assert again.status_code == 404
+    assert len(await events_of(db, user["id"])) == 2
+    # The address is free again.
+    assert (
+        await client.post("/v1/users", json={"email": "ada@example.com", "name": "A"})
+    ).status_code == 201
+
+
+async def test_read_returns_the_user(client: httpx.AsyncClient) -> None:
+    user = await register(client)
+    answer = await client.get(f"/v1/users/{user['id']}")
+    assert answer.status_code == 200
+    assert answer.json() == user

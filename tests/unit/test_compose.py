@@ -1,0 +1,86 @@
+"""docker-compose.yml is a valid Compose file of the production shape.
+
+`docker-compose config` validates and resolves the file without a container engine, so this
+checks what an operator would get from `docker-compose up`, not the raw YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SECRETS = ("API_TOKENS", "EMAIL_TOKEN_SECRET")
+
+
+def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.skip("docker-compose is not installed")
+    # An empty env file, so a developer's .env cannot supply (or hide) a missing secret.
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    environ = {
+        k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("COMPOSE_")
+    }
+    environ.update(env)
+    return subprocess.run(
+        [executable, "-f", "docker-compose.yml", "--env-file", str(env_file), "config"],
+        cwd=PROJECT_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> dict[str, Any]:
+    result = compose_config(
+        tmp_path,
+        API_TOKENS="compose-check-token-0123456789",
+        EMAIL_TOKEN_SECRET="compose-check-secret-0123456789abcdef",
+    )
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = yaml.safe_load(result.stdout)
+    return parsed
+
+
+def test_compose_file_describes_the_production_shape(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert {"postgres", "kafka", "migrate", "api"} <= services.keys()
+
+    long_running = [name for name, svc in services.items() if svc.get("restart") != "no"]
+    assert "api" in long_running
+    assert "migrate" not in long_running
+    for name in long_running:
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test, f"{name} has no health check"
+        assert test != ["NONE"], f"{name} has its health check disabled"
+
+    api = services["api"]
+    assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert api["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+    migrate = services["migrate"]
+    assert api["image"] == migrate["image"]
+    assert api["build"] == migrate["build"]
+    assert api["command"] in ("api", ["api"])
+    assert migrate["command"] in ("migrate", ["migrate"])
+
+    assert api["environment"]["APP_ENV"] == "production"
+    assert api["environment"]["API_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
+
+
+def test_compose_refuses_to_start_without_api_tokens(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, EMAIL_TOKEN_SECRET="compose-check-secret-0123456789abcdef")
+    assert result.returncode != 0
+    assert "API_TOKENS" in result.stderr

@@ -1,0 +1,103 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+from postroom.settings import ApiSettings, ConfigError, asyncpg_url
+
+GOOD = {
+    "api_tokens": (SecretStr("prod-token-7f3a9c1e5b2d4f6a"),),
+    "email_token_secret": SecretStr("k" * 40),
+}
+
+
+def test_production_accepts_real_secrets() -> None:
+    settings = ApiSettings(app_env="production", **GOOD)
+    assert settings.api_tokens[0].get_secret_value() == "prod-token-7f3a9c1e5b2d4f6a"
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        (
+            "email_token_secret",
+            SecretStr("changeme"),
+            "EMAIL_TOKEN_SECRET is missing or a placeholder",
+        ),
+        (
+            "email_token_secret",
+            SecretStr("dev-only-abcdefabcdefabcdefabcdefabcdefabcdef"),
+            "placeholder",
+        ),
+        ("email_token_secret", SecretStr("short-but-real"), "at least 32 characters"),
+        ("api_tokens", (SecretStr("secret"),), "API_TOKENS is missing or a placeholder"),
+        ("api_tokens", (), "API_TOKENS is missing"),
+    ],
+)
+def test_outside_development_placeholders_stop_the_process(
+    env: str, field: str, value: object, reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        ApiSettings(app_env=env, **{**GOOD, field: value})
+
+
+def test_development_accepts_generated_dev_secrets() -> None:
+    settings = ApiSettings(
+        app_env="development",
+        api_tokens=(SecretStr("dev-only-token"),),
+        email_token_secret=SecretStr("dev-only-secret"),
+    )
+    assert settings.app_env == "development"
+
+
+def test_even_development_needs_a_token_and_a_secret() -> None:
+    with pytest.raises(ConfigError, match="EMAIL_TOKEN_SECRET is missing"):
+        ApiSettings(app_env="development", api_tokens=(SecretStr("t"),))
+
+
+def test_tokens_come_comma_separated_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_TOKENS", " first-token-aaaaaaaaaa , second-token-bbbbbbbbbb ,")
+    monkeypatch.setenv("EMAIL_TOKEN_SECRET", "e" * 40)
+    settings = ApiSettings()
+    assert [t.get_secret_value() for t in settings.api_tokens] == [
+        "first-token-aaaaaaaaaa",
+        "second-token-bbbbbbbbbb",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_database_urls_in_any_common_spelling(given: str, expected: str) -> None:
+    assert asyncpg_url(given) == expected
+
+
+def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "API_TOKENS": "changeme",
+        "EMAIL_TOKEN_SECRET": "x" * 40,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "postroom.cli", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "postroom api: configuration error: API_TOKENS is missing or a placeholder; "
+        "set a real secret (production)"
+    ]
+    assert "changeme" not in proc.stderr
