@@ -81,5 +81,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _handle_unexpected)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, registry=app.state.registry)
+    app.add_middleware(RequestMetrics, registry=app.state.registry, access_log=settings.access_log)
     return app

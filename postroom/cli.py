@@ -48,7 +48,7 @@ def api() -> None:
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
-        access_log=settings.access_log,
+        access_log=False,  # uvicorn's would print query strings; ACCESS_LOG logs routes instead
         log_level=settings.log_level,
         server_header=False,
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from tests.conftest import API_TOKEN, EMAIL_SECRET
 class LiveApi:
     base_url: str
     process: subprocess.Popen[bytes]
+    log_path: Path
 
 
 def start_api(database_url: str, **extra_env: str) -> LiveApi:
@@ -35,14 +38,18 @@ def start_api(database_url: str, **extra_env: str) -> LiveApi:
         "LOG_LEVEL": "warning",
         **extra_env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "api"], env=env)
+    log_path = Path(tempfile.mkstemp(prefix="postroom-api-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", "api"], env=env, stdout=log, stderr=log
+        )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, "the api exited during start-up"
         try:
             if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return LiveApi(base_url, process)
+                return LiveApi(base_url, process, log_path)
         except httpx.TransportError:
             pass
         time.sleep(0.05)

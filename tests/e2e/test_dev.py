@@ -1,0 +1,112 @@
+"""`postroom dev` (what `make dev` runs): the stack comes up on embedded defaults, the printed
+token works, the event is visible from the CLI, Ctrl-C stops everything, and data persists."""
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from postroom.embedded import free_port
+
+
+class DevStack:
+    def __init__(self, workdir: Path, pg_port: int, api_port: int) -> None:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "API_TOKENS", "EMAIL_TOKEN_SECRET", "APP_ENV"}
+        }
+        env.update(POSTROOM_DEV_PG_PORT=str(pg_port), API_PORT=str(api_port), LOG_LEVEL="warning")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", "dev"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.output.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+        raise AssertionError(f"{pattern!r} not printed; got:\n{''.join(self.output)}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        self._pump_thread.join(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        while not self.lines.empty():
+            self.output.append(self.lines.get())
+        return code
+
+
+def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
+    pg_port, api_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{api_port}"
+
+    stack = DevStack(tmp_path, pg_port, api_port)
+    try:
+        token = stack.wait_for(r"^\s+token\s+(\S+)")[1]
+        created = httpx.post(
+            f"{base}/v1/users",
+            json={"email": "ada@example.com", "name": "Ada"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+        recent = subprocess.run(
+            [sys.executable, "-m", "postroom.cli", "outbox", "recent"],
+            env={
+                **os.environ,
+                "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/postroom",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "user.registered" in recent.stdout
+        assert created.json()["id"] in recent.stdout
+    finally:
+        code = stack.stop()
+    assert code == 0
+    assert "embedded PostgreSQL stopped" in "".join(stack.output)
+    assert (tmp_path / ".postroom" / "pg" / "PG_VERSION").exists()
+
+    # A second start reuses the data folder and the generated token.
+    again = DevStack(tmp_path, pg_port, api_port)
+    try:
+        assert again.wait_for(r"^\s+token\s+(\S+)")[1] == token
+        repeat = httpx.post(
+            f"{base}/v1/users",
+            json={"email": "ada@example.com", "name": "Ada"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert repeat.status_code == 409  # Ada is still there
+    finally:
+        assert again.stop() == 0
