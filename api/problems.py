@@ -122,7 +122,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 def _clean_error(error: dict[str, Any]) -> dict[str, Any]:
     # Echo where and why, never the rejected input itself: it may be a secret or a huge body.
-    return {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+    # Validator chains show up in `loc` as "function-after[...]": keep the field path only.
+    loc = [part for part in error.get("loc", ()) if not (isinstance(part, str) and "[" in part)]
+    return {"loc": loc, "msg": error.get("msg"), "type": error.get("type")}
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 
-from postroom.settings import ApiSettings, CommonSettings, ConfigError
+from postroom.settings import ApiSettings, CommonSettings, ConfigError, RelaySettings
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -51,6 +51,27 @@ def api() -> None:
         access_log=False,  # uvicorn's would print query strings; ACCESS_LOG logs routes instead
         log_level=settings.log_level,
         server_header=False,
+    )
+
+
+@app.command()
+def relay() -> None:
+    """Run the outbox relay: committed outbox rows to Kafka."""
+    import uvicorn
+
+    from outbox_relay.service import create_app
+    from postroom.logs import configure_logging
+
+    settings = _load("relay", RelaySettings)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.relay_metrics_host,
+        port=settings.relay_metrics_port,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=60,
     )
 
 

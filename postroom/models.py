@@ -65,6 +65,7 @@ sa.Index(
     outbox.c.id,
     postgresql_where=sa.and_(outbox.c.published_at.is_(None), outbox.c.parked_at.is_(None)),
 )
+sa.Index("ix_outbox_created_at_brin", outbox.c.created_at, postgresql_using="brin")
 
 idempotency_keys = sa.Table(
     "idempotency_keys",

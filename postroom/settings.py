@@ -122,3 +122,37 @@ class ApiSettings(CommonSettings):
             "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
         )
         return self
+
+
+class KafkaSettings(CommonSettings):
+    """What every process that talks to Kafka reads."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = Field(default="postroom", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    # False with brokers that grant no producer ids (the embedded one); true in production.
+    kafka_enable_idempotence: bool = True
+    kafka_topic_partitions: int = Field(default=6, ge=1, le=1000)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=10)
+
+    def topic(self, aggregate_type: str) -> str:
+        return f"{self.kafka_topic_prefix}.{aggregate_type}"
+
+
+class RelaySettings(KafkaSettings):
+    """Settings of the `relay` process."""
+
+    relay_id: str = Field(default="", description="defaults to host-pid")
+    relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    # One producer request per partition per cycle keeps a failed send from being overtaken
+    # by a later one; the cycle is trimmed to this many bytes of record values to fit.
+    relay_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
+    relay_max_record_bytes: int = Field(default=1024 * 1024, ge=1024)
+    relay_poll_interval: float = Field(default=1.0, gt=0, description="seconds")
+    relay_rebalance_interval: float = Field(default=1.0, gt=0, description="seconds")
+    relay_backoff_initial: float = Field(default=0.1, gt=0, description="seconds")
+    relay_backoff_max: float = Field(default=10.0, gt=0, description="seconds")
+    relay_send_timeout: float = Field(default=30.0, gt=0, description="seconds")
+    relay_metrics_host: str = "127.0.0.1"
+    relay_metrics_port: int = Field(default=8002, ge=0, le=65535)
+    outbox_retention: float = Field(default=7 * 24 * 3600, ge=0, description="seconds")
+    outbox_prune_interval: float = Field(default=60.0, gt=0, description="seconds")

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from postroom.migrate import upgrade
-from postroom.settings import ApiSettings, plain_url
+from postroom.settings import ApiSettings, RelaySettings, plain_url
 
 T = TypeVar("T")
 
@@ -171,3 +171,22 @@ def kafka_bootstrap() -> Iterator[str]:
 def unique(prefix: str) -> str:
     """A name no other test uses: topics, emails, keys."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_relay_settings(database_url: str, kafka_bootstrap: str, **overrides: Any) -> RelaySettings:
+    values: dict[str, Any] = {
+        "app_env": "development",
+        "database_url": database_url,
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "kafka_topic_prefix": unique("t"),
+        "kafka_enable_idempotence": False,
+        "kafka_topic_partitions": 3,
+        "relay_shards": 8,
+        "relay_poll_interval": 0.5,
+        "relay_rebalance_interval": 0.2,
+        "relay_backoff_initial": 0.05,
+        "relay_backoff_max": 1.0,
+        "relay_metrics_port": 0,
+    }
+    values.update(overrides)
+    return RelaySettings(**values)

@@ -129,3 +129,16 @@ async def test_a_malformed_user_id_is_422(client: httpx.AsyncClient) -> None:
 
 async def test_an_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/v1/nothing-here"), 404, "not-found")
+
+
+async def test_validation_errors_name_the_field_not_the_validator(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    created = await client.post("/v1/users", json={"email": "ok@example.com", "name": "Ok"})
+    answer = await client.patch(
+        f"/v1/users/{created.json()['id']}", json={"email": "a.@example.com"}
+    )
+    problem = assert_problem(answer, 422, "validation-error")
+    assert problem["errors"] == [
+        {"loc": ["body", "email"], "msg": problem["errors"][0]["msg"], "type": "value_error"}  # type: ignore[index]
+    ]

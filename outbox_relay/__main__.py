@@ -1,0 +1,5 @@
+"""`python -m outbox_relay`: the same as `postroom relay`."""
+
+from postroom.cli import main
+
+main(["relay"])

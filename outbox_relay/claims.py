@@ -1,0 +1,125 @@
+"""The relay's claim rule, in SQL (invariant 3).
+
+- A relay reads only rows of shards it owns, unpublished and unparked, in id order per shard.
+  It never keeps a cursor: a row that committed late (its id below rows already published) is
+  still unpublished, so the next read finds it. Nothing is skipped because it was invisible.
+- A row is marked published only after Kafka acknowledged it, in one statement per cycle, and
+  no transaction is open while the relay waits on Kafka: every statement here is its own
+  implicit transaction.
+- After a transient failure in a shard, only the rows before the failed one are marked; the
+  next cycle starts again at the failed row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+# Per owned shard, the oldest unpublished rows, using the partial (shard, id) index.
+_CLAIM = """
+SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type,
+       o.payload::text AS payload, o.headers::text AS headers, o.shard, o.created_at
+FROM unnest($1::int[]) AS s(shard)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox
+    WHERE outbox.shard = s.shard AND published_at IS NULL AND parked_at IS NULL
+    ORDER BY id
+    LIMIT $2
+) AS o
+ORDER BY o.shard, o.id
+"""
+
+_MARK_PUBLISHED = """
+UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1
+WHERE id = ANY($1::bigint[]) AND published_at IS NULL
+RETURNING extract(epoch FROM published_at - created_at) AS latency
+"""
+
+_RECORD_FAILURE = """
+UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1
+"""
+
+_PARK = """
+UPDATE outbox SET parked_at = clock_timestamp(), attempts = attempts + 1, last_error = $2
+WHERE id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    event_id: str
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: str
+    headers: str
+    shard: int
+    created_at: datetime
+
+
+async def claim(
+    conn: asyncpg.Connection, *, shards: Sequence[int], per_shard: int
+) -> list[OutboxRow]:
+    """The next unpublished rows of `shards`, at most `per_shard` each, in (shard, id) order."""
+    records = await conn.fetch(_CLAIM, list(shards), per_shard)
+    return [
+        OutboxRow(
+            id=r["id"],
+            event_id=str(r["event_id"]),
+            aggregate_type=r["aggregate_type"],
+            aggregate_id=r["aggregate_id"],
+            event_type=r["event_type"],
+            payload=r["payload"],
+            headers=r["headers"],
+            shard=r["shard"],
+            created_at=r["created_at"],
+        )
+        for r in records
+    ]
+
+
+async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> list[float]:
+    """Mark rows published; return each one's commit-to-acknowledgement latency in seconds."""
+    if not ids:
+        return []
+    rows = await conn.fetch(_MARK_PUBLISHED, list(ids))
+    return [float(row["latency"]) for row in rows]
+
+
+async def record_failure(conn: asyncpg.Connection, row_id: int, error: str) -> None:
+    await conn.execute(_RECORD_FAILURE, row_id, error[:2000])
+
+
+async def park(conn: asyncpg.Connection, row_id: int, error: str) -> None:
+    await conn.execute(_PARK, row_id, error[:2000])
+
+
+async def prune(
+    conn: asyncpg.Connection, *, shards: Sequence[int], older_than: float, batch: int = 1000
+) -> int:
+    """Delete published rows created more than `older_than` seconds ago, `batch` at a time,
+    so no statement holds many row locks; return how many went. A BRIN index on
+    `created_at` finds the old end of the table without a per-row index to maintain."""
+    total = 0
+    while True:
+        status = await conn.execute(
+            """
+            DELETE FROM outbox WHERE id IN (
+                SELECT id FROM outbox
+                WHERE created_at < clock_timestamp() - make_interval(secs => $2)
+                  AND published_at IS NOT NULL AND shard = ANY($1::int[])
+                LIMIT $3
+            )
+            """,
+            list(shards),
+            older_than,
+            batch,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total

@@ -1,0 +1,229 @@
+"""The relay moves committed outbox rows to Kafka (real PostgreSQL, real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from outbox_relay.outbox import add_event, shard_of
+from outbox_relay.relay import Relay
+from postroom import events
+from postroom.settings import RelaySettings, asyncpg_url
+from tests.conftest import make_relay_settings
+from tests.kafka_tools import first_occurrences, read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+@asynccontextmanager
+async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
+    relay = Relay(settings)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def wait_published(db: asyncpg.Connection, count: int, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while (
+            await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") < count
+        ):
+            await asyncio.sleep(0.02)
+
+
+async def test_a_committed_event_reaches_its_topic_once_as_a_cloudevent(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(database_url, kafka_bootstrap)
+    created = await client.post("/v1/users", json={"email": "ada@example.com", "name": "Ada"})
+    user_id = created.json()["id"]
+    row = await db.fetchrow("SELECT * FROM outbox")
+    assert row is not None
+
+    async with running(settings):
+        await wait_published(db, 1)
+        records = await read_topic(kafka_bootstrap, settings.topic("user"), expect=1)
+
+    assert len(records) == 1
+    record = records[0]
+    assert record.key == user_id
+    assert record.value == json.loads(row["payload"])
+    assert record.value["email"] == "ada@example.com"
+    assert record.headers["ce_specversion"] == "1.0"
+    assert record.headers["ce_id"] == str(row["event_id"])
+    assert record.headers["ce_type"] == "user.registered"
+    assert record.headers["ce_source"] == "/postroom/api"
+    assert record.headers["ce_subject"] == user_id
+    assert record.headers["content-type"] == "application/json"
+    sent_time = datetime.fromisoformat(record.headers["ce_time"])
+    assert sent_time == row["created_at"]
+    published = await db.fetchrow("SELECT published_at, attempts FROM outbox")
+    assert published is not None
+    assert published["published_at"] is not None
+    assert published["attempts"] == 1
+
+
+async def test_a_late_commit_below_a_published_id_is_not_skipped(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(database_url, kafka_bootstrap, relay_shards=1)
+    engine = create_async_engine(asyncpg_url(database_url))
+    try:
+        async with running(settings):
+            a = await engine.connect()
+            await a.begin()
+            event_a = events.Event(
+                events.UserRegistered(
+                    user_id=uuid.uuid4(),
+                    version=1,
+                    email="a@example.com",
+                    name="A",
+                    registered_at=datetime.now().astimezone(),
+                )
+            )
+            id_a = await add_event(a, event_a, shards=1)  # id 1, transaction stays open
+            async with engine.begin() as b:
+                event_b = events.Event(
+                    events.UserRegistered(
+                        user_id=uuid.uuid4(),
+                        version=1,
+                        email="b@example.com",
+                        name="B",
+                        registered_at=datetime.now().astimezone(),
+                    )
+                )
+                id_b = await add_event(b, event_b, shards=1)
+            assert id_a < id_b
+            await wait_published(db, 1)  # B, with the higher id, goes first
+            await a.commit()
+            await a.close()
+            await wait_published(db, 2)
+            records = await read_topic(kafka_bootstrap, settings.topic("user"), expect=2)
+    finally:
+        await engine.dispose()
+    assert {r.ce_id for r in records} == {str(event_a.event_id), str(event_b.event_id)}
+
+
+async def test_notify_wakes_the_relay_long_before_the_poll(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(database_url, kafka_bootstrap, relay_poll_interval=10.0)
+    async with running(settings) as relay:
+        async with asyncio.timeout(10):
+            while not (relay.ready and relay.ownership.owned):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the relay is idle, waiting for the 10 s poll
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        created = await client.post("/v1/users", json={"email": "n@example.com", "name": "N"})
+        assert created.status_code == 201
+        await wait_published(db, 1, timeout=5)
+        elapsed = loop.time() - started
+    assert elapsed < 2.0, f"published after {elapsed:.2f}s: the NOTIFY path did not wake the relay"
+
+
+async def test_many_users_many_updates_arrive_in_version_order(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(database_url, kafka_bootstrap)
+    users = []
+    for n in range(20):
+        answer = await client.post("/v1/users", json={"email": f"u{n}@example.com", "name": "U"})
+        users.append(answer.json()["id"])
+
+    async def churn(user_id: str) -> None:
+        for step in range(10):
+            answer = await client.patch(f"/v1/users/{user_id}", json={"name": f"U {step}"})
+            assert answer.status_code == 200
+
+    relays = [
+        make_relay_settings(
+            database_url,
+            kafka_bootstrap,
+            kafka_topic_prefix=settings.kafka_topic_prefix,
+            relay_id=f"r{i}",
+        )
+        for i in range(3)
+    ]
+    async with running(relays[0]), running(relays[1]), running(relays[2]):
+        await asyncio.gather(*(churn(u) for u in users))
+        total = await db.fetchval("SELECT count(*) FROM outbox")
+        await wait_published(db, total, timeout=30)
+        records = await read_topic(kafka_bootstrap, settings.topic("user"), expect=total)
+
+    kept = first_occurrences(records)
+    assert len(kept) == total == 20 * 11
+    for user_id in users:
+        versions = [r.value["version"] for r in kept if r.key == user_id]
+        assert versions == list(range(1, 12)), user_id
+    assert shard_of(users[0], 8) in range(8)
+
+
+async def test_a_record_too_large_is_parked_and_the_shard_goes_on(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(
+        database_url, kafka_bootstrap, relay_shards=1, relay_max_record_bytes=64 * 1024
+    )
+    engine = create_async_engine(asyncpg_url(database_url))
+    user_id = uuid.uuid4()
+    try:
+        async with engine.begin() as conn:
+            for n, name in enumerate(["before", "x" * 100_000, "after"], start=1):
+                await add_event(
+                    conn,
+                    events.Event(
+                        events.UserUpdated(
+                            user_id=user_id,
+                            version=n,
+                            email="a@example.com",
+                            name=name,
+                            changed=["name"],
+                        )
+                    ),
+                    shards=1,
+                )
+        async with running(settings):
+            await wait_published(db, 2)
+            records = await read_topic(kafka_bootstrap, settings.topic("user"), expect=2)
+            parked = await db.fetchrow("SELECT * FROM outbox WHERE parked_at IS NOT NULL")
+    finally:
+        await engine.dispose()
+    assert [r.value["name"] for r in records] == ["before", "after"]
+    assert parked is not None
+    assert json.loads(parked["payload"])["version"] == 2
+    assert "MessageSizeTooLarge" in parked["last_error"]
+    assert parked["published_at"] is None
+
+
+async def test_a_graceful_stop_releases_the_shards(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_relay_settings(database_url, kafka_bootstrap)
+    async with running(settings) as relay:
+        async with asyncio.timeout(10):
+            while len(relay.ownership.owned) < 8:
+                await asyncio.sleep(0.05)
+    held = await db.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1",
+        0x706F7374,
+    )
+    assert held == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'postroom-relay:%'"
+        )
+        == 0
+    )

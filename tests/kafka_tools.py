@@ -1,0 +1,81 @@
+"""Reading what the relay published, as another service would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+@dataclass(frozen=True)
+class Consumed:
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def ce_id(self) -> str:
+        return self.headers["ce_id"]
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0, settle: float = 0.3
+) -> list[Consumed]:
+    """Every record of `topic` from the start, once at least `expect` arrived (or time ran
+    out), plus whatever else arrives within `settle` seconds after that."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Consumed] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[int] | None = None
+        while partitions is None and time.monotonic() < deadline:
+            if topic in await consumer.topics():
+                partitions = consumer.partitions_for_topic(topic) or None
+            if partitions is None:
+                await asyncio.sleep(0.1)
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            for messages in batch.values():
+                for m in messages:
+                    records.append(
+                        Consumed(
+                            topic=m.topic,
+                            partition=m.partition,
+                            offset=m.offset,
+                            key=(m.key or b"").decode(),
+                            value=json.loads(m.value or b"null"),
+                            headers={k: v.decode() for k, v in m.headers},
+                        )
+                    )
+            if len(records) >= expect:
+                settle_until = settle_until or time.monotonic() + settle
+                if time.monotonic() >= settle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
+
+
+def first_occurrences(records: list[Consumed]) -> list[Consumed]:
+    """Drop repeats by `ce_id`, keeping the first, as consumers are told to."""
+    seen: set[str] = set()
+    kept = []
+    for record in records:
+        if record.ce_id not in seen:
+            seen.add(record.ce_id)
+            kept.append(record)
+    return kept
