@@ -99,7 +99,11 @@ async def park(conn: asyncpg.Connection, row_id: int, error: str) -> None:
 
 
 async def prune(
-    conn: asyncpg.Connection, *, shards: Sequence[int], older_than: float, batch: int = 1000
+    conn: asyncpg.Connection,
+    *,
+    shards: Sequence[int] | None,
+    older_than: float,
+    batch: int = 1000,
 ) -> int:
     """Delete published rows created more than `older_than` seconds ago, `batch` at a time,
     so no statement holds many row locks; return how many went. A BRIN index on
@@ -111,11 +115,12 @@ async def prune(
             DELETE FROM outbox WHERE id IN (
                 SELECT id FROM outbox
                 WHERE created_at < clock_timestamp() - make_interval(secs => $2)
-                  AND published_at IS NOT NULL AND shard = ANY($1::int[])
+                  AND published_at IS NOT NULL
+                  AND ($1::int[] IS NULL OR shard = ANY($1::int[]))
                 LIMIT $3
             )
             """,
-            list(shards),
+            None if shards is None else list(shards),
             older_than,
             batch,
         )

@@ -16,6 +16,8 @@ S = TypeVar("S", bound=CommonSettings)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 outbox_app = typer.Typer(no_args_is_help=True, help="Look at the outbox.")
 app.add_typer(outbox_app, name="outbox")
+events_app = typer.Typer(no_args_is_help=True, help="Look at the events on Kafka.")
+app.add_typer(events_app, name="events")
 
 
 def _fail(process: str, reason: str) -> typer.Exit:
@@ -93,21 +95,135 @@ def dev() -> None:
     raise typer.Exit(code=run_dev())
 
 
-@outbox_app.command("recent")
-def outbox_recent(limit: Annotated[int, typer.Option(min=1, max=1000)] = 10) -> None:
-    """Show the newest outbox rows."""
-    from postroom.operator import recent_outbox_rows
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """Pending rows per shard, the oldest pending age, parked rows, and who owns each shard."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from outbox_relay import admin
 
     settings = _load("outbox", CommonSettings)
-    rows = asyncio.run(recent_outbox_rows(settings, limit=limit))
-    if not rows:
-        typer.echo("the outbox is empty")
-    for row in rows:
-        state = "published" if row.published_at else ("parked" if row.parked_at else "pending")
-        typer.echo(
-            f"{row.id:>8}  {row.created_at:%Y-%m-%d %H:%M:%S}  {state:<9}  shard {row.shard:<3} "
-            f"{row.event_type:<20} {row.aggregate_id}  {row.payload}"
+    report = asyncio.run(admin.status(settings))
+    table = Table("shard", "pending", "oldest pending", "owner")
+    for shard in report.shards:
+        table.add_row(
+            str(shard.shard),
+            str(shard.pending),
+            _age(shard.oldest_pending_age),
+            shard.owner or "[red]nobody[/red]",
         )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"pending {report.pending}   parked {report.parked}   published (kept) {report.published}"
+    )
+
+
+@outbox_app.command("recent")
+def outbox_recent(
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    parked: Annotated[bool, typer.Option("--parked", help="Only parked rows.")] = False,
+) -> None:
+    """Show the newest outbox rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from outbox_relay import admin
+
+    settings = _load("outbox", CommonSettings)
+    rows = asyncio.run(admin.recent(settings, limit=limit, parked_only=parked))
+    if not rows:
+        typer.echo("no rows")
+        return
+    table = Table("id", "created", "state", "shard", "type", "aggregate", "payload / error")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            f"{row.created_at:%Y-%m-%d %H:%M:%S}",
+            row.state,
+            str(row.shard),
+            row.event_type,
+            row.aggregate_id,
+            row.last_error if row.state == "parked" and row.last_error else row.payload,
+        )
+    Console(width=200).print(table)
+
+
+@outbox_app.command("retry-parked")
+def outbox_retry_parked(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Row ids; all parked rows if none.")
+    ] = None,
+) -> None:
+    """Put parked rows back in line for the relays."""
+    from outbox_relay import admin
+
+    settings = _load("outbox", CommonSettings)
+    retried = asyncio.run(admin.retry_parked(settings, ids=ids or []))
+    if ids and len(retried) < len(ids):
+        missing = sorted(set(ids) - set(retried))
+        typer.echo(f"not parked (or unknown): {', '.join(map(str, missing))}", err=True)
+        typer.echo(f"re-queued {len(retried)} row(s)")
+        raise typer.Exit(code=1)
+    typer.echo(f"re-queued {len(retried)} row(s)")
+
+
+@outbox_app.command("prune")
+def outbox_prune(
+    older_than: Annotated[
+        float | None, typer.Option(help="Seconds; default OUTBOX_RETENTION.")
+    ] = None,
+) -> None:
+    """Delete published rows older than the retention (the relays also do this every minute)."""
+    from outbox_relay import admin
+
+    settings = _load("outbox", RelaySettings)
+    age = settings.outbox_retention if older_than is None else older_than
+    typer.echo(f"deleted {asyncio.run(admin.prune(settings, older_than=age))} published row(s)")
+
+
+@events_app.command("tail")
+def events_tail(
+    aggregate: Annotated[str, typer.Option("--aggregate", help="user or email")] = "user",
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+    wait: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without a record.")
+    ] = None,
+) -> None:
+    """Print the records of <prefix>.<aggregate> as JSON lines, following new ones."""
+    from postroom.settings import KafkaSettings
+    from postroom.tail import tail
+
+    settings = _load("events", KafkaSettings)
+    topic = settings.topic(aggregate)
+    try:
+        asyncio.run(
+            tail(
+                settings,
+                topic=topic,
+                from_beginning=from_beginning,
+                limit=limit,
+                wait=wait,
+                emit=lambda line: typer.echo(line),
+            )
+        )
+    except LookupError as exc:
+        typer.echo(f"postroom events: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

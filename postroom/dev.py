@@ -1,7 +1,8 @@
 """`postroom dev`: the whole stack on a laptop, no Docker, no accounts.
 
-Starts an embedded PostgreSQL whose data persists under `.postroom/`, applies migrations and
-runs each process as a child with one shared environment. Every setting given in the
+Starts an embedded PostgreSQL whose data persists under `.postroom/` and an embedded
+Kafka-compatible broker (in memory), applies migrations and runs each process (api, relay)
+as a child with one shared environment. Every setting given in the
 environment is honoured; only missing ones get development defaults, which are printed.
 Generated secrets are kept in `.postroom/dev.env` so the token stays the same between runs.
 """
@@ -19,12 +20,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from postroom.embedded import EmbeddedPostgres, InfrastructureError
+from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, InfrastructureError
 from postroom.migrate import upgrade
 
 STATE_DIR = Path(".postroom")
 DEV_PG_PORT = 5433
+DEV_KAFKA_PORT = 9092
 API_PORT = 8000
+RELAY_METRICS_PORT = 8002
 
 
 def _load_dev_secrets(path: Path) -> dict[str, str]:
@@ -70,23 +73,34 @@ def run_dev() -> int:
     env = dict(os.environ)
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
-
-    if "DATABASE_URL" not in env:
-        port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
-        postgres = EmbeddedPostgres(STATE_DIR / "pg", port=port)
-        print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
-        try:
+    broker: EmbeddedKafka | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        if "DATABASE_URL" not in env:
+            port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
+            postgres = EmbeddedPostgres(STATE_DIR / "pg", port=port)
+            print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
             postgres.start()
             postgres.create_database("postroom")
-        except InfrastructureError as exc:
-            print(f"postroom dev: {exc}", file=sys.stderr)
-            return 1
-        defaults["DATABASE_URL"] = postgres.url("postroom")
+            defaults["DATABASE_URL"] = postgres.url("postroom")
+        if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+            port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
+            broker = EmbeddedKafka(port=port, log_path=STATE_DIR / "broker.log")
+            print(f"starting embedded Kafka-compatible broker on 127.0.0.1:{port} (in memory)")
+            broker.start()
+            defaults["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+            # The embedded broker grants no producer ids.
+            defaults["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+    except InfrastructureError as exc:
+        print(f"postroom dev: {exc}", file=sys.stderr)
+        _stop_infrastructure(postgres, broker)
+        return 1
 
-    for key, value in _load_dev_secrets(STATE_DIR / "dev.env").items():
-        defaults[key] = value
+    defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
     api_port = int(env.get("API_PORT", API_PORT))
+    relay_port = int(env.get("RELAY_METRICS_PORT", RELAY_METRICS_PORT))
     defaults["API_PORT"] = str(api_port)
+    defaults["RELAY_METRICS_PORT"] = str(relay_port)
     defaults["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{api_port}"
 
     filled = {key: value for key, value in defaults.items() if key not in env}
@@ -96,39 +110,54 @@ def run_dev() -> int:
         shown = value if key != "EMAIL_TOKEN_SECRET" else f"(generated, in {STATE_DIR / 'dev.env'})"
         print(f"  {key}={shown}")
 
-    children: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(env["DATABASE_URL"])
         print("migrations applied")
-        api = subprocess.Popen([sys.executable, "-m", "postroom.cli", "api"], env=env)
-        children.append(api)
+        for name in ("api", "relay"):
+            children[name] = subprocess.Popen([sys.executable, "-m", "postroom.cli", name], env=env)
         base = f"http://127.0.0.1:{api_port}"
-        if not _wait_ready(f"{base}/readyz", api, timeout=30):
-            print("postroom dev: the api did not become ready", file=sys.stderr)
-            return 1
+        relay_base = f"http://127.0.0.1:{relay_port}"
+        for name, url in (("api", f"{base}/readyz"), ("relay", f"{relay_base}/readyz")):
+            if not _wait_ready(url, children[name], timeout=60):
+                print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
+                return 1
         token = env["API_TOKENS"].split(",")[0].strip()
+        topic = f"{env.get('KAFKA_TOPIC_PREFIX', 'postroom')}.user"
         print(
-            f"\nPostroom is running.\n  api       {base}  (docs at {base}/docs)\n"
+            f"\nPostroom is running.\n"
+            f"  api       {base}  (docs at {base}/docs, metrics at {base}/metrics)\n"
+            f"  relay     {relay_base}/metrics\n"
+            f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
             f"  token     {token}\n\n"
             f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
             f"       -H 'Content-Type: application/json' "
             f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
-            f"  postroom outbox recent      # the event it wrote\n\nCtrl-C stops everything.",
+            f"  postroom outbox recent           # the event it committed\n"
+            f"  postroom events tail --from-beginning   # the same event on Kafka\n\n"
+            f"The embedded broker keeps topics in memory: they are empty after a restart.\n"
+            f"Ctrl-C stops everything.",
             flush=True,
         )
-        return _supervise(children)
+        return _supervise(list(children.values()))
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.terminate()
-        for child in children:
+        for child in children.values():
             try:
-                child.wait(timeout=10)
+                child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if postgres is not None:
-            postgres.stop()
-            print("embedded PostgreSQL stopped")
+        _stop_infrastructure(postgres, broker)
+
+
+def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: EmbeddedKafka | None) -> None:
+    if broker is not None:
+        broker.stop()
+        print("embedded broker stopped")
+    if postgres is not None:
+        postgres.stop()
+        print("embedded PostgreSQL stopped")
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:

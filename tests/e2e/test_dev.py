@@ -1,6 +1,7 @@
 """`postroom dev` (what `make dev` runs): the stack comes up on embedded defaults, the printed
 token works, the event is visible from the CLI, Ctrl-C stops everything, and data persists."""
 
+import json
 import os
 import queue
 import re
@@ -17,13 +18,20 @@ from postroom.embedded import free_port
 
 
 class DevStack:
-    def __init__(self, workdir: Path, pg_port: int, api_port: int) -> None:
+    def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
         env = {
             key: value
             for key, value in os.environ.items()
-            if key not in {"DATABASE_URL", "API_TOKENS", "EMAIL_TOKEN_SECRET", "APP_ENV"}
+            if key
+            not in {
+                "DATABASE_URL",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "API_TOKENS",
+                "EMAIL_TOKEN_SECRET",
+                "APP_ENV",
+            }
         }
-        env.update(POSTROOM_DEV_PG_PORT=str(pg_port), API_PORT=str(api_port), LOG_LEVEL="warning")
+        env.update({name: str(port) for name, port in ports.items()}, LOG_LEVEL="warning")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "postroom.cli", "dev"],
             cwd=workdir,
@@ -67,10 +75,16 @@ class DevStack:
 
 
 def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
-    pg_port, api_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{api_port}"
+    ports = {
+        "POSTROOM_DEV_PG_PORT": free_port(),
+        "POSTROOM_DEV_KAFKA_PORT": free_port(),
+        "API_PORT": free_port(),
+        "RELAY_METRICS_PORT": free_port(),
+    }
+    pg_port = ports["POSTROOM_DEV_PG_PORT"]
+    base = f"http://127.0.0.1:{ports['API_PORT']}"
 
-    stack = DevStack(tmp_path, pg_port, api_port)
+    stack = DevStack(tmp_path, ports)
     try:
         token = stack.wait_for(r"^\s+token\s+(\S+)")[1]
         created = httpx.post(
@@ -92,14 +106,42 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         )
         assert "user.registered" in recent.stdout
         assert created.json()["id"] in recent.stdout
+        # ... and the relay put it on the broker.
+        tailed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "postroom.cli",
+                "events",
+                "tail",
+                "--from-beginning",
+                "--limit",
+                "1",
+                "--wait",
+                "20",
+            ],
+            env={
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['POSTROOM_DEV_KAFKA_PORT']}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        record = json.loads(tailed.stdout.splitlines()[0])
+        assert record["type"] == "user.registered"
+        assert record["key"] == created.json()["id"]
+        assert record["data"]["email"] == "ada@example.com"
     finally:
         code = stack.stop()
     assert code == 0
     assert "embedded PostgreSQL stopped" in "".join(stack.output)
+    assert "embedded broker stopped" in "".join(stack.output)
     assert (tmp_path / ".postroom" / "pg" / "PG_VERSION").exists()
 
     # A second start reuses the data folder and the generated token.
-    again = DevStack(tmp_path, pg_port, api_port)
+    again = DevStack(tmp_path, ports)
     try:
         assert again.wait_for(r"^\s+token\s+(\S+)")[1] == token
         repeat = httpx.post(

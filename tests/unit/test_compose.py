@@ -55,7 +55,7 @@ def config(tmp_path: Path) -> dict[str, Any]:
 
 def test_compose_file_describes_the_production_shape(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert {"postgres", "kafka", "migrate", "api"} <= services.keys()
+    assert {"postgres", "kafka", "migrate", "api", "relay-a", "relay-b"} <= services.keys()
 
     long_running = [name for name, svc in services.items() if svc.get("restart") != "no"]
     assert "api" in long_running
@@ -78,6 +78,21 @@ def test_compose_file_describes_the_production_shape(config: dict[str, Any]) -> 
 
     assert api["environment"]["APP_ENV"] == "production"
     assert api["environment"]["API_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
+
+
+def test_two_relays_share_the_shards(config: dict[str, Any]) -> None:
+    services = config["services"]
+    relays = [services["relay-a"], services["relay-b"]]
+    assert [r["command"] in ("relay", ["relay"]) for r in relays] == [True, True]
+    assert {r["environment"]["RELAY_ID"] for r in relays} == {"relay-a", "relay-b"}
+    for relay in relays:
+        assert relay["image"] == services["api"]["image"]
+        assert relay["depends_on"]["kafka"] == {"condition": "service_healthy"}
+        assert relay["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert "8002/readyz" in " ".join(relay["healthcheck"]["test"])
+        # Secrets stay with the process that needs them.
+        assert "API_TOKENS" not in relay["environment"]
+        assert "EMAIL_TOKEN_SECRET" not in relay["environment"]
 
 
 def test_compose_refuses_to_start_without_api_tokens(tmp_path: Path) -> None:
