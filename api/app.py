@@ -23,6 +23,7 @@ from api.problems import (
     problem_response,
 )
 from api.routes import public_router, users_router
+from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine, is_unavailable
 from postroom.settings import ApiSettings
 
@@ -64,6 +65,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
     app.state.registry = CollectorRegistry()
     app.include_router(users_router)
     app.include_router(public_router)

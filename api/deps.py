@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.problems import ProblemError
+from outbox_relay.outbox import OutboxWriter
 from postroom.settings import ApiSettings
 
 
@@ -24,8 +25,14 @@ def get_engine(request: Request) -> AsyncEngine:
     return engine
 
 
+def get_outbox(request: Request) -> OutboxWriter:
+    outbox: OutboxWriter = request.app.state.outbox
+    return outbox
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+OutboxDep = Annotated[OutboxWriter, Depends(get_outbox)]
 
 _bearer = HTTPBearer(auto_error=False, description="A token from API_TOKENS.")
 

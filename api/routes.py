@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from api import idempotency, pages
 from api import users as use_cases
-from api.deps import EngineDep, PrincipalDep, SettingsDep
+from api.deps import EngineDep, OutboxDep, PrincipalDep, SettingsDep
 from api.problems import ProblemError, problem_response, problem_responses
 from api.schemas import EmailVerificationRequest, Health, UserCreate, UserOut, UserPatch
 from postroom import tokens
@@ -56,6 +56,7 @@ async def create_user(
     principal: PrincipalDep,
     engine: EngineDep,
     settings: SettingsDep,
+    outbox: OutboxDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Register a user; emits `user.registered`."""
@@ -73,9 +74,7 @@ async def create_user(
             )
             if stored is not None:
                 return _replay(stored)
-        row = await use_cases.register_user(
-            conn, email=body.email, name=body.name, shards=settings.relay_shards
-        )
+        row = await use_cases.register_user(conn, email=body.email, name=body.name, outbox=outbox)
         user = UserOut.from_row(row)
         location = f"/v1/users/{row.id}"
         if idempotency_key is not None:
@@ -106,13 +105,17 @@ async def read_user(user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> A
     responses=problem_responses(400, 401, 404, 409, 413, 422, 503),
 )
 async def patch_user(
-    user_id: uuid.UUID, body: UserPatch, _: PrincipalDep, engine: EngineDep, settings: SettingsDep
+    user_id: uuid.UUID,
+    body: UserPatch,
+    _: PrincipalDep,
+    engine: EngineDep,
+    outbox: OutboxDep,
 ) -> Any:
     """Change name and/or email; emits `user.updated`, and `user.email_changed` when the
     address changes (its verification is reset)."""
     async with engine.begin() as conn:
         row = await use_cases.update_user(
-            conn, user_id=user_id, name=body.name, email=body.email, shards=settings.relay_shards
+            conn, user_id=user_id, name=body.name, email=body.email, outbox=outbox
         )
     return UserOut.from_row(row)
 
@@ -124,11 +127,11 @@ async def patch_user(
     responses=problem_responses(401, 404, 422, 503),
 )
 async def remove_user(
-    user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep, settings: SettingsDep
+    user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep, outbox: OutboxDep
 ) -> Response:
     """Delete a user; emits `user.deleted`."""
     async with engine.begin() as conn:
-        await use_cases.delete_user(conn, user_id=user_id, shards=settings.relay_shards)
+        await use_cases.delete_user(conn, user_id=user_id, outbox=outbox)
     return Response(status_code=204)
 
 
@@ -166,6 +169,7 @@ async def verify_email(
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,
+    outbox: OutboxDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Mark an address verified with the signed token from the email; emits
@@ -186,7 +190,7 @@ async def verify_email(
             )
             if stored is not None:
                 return _replay(stored)
-        row = await use_cases.verify_email(conn, claim=claim, shards=settings.relay_shards)
+        row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
         user = UserOut.from_row(row)
         if idempotency_key is not None:
             await idempotency.store(
@@ -219,7 +223,7 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
     },
 )
 async def verify_email_page(
-    request: Request, engine: EngineDep, settings: SettingsDep
+    request: Request, engine: EngineDep, settings: SettingsDep, outbox: OutboxDep
 ) -> HTMLResponse:
     """The page a verification link opens: verifies, then says so in plain HTML."""
     token = request.query_params.get("token")
@@ -228,7 +232,7 @@ async def verify_email_page(
     try:
         claim = _claim_from(token, settings)
         async with engine.begin() as conn:
-            row = await use_cases.verify_email(conn, claim=claim, shards=settings.relay_shards)
+            row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
     except ProblemError as problem:
         return pages.verification_page(problem.status)
     except Exception as exc:

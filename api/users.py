@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.problems import ProblemError
-from outbox_relay.outbox import add_event
+from outbox_relay.outbox import OutboxWriter
 from postroom import events, tokens
 from postroom.db import unique_violation
 from postroom.models import USERS_EMAIL_INDEX, users
@@ -47,7 +47,9 @@ def _not_found() -> ProblemError:
     return ProblemError(404, "user-not-found", "No user has this id.", title="User not found")
 
 
-async def register_user(conn: AsyncConnection, *, email: str, name: str, shards: int) -> UserRow:
+async def register_user(
+    conn: AsyncConnection, *, email: str, name: str, outbox: OutboxWriter
+) -> UserRow:
     """Insert the user and its `user.registered` event; 409 if the address is taken."""
     statement = (
         pg_insert(users)
@@ -58,7 +60,7 @@ async def register_user(conn: AsyncConnection, *, email: str, name: str, shards:
     row = (await conn.execute(statement)).one_or_none()
     if row is None:
         raise _email_taken()
-    await add_event(
+    await outbox.add(
         conn,
         events.Event(
             events.UserRegistered(
@@ -69,7 +71,6 @@ async def register_user(conn: AsyncConnection, *, email: str, name: str, shards:
                 registered_at=row.created_at,
             )
         ),
-        shards=shards,
     )
     return row
 
@@ -95,7 +96,7 @@ async def update_user(
     user_id: uuid.UUID,
     name: str | None,
     email: str | None,
-    shards: int,
+    outbox: OutboxWriter,
 ) -> UserRow:
     """Change name and/or email; `user.updated`, plus `user.email_changed` when the address
     changes (which also resets verification). A request that changes nothing writes nothing."""
@@ -123,7 +124,7 @@ async def update_user(
             raise _email_taken() from exc
         raise
     changed = [field for field in ("name", "email") if field in changes]
-    await add_event(
+    await outbox.add(
         conn,
         events.Event(
             events.UserUpdated(
@@ -134,10 +135,9 @@ async def update_user(
                 changed=changed,
             )
         ),
-        shards=shards,
     )
     if email_changed:
-        await add_event(
+        await outbox.add(
             conn,
             events.Event(
                 events.UserEmailChanged(
@@ -148,18 +148,17 @@ async def update_user(
                     name=row.name,
                 )
             ),
-            shards=shards,
         )
     return row
 
 
-async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, shards: int) -> None:
+async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: OutboxWriter) -> None:
     """Delete the user and add `user.deleted` (which carries the address for the goodbye)."""
     statement = sa.delete(users).where(users.c.id == user_id).returning(*_COLUMNS)
     row = (await conn.execute(statement)).one_or_none()
     if row is None:
         raise _not_found()
-    await add_event(
+    await outbox.add(
         conn,
         events.Event(
             events.UserDeleted(
@@ -170,12 +169,11 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, shards: int)
                 deleted_at=datetime.now(UTC),
             )
         ),
-        shards=shards,
     )
 
 
 async def verify_email(
-    conn: AsyncConnection, *, claim: tokens.VerificationClaim, shards: int
+    conn: AsyncConnection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
 ) -> UserRow:
     """Mark the claimed address verified; 410 when the user or that address is gone.
     Verifying an already verified address again answers the same and writes nothing."""
@@ -202,7 +200,7 @@ async def verify_email(
             .returning(*_COLUMNS)
         )
     ).one()
-    await add_event(
+    await outbox.add(
         conn,
         events.Event(
             events.UserEmailVerified(
@@ -212,6 +210,5 @@ async def verify_email(
                 verified_at=row.email_verified_at,
             )
         ),
-        shards=shards,
     )
     return row

@@ -13,6 +13,7 @@ Invariants (DESIGN 1-2):
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +30,7 @@ def shard_of(aggregate_id: str, shards: int) -> int:
     return zlib.crc32(aggregate_id.encode()) % shards
 
 
-def _insert_statement() -> sa.Select[Any]:
+def _insert_statement(*, notify: bool) -> sa.Select[Any]:
     inserted = (
         sa.insert(outbox)
         .values(
@@ -44,19 +45,24 @@ def _insert_statement() -> sa.Select[Any]:
         .returning(outbox.c.id)
         .cte("inserted")
     )
+    if not notify:
+        return sa.select(inserted.c.id)
     notified = sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal(""))
     return sa.select(inserted.c.id).add_columns(notified.label("notified"))
 
 
-_INSERT = _insert_statement()
+_INSERT = {True: _insert_statement(notify=True), False: _insert_statement(notify=False)}
 
 
-async def add_event(conn: AsyncConnection, event: Event, *, shards: int) -> int:
-    """Add `event` to the transaction open on `conn`; return its outbox id."""
+async def add_event(
+    conn: AsyncConnection, event: Event, *, shards: int, notify: bool = True
+) -> int:
+    """Add `event` to the transaction open on `conn`; return its outbox id. Without
+    `notify` the relays find the row at their next poll (OUTBOX_NOTIFY=false)."""
     if not conn.in_transaction():
         raise RuntimeError("add_event needs the caller's open transaction")
     result = await conn.execute(
-        _INSERT,
+        _INSERT[notify],
         {
             "event_id": event.event_id,
             "aggregate_type": event.aggregate_type,
@@ -69,3 +75,14 @@ async def add_event(conn: AsyncConnection, event: Event, *, shards: int) -> int:
     )
     outbox_id: int = result.scalar_one()
     return outbox_id
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxWriter:
+    """The outbox as the use cases see it: where events go, configured once per process."""
+
+    shards: int
+    notify: bool = True
+
+    async def add(self, conn: AsyncConnection, event: Event) -> int:
+        return await add_event(conn, event, shards=self.shards, notify=self.notify)

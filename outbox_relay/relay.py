@@ -168,7 +168,8 @@ class Relay:
                     "statement_timeout": "30s",
                 },
             )
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            if self.settings.outbox_notify:
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             conn.add_termination_listener(self._on_connection_lost)
             self._conn = conn
             self._next_rebalance = 0.0

@@ -67,6 +67,9 @@ class CommonSettings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_connect_timeout: float = Field(default=3.0, gt=0)
     relay_shards: int = Field(default=8, ge=1, le=1024)
+    # false: the api raises no NOTIFY and the relays do not LISTEN; they poll (a fallback,
+    # and the baseline the benchmarks compare the wake-ups against).
+    outbox_notify: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url")

@@ -12,13 +12,15 @@ from datetime import datetime
 import asyncpg
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.app import create_app
 from outbox_relay.outbox import add_event, shard_of
 from outbox_relay.relay import Relay
 from postroom import events
 from postroom.settings import RelaySettings, asyncpg_url
-from tests.conftest import make_relay_settings
+from tests.conftest import API_TOKEN, make_api_settings, make_relay_settings
 from tests.kafka_tools import first_occurrences, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -227,3 +229,31 @@ async def test_a_graceful_stop_releases_the_shards(
         )
         == 0
     )
+
+
+async def test_poll_only_mode_publishes_without_notify(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    api = create_app(make_api_settings(database_url, outbox_notify=False))
+    settings = make_relay_settings(
+        database_url, kafka_bootstrap, outbox_notify=False, relay_poll_interval=0.3
+    )
+    listener = await asyncpg.connect(database_url)
+    notified: list[str] = []
+    await listener.add_listener("postroom_outbox", lambda *args: notified.append(args[-1]))
+    try:
+        async with (
+            LifespanManager(api),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=api),
+                base_url="http://testserver",
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            ) as http,
+            running(settings),
+        ):
+            created = await http.post("/v1/users", json={"email": "p@example.com", "name": "P"})
+            assert created.status_code == 201
+            await wait_published(db, 1, timeout=5)
+    finally:
+        await listener.close()
+    assert notified == []
