@@ -3,20 +3,25 @@ errors are worth retrying."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from datetime import UTC
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from aiokafka.structs import RecordMetadata
+from aiokafka.partitioner import murmur2
 
 from outbox_relay.claims import OutboxRow
 from postroom.settings import RelaySettings
@@ -42,9 +47,15 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 
 
+@functools.lru_cache(maxsize=1024)
+def _stored_headers(text: str) -> dict[str, str]:
+    parsed: dict[str, str] = json.loads(text) if text else {}
+    return parsed
+
+
 def cloudevent_headers(row: OutboxRow) -> Headers:
     """CloudEvents 1.0 binary-mode headers; `ce_id` is the row's event id, stable on re-sends."""
-    stored: dict[str, str] = json.loads(row.headers) if row.headers else {}
+    stored = _stored_headers(row.headers)
     headers: Headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", row.event_id.encode()),
@@ -67,6 +78,7 @@ class Publisher:
         self.client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._topics: set[str] = set()
+        self._partition_cache: dict[str, list[int]] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -77,7 +89,7 @@ class Publisher:
             enable_idempotence=s.kafka_enable_idempotence,
             linger_ms=0,
             # A cycle's records for one partition fit one batch (see RELAY_BATCH_BYTES).
-            max_batch_size=max(s.relay_batch_bytes * 2, 1024 * 1024),
+            max_batch_size=s.relay_batch_bytes * 2,
             max_request_size=s.relay_max_record_bytes,
             request_timeout_ms=int(s.relay_send_timeout * 1000),
             retry_backoff_ms=100,
@@ -126,6 +138,7 @@ class Publisher:
     def forget_topics(self) -> None:
         """Check the topics again before the next send (one may have been deleted)."""
         self._topics.clear()
+        self._partition_cache.clear()
 
     def topic_of(self, row: OutboxRow) -> str:
         """The row's topic; InvalidTopicError (permanent) for a name Kafka cannot have."""
@@ -134,14 +147,98 @@ class Publisher:
             raise InvalidTopicError(f"{topic!r} is not a valid Kafka topic name")
         return topic
 
-    async def send(self, row: OutboxRow) -> Awaitable[RecordMetadata]:
-        """Queue one record; the returned future resolves when Kafka acknowledged it.
-        Raises at once for records the producer refuses before sending (too large)."""
+    async def _partitions(self, topic: str) -> list[int]:
+        if topic not in self._partition_cache:
+            assert self._producer is not None
+            known = await self._producer.partitions_for(topic)
+            self._partition_cache[topic] = sorted(known)
+        return self._partition_cache[topic]
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> list[BaseException | None]:
+        """Send `rows` and await Kafka's answers; per row, None (acknowledged) or the error.
+
+        Records are grouped into one producer batch per partition, so a partition's records
+        of this call are appended together or not at all. Once a row of a shard cannot be
+        sent, the later rows of that shard are held back (Deferred), so none overtakes it."""
         assert self._producer is not None, "publisher not started"
-        future: Awaitable[RecordMetadata] = await self._producer.send(
-            self.topic_of(row),
-            value=row.payload.encode(),
-            key=row.aggregate_id.encode(),
-            headers=cloudevent_headers(row),
-        )
-        return future
+        producer = self._producer
+        results: list[BaseException | None] = [None] * len(rows)
+        batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        halted: set[int] = set()
+        for index, row in enumerate(rows):
+            if row.shard in halted:
+                results[index] = Deferred()
+                continue
+            try:
+                topic = self.topic_of(row)
+            except InvalidTopicError as exc:
+                results[index] = exc
+                continue
+            key = row.aggregate_id.encode()
+            value = row.payload.encode()
+            headers = cloudevent_headers(row)
+            if len(value) > self.settings.relay_max_record_bytes:
+                results[index] = MessageSizeTooLargeError(
+                    f"record of {len(value)} bytes exceeds RELAY_MAX_RECORD_BYTES "
+                    f"({self.settings.relay_max_record_bytes})"
+                )
+                continue
+            partition = partition_for(key, tuple(await self._partitions(topic)))
+            batch, members = batches.get((topic, partition)) or (producer.create_batch(), [])
+            batches[(topic, partition)] = (batch, members)
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if not members:  # alone in an empty batch and still too big: never fits
+                    results[index] = MessageSizeTooLargeError(
+                        f"record of {len(value)} bytes does not fit a producer batch"
+                    )
+                    continue
+                # The partition's batch is full: this row and the rest of its shard wait.
+                results[index] = Deferred()
+                halted.add(row.shard)
+                continue
+            members.append(index)
+
+        sent: list[tuple[asyncio.Future[Any], list[int]]] = []
+        for (topic, partition), (batch, members) in batches.items():
+            if not members:
+                continue
+            batch.close()
+            future = await producer.send_batch(batch, topic, partition=partition)
+            sent.append((future, members))
+        if sent:
+            # The producer fails a batch by itself after its request timeout; this bound only
+            # catches a wedged producer.
+            _, late = await asyncio.wait(
+                [future for future, _ in sent], timeout=self.settings.relay_send_timeout * 2
+            )
+            for future, members in sent:
+                error: BaseException | None
+                if future in late:
+                    future.cancel()
+                    error = KafkaTimeoutError("no acknowledgement in time")
+                else:
+                    error = future.exception()
+                if error is not None and is_permanent(error) and len(members) > 1:
+                    # Kafka refused the batch, not necessarily any one record in it: never
+                    # park a bystander. Retried like any transient failure; the log says to
+                    # lower RELAY_BATCH_BYTES (the broker's message.max.bytes is smaller).
+                    error = BatchRefused(f"batch of {len(members)} records: {describe(error)}")
+                for index in members:
+                    results[index] = error
+        return results
+
+
+class Deferred(KafkaError):  # type: ignore[misc]
+    """Held back this cycle, behind a row of its shard that could not be sent."""
+
+
+class BatchRefused(KafkaError):  # type: ignore[misc]
+    """Kafka refused a whole batch of several records (too large for the broker)."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def partition_for(key: bytes, partitions: tuple[int, ...]) -> int:
+    """Kafka's default partitioner (murmur2 of the key), as the Java client and aiokafka
+    compute it; cached, because a user's events share a key."""
+    hashed: int = murmur2(key)
+    return partitions[(hashed & 0x7FFFFFFF) % len(partitions)]

@@ -19,20 +19,19 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
 
 from outbox_relay import claims
 from outbox_relay.claims import OutboxRow
 from outbox_relay.metrics import RelayMetrics
 from outbox_relay.outbox import NOTIFY_CHANNEL
-from outbox_relay.publisher import Publisher, describe, is_permanent
+from outbox_relay.publisher import Deferred, Publisher, describe, is_permanent
 from outbox_relay.shards import ShardOwnership, application_name
 from postroom.settings import RelaySettings, plain_url
 
@@ -69,6 +68,11 @@ class CycleOutcome:
     more_waiting: bool = False
 
 
+def record_size(row: OutboxRow) -> int:
+    """About what a row weighs in a producer batch: value, key and CloudEvents headers."""
+    return len(row.payload) + len(row.aggregate_id) + len(row.headers) + 200
+
+
 def trim_to_budget(rows: Sequence[OutboxRow], budget: int) -> tuple[list[OutboxRow], bool]:
     """Keep a prefix of every shard's rows whose values fit `budget` bytes in total, taking
     rows round-robin across shards so one busy shard does not starve the others. The first
@@ -85,7 +89,7 @@ def trim_to_budget(rows: Sequence[OutboxRow], budget: int) -> tuple[list[OutboxR
         for shard, shard_rows in by_shard.items():
             if depth >= len(shard_rows):
                 continue
-            size = len(shard_rows[depth].payload)
+            size = record_size(shard_rows[depth])
             if used and used + size > budget:
                 trimmed = True
                 break
@@ -298,10 +302,13 @@ class Relay:
         for row, result in zip(rows, results, strict=True):
             if row.shard in stopped_shards:
                 continue
-            if not isinstance(result, BaseException):
+            if result is None:
                 published_ids.append(row.id)
             elif is_permanent(result):
                 to_park.append((row, result))
+            elif isinstance(result, Deferred):
+                outcome.more_waiting = True
+                stopped_shards.add(row.shard)
             else:
                 outcome.failed.append((row, result))
                 stopped_shards.add(row.shard)
@@ -333,37 +340,8 @@ class Relay:
             self.metrics.latency.observe(latency)
         return outcome
 
-    async def _send(self, rows: list[OutboxRow]) -> list[RecordMetadata | BaseException]:
-        """Send every row, then await every acknowledgement. A shard whose row fails before it
-        is queued sends nothing more this cycle, so no later event of it overtakes that row."""
+    async def _send(self, rows: list[OutboxRow]) -> list[BaseException | None]:
         await self.publisher.ensure_topics(
             sorted({self.settings.topic(row.aggregate_type) for row in rows})
         )
-        results: list[RecordMetadata | BaseException | None] = [None] * len(rows)
-        pending: list[tuple[int, Awaitable[RecordMetadata]]] = []
-        halted: set[int] = set()
-        for index, row in enumerate(rows):
-            if row.shard in halted:
-                results[index] = _NotAttempted()
-                continue
-            try:
-                pending.append((index, await self.publisher.send(row)))
-            except KafkaError as exc:
-                results[index] = exc
-                if not is_permanent(exc):
-                    halted.add(row.shard)
-        if pending:
-            outcomes = await asyncio.gather(
-                *(
-                    asyncio.wait_for(future, self.settings.relay_send_timeout * 2)
-                    for _, future in pending
-                ),
-                return_exceptions=True,
-            )
-            for (index, _), outcome in zip(pending, outcomes, strict=True):
-                results[index] = outcome
-        return [r if r is not None else _NotAttempted() for r in results]
-
-
-class _NotAttempted(KafkaError):  # type: ignore[misc]
-    """A row held back because an earlier row of its shard failed in this cycle."""
+        return await self.publisher.publish(rows)

