@@ -18,17 +18,25 @@ from datetime import datetime
 
 import asyncpg
 
-# Per owned shard, the oldest unpublished rows, using the partial (shard, id) index.
+# Per owned shard, the ids of the oldest unpublished rows, by an index-only scan of the partial
+# (shard, id) index; then those rows. The range on shard (rather than `shard = s.shard`) keeps
+# (shard, id) an ordering only that index provides: with an equality the planner may walk the
+# primary key instead and filter, which reads every already-published row of a large backlog.
 _CLAIM = """
 SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type,
        o.payload::text AS payload, o.headers::text AS headers, o.shard, o.created_at
-FROM unnest($1::int[]) AS s(shard)
-CROSS JOIN LATERAL (
-    SELECT * FROM outbox
-    WHERE outbox.shard = s.shard AND published_at IS NULL AND parked_at IS NULL
-    ORDER BY id
-    LIMIT $2
-) AS o
+FROM outbox AS o
+WHERE o.id IN (
+    SELECT next.id
+    FROM unnest($1::int[]) AS s(shard)
+    CROSS JOIN LATERAL (
+        SELECT id FROM outbox
+        WHERE shard BETWEEN s.shard AND s.shard
+          AND published_at IS NULL AND parked_at IS NULL
+        ORDER BY shard, id
+        LIMIT $2
+    ) AS next
+)
 ORDER BY o.shard, o.id
 """
 

@@ -170,6 +170,10 @@ class Relay:
                 server_settings={
                     "application_name": application_name(self.relay_id),
                     "statement_timeout": "30s",
+                    # A "published" mark lost in a database crash only means the rows are
+                    # sent again (at-least-once), so the relay need not wait for the WAL
+                    # flush of each mark.
+                    "synchronous_commit": "off",
                 },
             )
             if self.settings.outbox_notify:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.app import create_app
+from outbox_relay import claims
 from outbox_relay.outbox import add_event, shard_of
 from outbox_relay.relay import Relay
 from postroom import events
@@ -257,3 +259,31 @@ async def test_poll_only_mode_publishes_without_notify(
     finally:
         await listener.close()
     assert notified == []
+
+
+async def test_claims_skip_published_rows_by_index_not_by_reading_them(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute(
+        """
+        INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, shard)
+        SELECT gen_random_uuid(), 'user', 'u' || n, 'user.updated', '{}', n % 8
+        FROM generate_series(1, 20000) AS n
+        """
+    )
+    # Statistics from before a drain: most rows unpublished. Then most get published.
+    await db.execute("ANALYZE outbox")
+    await db.execute("UPDATE outbox SET published_at = now() WHERE id <= 19000")
+
+    plan = await db.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + claims._CLAIM,
+        list(range(8)),
+        125,
+    )
+    text = json.dumps(plan)
+    assert "ix_outbox_unpublished" in text
+    removed = [int(n) for n in re.findall(r'"Rows Removed by Filter": (\d+)', text)]
+    assert sum(removed) < 1000, "the claim read published rows to skip them"
+    rows = await claims.claim(db, shards=list(range(8)), per_shard=125)
+    assert len(rows) == 1000
+    assert min(r.id for r in rows) == 19001
