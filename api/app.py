@@ -14,17 +14,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.middleware import BodySizeLimit, RequestMetrics
-from api.problems import (
+from api.routes import public_router, users_router
+from outbox_relay.outbox import OutboxWriter
+from postroom.db import create_engine, is_unavailable
+from postroom.middleware import BodySizeLimit, RequestMetrics
+from postroom.problems import (
     ProblemError,
     handle_http_exception,
     handle_problem,
     handle_validation_error,
     problem_response,
 )
-from api.routes import public_router, users_router
-from outbox_relay.outbox import OutboxWriter
-from postroom.db import create_engine, is_unavailable
 from postroom.settings import ApiSettings
 
 log = structlog.get_logger("postroom.api")

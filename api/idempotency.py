@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.problems import ProblemError
 from postroom.models import idempotency_keys
+from postroom.problems import ProblemError
 
 MAX_KEY_LENGTH = 255
 KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: what clients put in a header without quoting

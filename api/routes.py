@@ -12,10 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api import idempotency, pages
 from api import users as use_cases
 from api.deps import EngineDep, OutboxDep, PrincipalDep, SettingsDep
-from api.problems import ProblemError, problem_response, problem_responses
 from api.schemas import EmailVerificationRequest, Health, UserCreate, UserOut, UserPatch
 from postroom import tokens
 from postroom.db import is_unavailable, ping
+from postroom.problems import ProblemError, problem_response, problem_responses
 
 IdempotencyKey = Annotated[
     str | None,

@@ -15,11 +15,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.problems import ProblemError
 from outbox_relay.outbox import OutboxWriter
 from postroom import events, tokens
 from postroom.db import unique_violation
 from postroom.models import USERS_EMAIL_INDEX, users
+from postroom.problems import ProblemError
 
 UserRow: TypeAlias = sa.Row[*tuple[Any, ...]]
 

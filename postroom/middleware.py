@@ -8,9 +8,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import problem_response
+from postroom.problems import problem_response
 
-_access = structlog.get_logger("postroom.api.access")
+_access = structlog.get_logger("postroom.access")
 
 
 class BodySizeLimit:
@@ -70,17 +70,24 @@ class BodySizeLimit:
 class RequestMetrics:
     """Count requests and time them per route template (never per raw path)."""
 
-    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry,
+        access_log: bool,
+        namespace: str = "postroom_api",
+    ) -> None:
         self.app = app
         self.access_log = access_log
         self.requests = Counter(
-            "postroom_api_requests",
+            f"{namespace}_requests",
             "HTTP requests answered.",
             ["method", "route", "status"],
             registry=registry,
         )
         self.latency = Histogram(
-            "postroom_api_request_duration_seconds",
+            f"{namespace}_request_duration_seconds",
             "Time to answer, by route.",
             ["method", "route"],
             registry=registry,
