@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,35 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import public_router, users_router
 from outbox_relay.outbox import OutboxWriter
-from postroom.db import create_engine, is_unavailable
+from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.problems import (
     ProblemError,
     handle_http_exception,
     handle_problem,
+    handle_unexpected,
     handle_validation_error,
-    problem_response,
 )
 from postroom.settings import ApiSettings
-
-log = structlog.get_logger("postroom.api")
-
-
-async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if is_unavailable(exc):
-        log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
-        return problem_response(
-            503,
-            "database-unavailable",
-            "The database does not answer; try again shortly.",
-            title="Service Unavailable",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
-        )
-    log.error("unexpected error", path=request.url.path, exc_info=exc)
-    return problem_response(
-        500, "internal-error", "Something went wrong on our side.", instance=request.url.path
-    )
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -79,8 +58,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     for unavailable in (SQLAlchemyError, OSError, TimeoutError):
-        app.add_exception_handler(unavailable, _handle_unexpected)
-    app.add_exception_handler(Exception, _handle_unexpected)
+        app.add_exception_handler(unavailable, handle_unexpected)
+    app.add_exception_handler(Exception, handle_unexpected)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, registry=app.state.registry, access_log=settings.access_log)

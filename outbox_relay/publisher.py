@@ -12,7 +12,6 @@ from datetime import UTC
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidTopicError,
     KafkaError,
@@ -24,6 +23,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from outbox_relay.claims import OutboxRow
+from postroom.kafka import create_missing_topics
 from postroom.settings import RelaySettings
 
 # Kafka will refuse these records however often they are sent: park them (invariant 4).
@@ -112,27 +112,12 @@ class Publisher:
         missing = [topic for topic in topics if topic not in self._topics]
         if not missing:
             return
-        s = self.settings
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+        await create_missing_topics(
+            self.settings,
+            missing,
             client_id=f"{self.client_id}-admin",
-            request_timeout_ms=int(s.relay_send_timeout * 1000),
+            request_timeout=self.settings.relay_send_timeout,
         )
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            wanted = [t for t in missing if t not in existing]
-            if wanted:
-                # Per-topic errors come back in the answer; "already exists" means another
-                # relay was quicker, and anything else shows up as a failed send, retried.
-                await admin.create_topics(
-                    [
-                        NewTopic(t, s.kafka_topic_partitions, s.kafka_replication_factor)
-                        for t in wanted
-                    ]
-                )
-        finally:
-            await admin.close()
         self._topics.update(missing)
 
     def forget_topics(self) -> None:

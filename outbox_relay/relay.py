@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import math
 import os
-import random
 import socket
 import time
 from collections.abc import Sequence
@@ -33,30 +32,13 @@ from outbox_relay.metrics import RelayMetrics
 from outbox_relay.outbox import NOTIFY_CHANNEL
 from outbox_relay.publisher import Deferred, Publisher, describe, is_permanent
 from outbox_relay.shards import ShardOwnership, application_name
+from postroom.backoff import Backoff
 from postroom.settings import RelaySettings, plain_url
 
 log = structlog.get_logger("postroom.relay")
 
 _DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _GAUGE_INTERVAL = 5.0
-
-
-class Backoff:
-    """Exponential delays with a cap and jitter, so a fleet of relays does not retry in step."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * (2**self.failures))
-        self.failures += 1
-        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter only
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 @dataclass

@@ -9,7 +9,13 @@ from typing import Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 
-from postroom.settings import ApiSettings, CommonSettings, ConfigError, RelaySettings
+from postroom.settings import (
+    ApiSettings,
+    CommonSettings,
+    ConfigError,
+    NotifierSettings,
+    RelaySettings,
+)
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -70,6 +76,27 @@ def relay() -> None:
         create_app(settings),
         host=settings.relay_metrics_host,
         port=settings.relay_metrics_port,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=60,
+    )
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notifier: user events to emails through Postmark, and Postmark's webhooks."""
+    import uvicorn
+
+    from notifier.app import create_app
+    from postroom.logs import configure_logging
+
+    settings = _load("notifier", NotifierSettings)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.notifier_host,
+        port=settings.notifier_port,
         access_log=False,
         log_level="warning",
         server_header=False,

@@ -71,6 +71,37 @@ class UserDeleted(_UserEvent):
     deleted_at: datetime
 
 
+class _EmailEvent(EventData):
+    """Facts about one email; keyed by the recipient address."""
+
+    aggregate_type: ClassVar[str] = "email"
+    notification_id: uuid.UUID
+    email: str
+    template: str
+    user_id: uuid.UUID | None
+    source_event_id: uuid.UUID
+
+    def aggregate_id(self) -> str:
+        return self.email.lower()
+
+
+class EmailSent(_EmailEvent):
+    event_type: ClassVar[str] = "email.sent"
+    message_id: str
+
+
+class EmailSuppressed(_EmailEvent):
+    event_type: ClassVar[str] = "email.suppressed"
+    reason: str
+
+
+class EmailFailed(_EmailEvent):
+    event_type: ClassVar[str] = "email.failed"
+    error: str
+
+
+SOURCE_NOTIFIER = "/postroom/notifier"
+
 USER_EVENTS: tuple[type[_UserEvent], ...] = (
     UserRegistered,
     UserUpdated,

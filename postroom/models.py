@@ -79,3 +79,43 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
 )
 sa.Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    # uuid5 of (source event id, template, recipient): the same event never makes two.
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("user_id", UUID(as_uuid=True)),
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'pending'")),
+    sa.Column("message_id", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # The Metadata value of the latest send attempt: one search finds a whole batch's fate.
+    sa.Column("attempt_id", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(
+        "status IN ('pending', 'sent', 'suppressed', 'failed', 'delivered', 'bounced', "
+        "'complained')",
+        name="status_known",
+    ),
+)
+sa.Index("ix_notifications_user_id", notifications.c.user_id)
+sa.Index("ix_notifications_recipient_lower", sa.func.lower(notifications.c.recipient))
+sa.Index("ix_notifications_message_id", notifications.c.message_id)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email", sa.Text, primary_key=True),  # lower-cased
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("details", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.CheckConstraint("email = lower(email)", name="email_lower"),
+)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from postroom.db import is_unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:postroom:problem:"
@@ -152,3 +155,23 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+log = structlog.get_logger("postroom.http")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_unavailable(exc):
+        log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem_response(
+            503,
+            "database-unavailable",
+            "The database does not answer; try again shortly.",
+            title="Service Unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+    log.error("unexpected error", path=request.url.path, exc_info=exc)
+    return problem_response(
+        500, "internal-error", "Something went wrong on our side.", instance=request.url.path
+    )

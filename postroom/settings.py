@@ -159,3 +159,63 @@ class RelaySettings(KafkaSettings):
     relay_metrics_port: int = Field(default=8002, ge=0, le=65535)
     outbox_retention: float = Field(default=7 * 24 * 3600, ge=0, description="seconds")
     outbox_prune_interval: float = Field(default=60.0, gt=0, description="seconds")
+
+
+class NotifierSettings(KafkaSettings):
+    """Settings of the `notifier` process."""
+
+    notifier_host: str = "127.0.0.1"
+    notifier_port: int = Field(default=8001, ge=1, le=65535)
+    notifier_group_id: str = "postroom-notifier"
+    notifier_max_attempts: int = Field(default=6, ge=1, le=50)
+    notifier_backoff_initial: float = Field(default=0.5, gt=0, description="seconds")
+    notifier_backoff_max: float = Field(default=30.0, gt=0, description="seconds")
+    notifier_batch_size: int = Field(default=500, ge=1, le=500)
+    api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    email_token_secret: SecretStr = SecretStr("")
+    public_base_url: str = "http://127.0.0.1:8000"
+    mail_from: str = "Postroom <hello@postroom.test>"
+    postmark_server_token: SecretStr = SecretStr("")
+    postmark_api_url: str = "https://api.postmarkapp.com/"
+    postmark_message_stream: str = "outbound"
+    postmark_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    webhook_username: str = ""
+    webhook_password: SecretStr = SecretStr("")
+    staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    access_log: bool = False
+
+    @field_validator("api_tokens", "staging_allowed_recipients", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_present(self) -> NotifierSettings:
+        if not self.api_tokens:
+            raise ConfigError("API_TOKENS is missing; set at least one comma-separated token")
+        for token in self.api_tokens:
+            self._require_secret("API_TOKENS", token.get_secret_value(), min_length=16)
+        self._require_secret(
+            "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
+        )
+        self._require_secret(
+            "POSTMARK_SERVER_TOKEN", self.postmark_server_token.get_secret_value(), min_length=8
+        )
+        self._require_secret("WEBHOOK_USERNAME", self.webhook_username, min_length=3)
+        self._require_secret(
+            "WEBHOOK_PASSWORD", self.webhook_password.get_secret_value(), min_length=16
+        )
+        return self
+
+    def allowed_in_staging(self, address: str) -> bool:
+        """Outside staging everyone is allowed; in staging only the listed addresses and
+        `@domain` entries."""
+        if self.app_env != "staging":
+            return True
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        allowed = {entry.lower() for entry in self.staging_allowed_recipients}
+        return address in allowed or domain in allowed

@@ -13,7 +13,10 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from postroom.migrate import upgrade
-from postroom.settings import ApiSettings, RelaySettings, plain_url
+from postroom.settings import ApiSettings, NotifierSettings, RelaySettings, plain_url
 
 T = TypeVar("T")
 
@@ -190,3 +193,84 @@ def make_relay_settings(database_url: str, kafka_bootstrap: str, **overrides: An
     }
     values.update(overrides)
     return RelaySettings(**values)
+
+
+POSTMARK_TOKEN = "test-postmark-server-token"
+WEBHOOK_USER = "postmark-hooks"
+WEBHOOK_PASSWORD = "test-webhook-password-0123456789"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """The project's Postmark sandbox, one for the run; tests tell their mail apart by
+    recipient, and the `sandbox_faults` fixture resets faults after a test."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SANDBOX_HOST": "127.0.0.1",
+        "SANDBOX_PORT": str(port),
+        "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
+        "WEBHOOK_USERNAME": WEBHOOK_USER,
+        "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
+        "LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "sandbox"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "the sandbox exited during start-up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the sandbox did not start"
+            time.sleep(0.05)
+        yield Sandbox(url=url, process=process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def sandbox_faults(sandbox: Sandbox) -> Iterator[str]:
+    """The sandbox's fault switch; every fault is cleared after the test."""
+    try:
+        yield f"{sandbox.url}/api/faults"
+    finally:
+        httpx.delete(f"{sandbox.url}/api/faults", timeout=10)
+
+
+def make_notifier_settings(
+    database_url: str, kafka_bootstrap: str, sandbox_url: str, prefix: str, **overrides: Any
+) -> NotifierSettings:
+    values: dict[str, Any] = {
+        "app_env": "development",
+        "database_url": database_url,
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "kafka_topic_prefix": prefix,
+        "kafka_enable_idempotence": False,
+        "kafka_topic_partitions": 3,
+        "notifier_group_id": unique("notifier"),
+        "notifier_backoff_initial": 0.05,
+        "notifier_backoff_max": 0.5,
+        "api_tokens": (SecretStr(API_TOKEN),),
+        "email_token_secret": SecretStr(EMAIL_SECRET),
+        "public_base_url": "http://testserver",
+        "mail_from": "Postroom <hello@postroom.test>",
+        "postmark_server_token": SecretStr(POSTMARK_TOKEN),
+        "postmark_api_url": sandbox_url + "/",
+        "postmark_timeout": 5.0,
+        "webhook_username": WEBHOOK_USER,
+        "webhook_password": SecretStr(WEBHOOK_PASSWORD),
+        "relay_shards": 8,
+    }
+    values.update(overrides)
+    return NotifierSettings(**values)

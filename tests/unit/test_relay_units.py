@@ -5,7 +5,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import cloudevent_headers, partition_for
-from outbox_relay.relay import Backoff, record_size, trim_to_budget
+from outbox_relay.relay import record_size, trim_to_budget
+from postroom.backoff import Backoff
 
 
 def row(n: int, shard: int, payload_bytes: int = 100) -> OutboxRow:

@@ -1,0 +1,89 @@
+"""The notifier process: the Kafka consumer and the HTTP app, built in one lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from notifier.consumer import Consumer
+from notifier.delivery import Delivery
+from notifier.metrics import NotifierMetrics
+from notifier.postmark import Postmark
+from notifier.routes import router
+from outbox_relay.outbox import OutboxWriter
+from postroom.db import create_engine
+from postroom.middleware import BodySizeLimit, RequestMetrics
+from postroom.problems import (
+    ProblemError,
+    handle_http_exception,
+    handle_problem,
+    handle_unexpected,
+    handle_validation_error,
+)
+from postroom.settings import NotifierSettings
+
+
+def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
+    settings = settings or NotifierSettings()
+    registry = CollectorRegistry()
+    metrics = NotifierMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings, application_name="postroom-notifier")
+        delivery = Delivery(
+            settings,
+            engine=engine,
+            postmark=Postmark(settings),
+            outbox=OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify),
+            metrics=metrics,
+        )
+        consumer = Consumer(settings, delivery=delivery, metrics=metrics)
+        app.state.engine = engine
+        app.state.delivery = delivery
+        app.state.consumer = consumer
+        task = asyncio.create_task(consumer.run(), name="consumer") if consume else None
+        try:
+            yield
+        finally:
+            consumer.stop()
+            if task is not None:
+                await task
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Postroom notifier",
+        version="1.0.0",
+        summary="Emails that follow from user events, sent once through Postmark.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.include_router(router)
+    app.state.route_methods = [
+        (route.path_regex, frozenset(route.methods or ()))
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    app.add_exception_handler(ProblemError, handle_problem)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    for unexpected in (SQLAlchemyError, OSError, TimeoutError, Exception):
+        app.add_exception_handler(unexpected, handle_unexpected)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMetrics,
+        registry=registry,
+        access_log=settings.access_log,
+        namespace="postroom_notifier",
+    )
+    return app

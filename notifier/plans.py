@@ -1,0 +1,109 @@
+"""Which emails a user event asks for. Pure functions of the event: the same event always
+plans the same notifications, with the same deterministic ids."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from postroom import events
+
+# Fixed namespace: notification ids are uuid5(namespace, "event id:template:recipient").
+_NAMESPACE = uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21")
+
+
+class UnreadableEvent(ValueError):
+    """The record is not an event this notifier can read: it goes to the dead-letter topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    event_id: uuid.UUID
+    event_type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEmail:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    user_id: uuid.UUID | None
+    template: str
+    recipient: str
+    context: dict[str, Any] = field(hash=False, compare=False)
+    # Whether the email carries a verification link for (user_id, recipient).
+    verification: bool = False
+
+
+def notification_id(event_id: uuid.UUID, template: str, recipient: str) -> uuid.UUID:
+    return uuid.uuid5(_NAMESPACE, f"{event_id}:{template}:{recipient.lower()}")
+
+
+def read_record(headers: dict[str, str], value: bytes | None) -> SourceEvent:
+    """A CloudEvent from a Kafka record, or UnreadableEvent."""
+    try:
+        event_id = uuid.UUID(headers["ce_id"])
+        event_type = headers["ce_type"]
+        data = json.loads(value or b"")
+    except (KeyError, ValueError) as exc:
+        raise UnreadableEvent(f"not a CloudEvent with JSON data: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UnreadableEvent("event data is not a JSON object")
+    return SourceEvent(event_id=event_id, event_type=event_type, data=data)
+
+
+_MODELS: dict[str, type[events.EventData]] = {
+    model.event_type: model
+    for model in (events.UserRegistered, events.UserEmailChanged, events.UserDeleted)
+}
+
+
+def plan(source: SourceEvent) -> list[PlannedEmail]:
+    """The emails `source` asks for; none for event types that send nothing."""
+    model = _MODELS.get(source.event_type)
+    if model is None:
+        return []
+    try:
+        data = model.model_validate(source.data)
+    except ValidationError as exc:
+        raise UnreadableEvent(f"{source.event_type} data does not match its schema") from exc
+
+    def email(
+        template: str, recipient: str, context: dict[str, Any], *, verify: bool = False
+    ) -> PlannedEmail:
+        user_id = getattr(data, "user_id", None)
+        return PlannedEmail(
+            id=notification_id(source.event_id, template, recipient),
+            event_id=source.event_id,
+            event_type=source.event_type,
+            user_id=user_id,
+            template=template,
+            recipient=recipient,
+            context=context,
+            verification=verify,
+        )
+
+    if isinstance(data, events.UserRegistered):
+        return [email("welcome", data.email, {"name": data.name, "email": data.email}, verify=True)]
+    if isinstance(data, events.UserEmailChanged):
+        return [
+            email(
+                "email_change_notice",
+                data.old_email,
+                {"name": data.name, "old_email": data.old_email, "new_email": data.new_email},
+            ),
+            email(
+                "verify_new_email",
+                data.new_email,
+                {"name": data.name, "email": data.new_email},
+                verify=True,
+            ),
+        ]
+    if isinstance(data, events.UserDeleted):
+        return [email("goodbye", data.email, {"name": data.name})]
+    return []

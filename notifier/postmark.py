@@ -1,0 +1,148 @@
+"""Postmark through `postmarker`, with its answers sorted into what the notifier does next.
+
+postmarker is synchronous (requests), so calls run in worker threads, each with a client of
+its own (a requests session is not meant to be shared between threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from postmarker.core import PostmarkClient
+from postmarker.exceptions import ClientError
+
+from postroom.settings import NotifierSettings
+
+BATCH_LIMIT = 500
+INVALID_REQUEST = 300
+INACTIVE_RECIPIENT = 406
+BAD_TOKEN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Postmark refused this message for good (an ErrorCode other than 0)."""
+
+    error_code: int
+    message: str
+
+
+MessageResult = Accepted | Rejected
+
+
+class PostmarkUnavailable(Exception):
+    """429, 5xx, a timeout or a broken connection: worth retrying. `ambiguous` when Postmark
+    may have accepted the messages anyway (so look before sending again)."""
+
+    def __init__(self, reason: str, *, ambiguous: bool) -> None:
+        super().__init__(reason)
+        self.ambiguous = ambiguous
+
+
+class PostmarkUnauthorized(Exception):
+    """The server token is wrong (401 / ErrorCode 10): nothing can be sent until it is fixed."""
+
+
+class Postmark:
+    def __init__(self, settings: NotifierSettings) -> None:
+        self._settings = settings
+        self._local = threading.local()
+
+    def _client(self) -> PostmarkClient:
+        client: PostmarkClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = PostmarkClient(
+                server_token=self._settings.postmark_server_token.get_secret_value(),
+                root_api_url=self._settings.postmark_api_url,
+                timeout=self._settings.postmark_timeout,
+            )
+            self._local.client = client
+        return client
+
+    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]:
+        """Send up to 500 messages in one call; one result per message, in order."""
+        if not 1 <= len(messages) <= BATCH_LIMIT:
+            raise ValueError(f"a batch holds 1 to {BATCH_LIMIT} messages, not {len(messages)}")
+        answers = await self._call(lambda client: client.emails.send_batch(*messages))
+        if not isinstance(answers, list) or len(answers) != len(messages):
+            raise PostmarkUnavailable("batch answer does not match the request", ambiguous=True)
+        results: list[MessageResult] = []
+        for answer in answers:
+            code = int(answer.get("ErrorCode", 0))
+            if code == 0 and answer.get("MessageID"):
+                results.append(Accepted(str(answer["MessageID"])))
+            else:
+                results.append(Rejected(code, str(answer.get("Message", ""))))
+        return results
+
+    async def find_sent(self, attempt_id: str) -> dict[str, str]:
+        """notification id -> MessageID of the messages Postmark holds for one send attempt,
+        found by the `attempt_id` Metadata every message of that attempt carried."""
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            page = await self._call(
+                lambda client, at=offset: client.call(
+                    "GET",
+                    "/messages/outbound",
+                    count=BATCH_LIMIT,
+                    offset=at,
+                    metadata_attempt_id=attempt_id,
+                )
+            )
+            messages = page.get("Messages") or []
+            for message in messages:
+                notification = (message.get("Metadata") or {}).get("notification_id")
+                if notification and message.get("MessageID"):
+                    found[str(notification)] = str(message["MessageID"])
+            offset += len(messages)
+            if not messages or offset >= int(page.get("TotalCount", 0)):
+                return found
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await asyncio.to_thread(lambda: call(self._client()))
+        except ClientError as exc:
+            raise self._translate(exc) from exc
+        except requests.HTTPError as exc:  # an error answer without Postmark's JSON
+            status = exc.response.status_code if exc.response is not None else 0
+            if status == 401:
+                raise PostmarkUnauthorized("Postmark answered 401 Unauthorized") from exc
+            raise PostmarkUnavailable(f"HTTP {status}", ambiguous=status != 429) from exc
+        except requests.Timeout as exc:
+            raise PostmarkUnavailable(f"timed out: {exc}", ambiguous=True) from exc
+        except requests.RequestException as exc:
+            raise PostmarkUnavailable(f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
+
+    @staticmethod
+    def _translate(exc: ClientError) -> Exception:
+        code = getattr(exc, "error_code", None)
+        status = exc.__cause__.response.status_code if _has_response(exc.__cause__) else 0
+        if code == BAD_TOKEN or status == 401:
+            return PostmarkUnauthorized(str(exc))
+        if status == 429 or code == 429:
+            return PostmarkUnavailable(str(exc), ambiguous=False)
+        if status >= 500:
+            return PostmarkUnavailable(str(exc), ambiguous=True)
+        return RequestRejected(int(code or 0), str(exc))
+
+
+class RequestRejected(Exception):
+    """Postmark refused the whole request (an ErrorCode on the call, not per message)."""
+
+    def __init__(self, error_code: int, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+def _has_response(error: BaseException | None) -> bool:
+    return isinstance(error, requests.HTTPError) and error.response is not None

@@ -1,0 +1,197 @@
+"""The notifier's HTTP routes: notifications and suppressions for operators, health, metrics."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier.consumer import Consumer, State
+from postroom.auth import bearer_scheme, principal_of
+from postroom.db import ping
+from postroom.models import notifications, suppressions
+from postroom.problems import ProblemError, problem_response, problem_responses
+from postroom.settings import NotifierSettings
+
+
+def get_settings(request: Request) -> NotifierSettings:
+    settings: NotifierSettings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+SettingsDep = Annotated[NotifierSettings, Depends(get_settings)]
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> str:
+    return principal_of(credentials, settings.api_tokens)
+
+
+PrincipalDep = Annotated[str, Depends(require_token)]
+Status = Literal["pending", "sent", "suppressed", "failed", "delivered", "bounced", "complained"]
+
+
+class NotificationOut(BaseModel):
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    user_id: uuid.UUID | None
+    template: str
+    recipient: str
+    status: Status
+    message_id: str | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+class NotificationList(BaseModel):
+    items: list[NotificationOut]
+
+
+class SuppressionOut(BaseModel):
+    email: str
+    reason: str
+    origin: str
+    details: str | None
+    created_at: datetime
+
+
+class SuppressionList(BaseModel):
+    items: list[SuppressionOut]
+
+
+class Health(BaseModel):
+    status: str
+
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/notifications",
+    response_model=NotificationList,
+    tags=["notifications"],
+    responses=problem_responses(401, 422, 503),
+)
+async def list_notifications(
+    _: PrincipalDep,
+    engine: EngineDep,
+    user_id: uuid.UUID | None = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Any:
+    """Notifications, newest first, filtered by user, recipient and status."""
+    query = sa.select(notifications).order_by(notifications.c.created_at.desc()).limit(limit)
+    if user_id is not None:
+        query = query.where(notifications.c.user_id == user_id)
+    if email is not None:
+        query = query.where(sa.func.lower(notifications.c.recipient) == email.lower())
+    if status is not None:
+        query = query.where(notifications.c.status == status)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return NotificationList(items=[NotificationOut.model_validate(dict(row)) for row in rows])
+
+
+@router.get(
+    "/v1/notifications/{notification_id}",
+    response_model=NotificationOut,
+    tags=["notifications"],
+    responses=problem_responses(401, 404, 422, 503),
+)
+async def read_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
+    """One notification."""
+    async with engine.connect() as conn:
+        query = sa.select(notifications).where(notifications.c.id == notification_id)
+        row = (await conn.execute(query)).mappings().one_or_none()
+    if row is None:
+        raise ProblemError(
+            404,
+            "notification-not-found",
+            "No notification has this id.",
+            title="Notification not found",
+        )
+    return NotificationOut.model_validate(dict(row))
+
+
+@router.get(
+    "/v1/suppressions",
+    response_model=SuppressionList,
+    tags=["suppressions"],
+    responses=problem_responses(401, 422, 503),
+)
+async def list_suppressions(
+    _: PrincipalDep,
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Suppressed addresses, newest first: nothing is sent to them."""
+    async with engine.connect() as conn:
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return SuppressionList(items=[SuppressionOut.model_validate(dict(row)) for row in rows])
+
+
+@router.get("/healthz", response_model=Health, tags=["operations"])
+async def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, tags=["operations"], responses=problem_responses(503))
+async def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> Any:
+    """Ready: the database answers and the consumer is consuming."""
+    consumer: Consumer = request.app.state.consumer
+    if consumer.state is State.HALTED:
+        return problem_response(503, "consumer-halted", consumer.halt_reason)
+    if consumer.state is not State.CONSUMING:
+        return problem_response(
+            503, "consumer-not-ready", "Not consuming from Kafka yet.", headers={"Retry-After": "1"}
+        )
+    try:
+        await ping(engine, within=settings.database_connect_timeout)
+    except Exception:
+        return problem_response(
+            503,
+            "database-unavailable",
+            "The database does not answer.",
+            headers={"Retry-After": "1"},
+        )
+    return Health(status="ready")
+
+
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,38 @@
+"""Kafka helpers shared by the processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from postroom.settings import KafkaSettings
+
+
+async def create_missing_topics(
+    settings: KafkaSettings, topics: Iterable[str], *, client_id: str, request_timeout: float = 30.0
+) -> None:
+    """Create those of `topics` the cluster lacks, with the configured partition count and
+    replication factor. Per-topic errors come back in the answer rather than as exceptions:
+    "already exists" means another process was quicker, and anything else shows up at the
+    first use of the topic."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        request_timeout_ms=int(request_timeout * 1000),
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = sorted(set(topics) - existing)
+        if wanted:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        topic, settings.kafka_topic_partitions, settings.kafka_replication_factor
+                    )
+                    for topic in wanted
+                ]
+            )
+    finally:
+        await admin.close()
