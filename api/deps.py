@@ -13,17 +13,17 @@ from postroom.auth import bearer_scheme, principal_of
 from postroom.settings import ApiSettings
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
 
-def get_outbox(request: Request) -> OutboxWriter:
+async def get_outbox(request: Request) -> OutboxWriter:
     outbox: OutboxWriter = request.app.state.outbox
     return outbox
 
@@ -33,7 +33,7 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 OutboxDep = Annotated[OutboxWriter, Depends(get_outbox)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> str:

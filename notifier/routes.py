@@ -21,12 +21,12 @@ from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.settings import NotifierSettings
 
 
-def get_settings(request: Request) -> NotifierSettings:
+async def get_settings(request: Request) -> NotifierSettings:
     settings: NotifierSettings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
@@ -35,7 +35,7 @@ SettingsDep = Annotated[NotifierSettings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> str:

@@ -15,8 +15,10 @@ def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEn
     """An asyncpg-backed engine sized by the settings."""
     return create_async_engine(
         settings.sqlalchemy_url,
+        # No overflow: overflow connections are closed as soon as they come back, so under
+        # steady load the pool would open and close sessions all the time.
         pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        max_overflow=0,
         pool_timeout=settings.database_connect_timeout,
         connect_args={
             "timeout": settings.database_connect_timeout,

@@ -64,7 +64,7 @@ class CommonSettings(BaseSettings):
 
     app_env: AppEnv = "development"
     database_url: str = "postgresql://postgres@127.0.0.1:5433/postroom"
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     database_connect_timeout: float = Field(default=3.0, gt=0)
     relay_shards: int = Field(default=8, ge=1, le=1024)
     # false: the api raises no NOTIFY and the relays do not LISTEN; they poll (a fallback,
