@@ -105,6 +105,29 @@ def notifier() -> None:
 
 
 @app.command()
+def sandbox() -> None:
+    """Run the Postmark sandbox and the dev inbox (uvicorn)."""
+    import uvicorn
+
+    from postroom.logs import configure_logging
+    from sandbox.app import create_app
+    from sandbox.settings import SandboxSettings
+
+    settings = _load("sandbox", SandboxSettings)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.sandbox_host,
+        port=settings.sandbox_port,
+        access_log=False,
+        log_level=settings.log_level,
+        server_header=False,
+        # Answers held back by an injected timeout must not hold up a restart.
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply database migrations up to REVISION (default: head)."""
     from postroom import migrate as migrations

@@ -17,7 +17,7 @@ class Consumed:
     partition: int
     offset: int
     key: str
-    value: dict[str, Any]
+    value: Any  # the JSON data, or the raw bytes of a value that is not JSON
     headers: dict[str, str]
 
     @property
@@ -57,7 +57,7 @@ async def read_topic(
                             partition=m.partition,
                             offset=m.offset,
                             key=(m.key or b"").decode(),
-                            value=json.loads(m.value or b"null"),
+                            value=_decode(m.value),
                             headers={k: v.decode() for k, v in m.headers},
                         )
                     )
@@ -68,6 +68,13 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+def _decode(value: bytes | None) -> Any:
+    try:
+        return json.loads(value or b"null")
+    except ValueError:
+        return value
 
 
 def first_occurrences(records: list[Consumed]) -> list[Consumed]:

@@ -1,0 +1,5 @@
+"""`python -m sandbox`: the same as `postroom sandbox`."""
+
+from postroom.cli import main
+
+main(["sandbox"])

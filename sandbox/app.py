@@ -1,0 +1,62 @@
+"""The app factory: state is built per app, the webhook client lives in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandbox import control, inbox, postmark_api
+from sandbox.service import Sandbox
+from sandbox.settings import SandboxSettings
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    # Postmark clients read ErrorCode from every error body; give them one.
+    return JSONResponse(
+        {"ErrorCode": exc.status_code, "Message": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    reasons = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+    return JSONResponse({"ErrorCode": 422, "Message": f"Invalid request: {reasons}"}, 422)
+
+
+def create_app(settings: SandboxSettings | None = None) -> FastAPI:
+    settings = settings or SandboxSettings()
+    sandbox = Sandbox(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await sandbox.webhooks.start()
+        try:
+            yield
+        finally:
+            await sandbox.webhooks.close()
+
+    app = FastAPI(
+        title="Postroom Postmark sandbox",
+        version="1.0.0",
+        summary="A Postmark-compatible API that captures mail, with a dev inbox and faults.",
+        lifespan=lifespan,
+    )
+    app.state.sandbox = sandbox
+    app.state.templates = inbox.create_templates()
+    # The Postmark routes come first: `/messages/outbound` must not be read as an inbox page.
+    app.include_router(postmark_api.router)
+    app.include_router(control.router)
+    app.include_router(inbox.router)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    return app

@@ -1,0 +1,107 @@
+"""Fault injection for drills: errors, slow answers and answers that never come in time.
+
+Faults apply to each call of `POST /email` and `POST /email/batch`. An injected error is
+answered before anything is looked at, so nothing is captured. An injected timeout is the
+ambiguous case a sender must survive: the messages are captured and accepted, but the answer
+is held back for `timeout_ms`, long after the client gave up waiting.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ErrorStatus = Literal[429, 500, 503]
+
+_ERROR_BODIES: dict[int, dict[str, Any]] = {
+    429: {
+        "ErrorCode": 429,
+        "Message": "Rate limit exceeded: too many requests in a short time. Slow down and retry.",
+    },
+    500: {
+        "ErrorCode": 500,
+        "Message": "Internal server error: the request could not be processed. Retry later.",
+    },
+    503: {
+        "ErrorCode": 503,
+        "Message": "Service unavailable: the API is offline for maintenance. Retry later.",
+    },
+}
+
+
+class Faults(BaseModel):
+    """The faults in force."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_status: ErrorStatus = 503
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    timeout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    timeout_ms: int = Field(default=30_000, ge=0, le=600_000)
+
+
+class FaultsUpdate(BaseModel):
+    """A partial update of the faults: fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    error_status: ErrorStatus | None = None
+    latency_ms: int | None = Field(default=None, ge=0, le=600_000)
+    timeout_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    timeout_ms: int | None = Field(default=None, ge=0, le=600_000)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one call: answer an error now, or hold the answer back."""
+
+    delay: float
+    error_status: int | None = None
+    hold_answer: float = 0.0
+
+    def error_body(self) -> dict[str, Any]:
+        assert self.error_status is not None
+        return _ERROR_BODIES[self.error_status]
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    errors_injected: int = 0
+    timeouts_injected: int = 0
+    webhooks_delivered: int = 0
+    webhooks_failed: int = 0
+
+
+class FaultInjector:
+    def __init__(self, *, seed: int | None) -> None:
+        # Not for secrets: a seeded generator makes a drill's sequence of faults repeatable.
+        self._random = random.Random(seed)  # noqa: S311
+        self.faults = Faults()
+        self.stats = Stats()
+
+    def update(self, change: FaultsUpdate) -> Faults:
+        self.faults = self.faults.model_copy(update=change.model_dump(exclude_none=True))
+        return self.faults
+
+    def reset(self) -> Faults:
+        self.faults = Faults()
+        return self.faults
+
+    def decide(self) -> Decision:
+        """Count one call and roll the dice for it."""
+        faults = self.faults
+        self.stats.calls += 1
+        delay = faults.latency_ms / 1000
+        if faults.error_rate and self._random.random() < faults.error_rate:
+            self.stats.errors_injected += 1
+            return Decision(delay=delay, error_status=faults.error_status)
+        if faults.timeout_rate and self._random.random() < faults.timeout_rate:
+            self.stats.timeouts_injected += 1
+            return Decision(delay=delay, hold_answer=faults.timeout_ms / 1000)
+        return Decision(delay=delay)

@@ -1,0 +1,205 @@
+"""The dev inbox: captured messages as web pages a developer can read and click through.
+
+Message content is untrusted. Every value goes through Jinja2's autoescaping; the HTML part is
+shown only inside `<iframe sandbox srcdoc=...>` (no scripts, no same-origin access), and the
+pages carry a Content-Security-Policy that allows no scripts at all.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from itertools import islice
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import DictLoader, Environment
+from markupsafe import Markup, escape
+
+from sandbox.service import SandboxDep
+
+router = APIRouter(include_in_schema=False)
+
+_PAGE_SIZE = 200
+_URL = re.compile(r"https?://[^\s<>\"']+")
+_TRAILING = ".,;:!?)]}'\""
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; "
+        "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+_LAYOUT = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{% block head %}{% endblock %}
+<title>{% block title %}{% endblock %} · Postroom sandbox</title>
+<style>
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+header { background: #1d2330; color: #fff; padding: .6rem 1.2rem; }
+header a { color: #fff; text-decoration: none; font-weight: 600; }
+main { padding: 1rem 1.2rem; max-width: 72rem; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #e3e6eb;
+         vertical-align: top; overflow-wrap: anywhere; }
+th { background: #eef0f4; font-weight: 600; }
+tr:hover td { background: #fafbfd; }
+.muted { color: #6b7385; }
+.tag { background: #e7eefc; color: #244a9b; border-radius: 3px; padding: 0 .35rem; }
+iframe { width: 100%; height: 32rem; border: 1px solid #d5d9e0; background: #fff; }
+pre { background: #fff; border: 1px solid #d5d9e0; padding: .8rem; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
+dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
+</style>
+</head>
+<body>
+<header><a href="/">Postroom sandbox · dev inbox</a></header>
+<main>
+{% block main %}{% endblock %}
+</main>
+</body>
+</html>
+"""
+
+_INDEX = """{% extends "layout.html" %}
+{% block head %}<meta http-equiv="refresh" content="5">{% endblock %}
+{% block title %}Inbox ({{ total }}){% endblock %}
+{% block main %}
+<p class="muted">{{ total }} captured message{{ "" if total == 1 else "s" }}, newest first;
+this page refreshes every 5 seconds. JSON at <code>/api/messages</code>.</p>
+{% if messages %}
+<table>
+<thead><tr><th>Received (UTC)</th><th>From</th><th>To</th><th>Subject</th><th>Tag</th></tr></thead>
+<tbody>
+{% for m in messages %}
+<tr>
+<td class="muted">{{ m.received_at | when }}</td>
+<td>{{ m.sender }}</td>
+<td>{{ m.recipients | map(attribute="email") | join(", ") }}</td>
+<td><a href="/messages/{{ m.message_id }}">{{ m.subject or "(no subject)" }}</a></td>
+<td>{% if m.tag %}<span class="tag">{{ m.tag }}</span>{% endif %}</td>
+</tr>
+{% endfor %}
+</tbody>
+</table>
+{% if total > messages | length %}
+<p class="muted">Showing the newest {{ messages | length }}.</p>
+{% endif %}
+{% else %}
+<p>No messages yet. Send one to <code>POST /email</code>.</p>
+{% endif %}
+{% endblock %}
+"""
+
+_MESSAGE = """{% extends "layout.html" %}
+{% block title %}{{ m.subject or "(no subject)" }}{% endblock %}
+{% block main %}
+<p><a href="/">&larr; all messages</a></p>
+<h1>{{ m.subject or "(no subject)" }}</h1>
+<dl>
+<dt>From</dt><dd>{{ m.sender }}</dd>
+<dt>To</dt><dd>{{ m.to }}</dd>
+{% if m.cc %}<dt>Cc</dt><dd>{{ m.cc }}</dd>{% endif %}
+{% if m.bcc %}<dt>Bcc</dt><dd>{{ m.bcc }}</dd>{% endif %}
+{% if m.reply_to %}<dt>Reply-To</dt><dd>{{ m.reply_to }}</dd>{% endif %}
+<dt>Received</dt><dd>{{ m.received_at | when }} UTC</dd>
+<dt>MessageID</dt><dd><code>{{ m.message_id }}</code>
+  (<a href="/api/messages/{{ m.message_id }}">JSON</a>)</dd>
+<dt>Stream</dt><dd>{{ m.message_stream }}</dd>
+{% if m.tag %}<dt>Tag</dt><dd><span class="tag">{{ m.tag }}</span></dd>{% endif %}
+</dl>
+{% if m.html_body %}
+<h2>HTML part</h2>
+<iframe sandbox srcdoc="{{ m.html_body }}" title="HTML part"></iframe>
+{% endif %}
+{% if m.text_body %}
+<h2>Text part</h2>
+<pre>{{ m.text_body | linkify }}</pre>
+{% endif %}
+<h2>Metadata</h2>
+{% if m.metadata %}
+<table><tbody>
+{% for name, value in m.metadata.items() %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>
+{% endfor %}
+</tbody></table>
+{% else %}<p class="muted">None.</p>{% endif %}
+<h2>Headers</h2>
+{% if m.headers %}
+<table><tbody>
+{% for header in m.headers %}<tr><th>{{ header.Name }}</th><td>{{ header.Value }}</td></tr>
+{% endfor %}
+</tbody></table>
+{% else %}<p class="muted">None.</p>{% endif %}
+{% if m.attachments %}
+<h2>Attachments</h2>
+<ul>{% for a in m.attachments %}<li>{{ a.Name }} <span class="muted">{{ a.ContentType }}</span>
+</li>{% endfor %}</ul>
+{% endif %}
+{% endblock %}
+"""
+
+_NOT_FOUND = """{% extends "layout.html" %}
+{% block title %}Not found{% endblock %}
+{% block main %}<p>No captured message has the id <code>{{ message_id }}</code>; it may have been
+cleared. <a href="/">Back to the inbox</a>.</p>{% endblock %}
+"""
+
+
+def linkify(text: str) -> Markup:
+    """Escape text and make its http(s) links clickable."""
+    parts: list[str] = []
+    position = 0
+    for match in _URL.finditer(text):
+        url = match.group(0).rstrip(_TRAILING)
+        parts.append(escape(text[position : match.start()]))
+        parts.append(Markup('<a href="{0}" rel="noopener noreferrer">{0}</a>').format(url))
+        position = match.start() + len(url)
+    parts.append(escape(text[position:]))
+    return Markup("").join(parts)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def create_templates() -> Environment:
+    environment = Environment(
+        loader=DictLoader(
+            {
+                "layout.html": _LAYOUT,
+                "index.html": _INDEX,
+                "message.html": _MESSAGE,
+                "not_found.html": _NOT_FOUND,
+            }
+        ),
+        autoescape=True,
+    )
+    environment.filters["linkify"] = linkify
+    environment.filters["when"] = _when
+    return environment
+
+
+def _render(request: Request, name: str, status: int = 200, **context: object) -> HTMLResponse:
+    environment: Environment = request.app.state.templates
+    body = environment.get_template(name).render(**context)
+    return HTMLResponse(body, status_code=status, headers=_HEADERS)
+
+
+@router.get("/")
+async def inbox(request: Request, sandbox: SandboxDep) -> HTMLResponse:
+    messages = list(islice(sandbox.store.newest_first(), _PAGE_SIZE))
+    return _render(request, "index.html", messages=messages, total=len(sandbox.store))
+
+
+@router.get("/messages/{message_id}")
+async def message_page(message_id: str, request: Request, sandbox: SandboxDep) -> HTMLResponse:
+    message = sandbox.store.get(message_id)
+    if message is None:
+        return _render(request, "not_found.html", status=404, message_id=message_id)
+    return _render(request, "message.html", m=message)

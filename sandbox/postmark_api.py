@@ -1,0 +1,215 @@
+"""The part of Postmark's HTTP API that Postroom uses, answered in Postmark's shapes and codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sandbox.bounces import Bounce
+from sandbox.messages import PostmarkError
+from sandbox.service import Sandbox, SandboxDep
+
+router = APIRouter()
+
+MAX_BATCH = 500
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+MAX_BATCH_BYTES = 50 * 1024 * 1024
+MAX_PAGE = 500
+MAX_SEARCH_DEPTH = 10_000
+_AUTH_HEADER = "x-postmark-server-token"
+_METADATA_PREFIX = "metadata_"
+
+
+def error_response(exc: PostmarkError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _authorize(request: Request, sandbox: Sandbox) -> str:
+    token = request.headers.get(_AUTH_HEADER)
+    if not token:
+        raise PostmarkError(
+            401, 10, "No Server token was given: send it in the X-Postmark-Server-Token header."
+        )
+    kind = sandbox.token_kind(token)
+    if kind is None:
+        raise PostmarkError(
+            401, 10, "The Server token in the X-Postmark-Server-Token header is not valid."
+        )
+    return kind
+
+
+def _accepts_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return True  # no preference stated: JSON is as good as anything
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+def _require_json(request: Request, *, with_body: bool) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not _accepts_json(request) or (with_body and content_type != "application/json"):
+        raise PostmarkError(
+            415, 409, "JSON required: set the Accept and Content-Type headers to application/json."
+        )
+
+
+async def _read_json(request: Request, *, limit: int) -> object:
+    body = await request.body()
+    if len(body) > limit:
+        raise PostmarkError(413, 300, f"Payload too large: the limit is {limit} bytes.")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise PostmarkError(
+            422, 402, "Invalid JSON: the request body could not be parsed."
+        ) from None
+
+
+def _send_batch(sandbox: Sandbox, data: object, *, test: bool) -> list[dict[str, Any]]:
+    if not isinstance(data, list):
+        raise PostmarkError(422, 403, "The request body must be a JSON array of messages.")
+    if len(data) > MAX_BATCH:
+        raise PostmarkError(
+            422, 410, f"Too many batch messages: {len(data)}; at most {MAX_BATCH} per call."
+        )
+    answers: list[dict[str, Any]] = []
+    for item in data:
+        try:
+            answers.append(sandbox.accept(item, test=test))
+        except PostmarkError as exc:
+            answers.append(exc.body())
+    return answers
+
+
+async def _send(request: Request, sandbox: Sandbox, *, batch: bool) -> Response:
+    decision = sandbox.faults.decide()
+    if decision.delay:
+        await asyncio.sleep(decision.delay)
+    if decision.error_status is not None:
+        return JSONResponse(decision.error_body(), status_code=decision.error_status)
+    answer: Any
+    try:
+        kind = _authorize(request, sandbox)
+        _require_json(request, with_body=True)
+        data = await _read_json(request, limit=MAX_BATCH_BYTES if batch else MAX_MESSAGE_BYTES)
+        if batch:
+            answer = _send_batch(sandbox, data, test=kind == "test")
+        else:
+            answer = sandbox.accept(data, test=kind == "test")
+        response: Response = JSONResponse(answer)
+    except PostmarkError as exc:
+        response = error_response(exc)
+    if decision.hold_answer:
+        await asyncio.sleep(decision.hold_answer)
+    return response
+
+
+@router.post("/email")
+async def send_email(request: Request, sandbox: SandboxDep) -> Response:
+    """Send one message."""
+    return await _send(request, sandbox, batch=False)
+
+
+@router.post("/email/batch")
+async def send_batch(request: Request, sandbox: SandboxDep) -> Response:
+    """Send up to 500 messages; answers in request order, failures in place."""
+    return await _send(request, sandbox, batch=True)
+
+
+def _page(request: Request) -> tuple[int, int]:
+    try:
+        count = int(request.query_params["count"])
+        offset = int(request.query_params["offset"])
+    except (KeyError, ValueError):
+        raise PostmarkError(
+            422, 700, "Messages query exception: 'count' and 'offset' are required integers."
+        ) from None
+    if not 1 <= count <= MAX_PAGE or offset < 0 or count + offset > MAX_SEARCH_DEPTH:
+        raise PostmarkError(
+            422,
+            700,
+            f"Messages query exception: 'count' must be 1-{MAX_PAGE}, 'offset' at least 0, "
+            f"and together at most {MAX_SEARCH_DEPTH}.",
+        )
+    return count, offset
+
+
+@router.get("/messages/outbound")
+async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
+    """Outbound message search, with `metadata_<field>=<value>` filters."""
+    try:
+        _authorize(request, sandbox)
+        _require_json(request, with_body=False)
+        count, offset = _page(request)
+    except PostmarkError as exc:
+        return error_response(exc)
+    params = request.query_params
+    metadata = {
+        key.removeprefix(_METADATA_PREFIX): value
+        for key, value in params.items()
+        if key.startswith(_METADATA_PREFIX) and len(key) > len(_METADATA_PREFIX)
+    }
+    status = params.get("status")
+    found = sandbox.store.search(
+        recipient=params.get("recipient") or None,
+        sender=params.get("fromemail") or None,
+        tag=params.get("tag") or None,
+        subject=params.get("subject") or None,
+        stream=params.get("messagestream") or None,
+        metadata=metadata,
+    )
+    if status and status.lower() != "sent":
+        found = []  # every captured message counts as sent
+    page = found[offset : offset + count]
+    return JSONResponse(
+        {"TotalCount": len(found), "Messages": [message.search_json() for message in page]}
+    )
+
+
+@router.get("/messages/outbound/{message_id}/details")
+async def outbound_details(message_id: str, request: Request, sandbox: SandboxDep) -> Response:
+    try:
+        _authorize(request, sandbox)
+        _require_json(request, with_body=False)
+    except PostmarkError as exc:
+        return error_response(exc)
+    message = sandbox.store.get(message_id)
+    if message is None:
+        return error_response(PostmarkError(422, 701, "This message was not found."))
+    return JSONResponse(message.details_json())
+
+
+def _find_bounce(raw_id: str, sandbox: Sandbox) -> Bounce:
+    bounce = sandbox.store.bounce(int(raw_id)) if raw_id.isdigit() else None
+    if bounce is None:
+        raise PostmarkError(422, 1001, "Bounce was not found.")
+    return bounce
+
+
+@router.get("/bounces/{bounce_id}")
+async def get_bounce(bounce_id: str, request: Request, sandbox: SandboxDep) -> Response:
+    try:
+        _authorize(request, sandbox)
+        _require_json(request, with_body=False)
+        bounce = _find_bounce(bounce_id, sandbox)
+    except PostmarkError as exc:
+        return error_response(exc)
+    return JSONResponse(bounce.as_json())
+
+
+@router.put("/bounces/{bounce_id}/activate")
+async def activate_bounce(bounce_id: str, request: Request, sandbox: SandboxDep) -> Response:
+    """Reactivate the address a bounce made inactive."""
+    try:
+        _authorize(request, sandbox)
+        _require_json(request, with_body=False)
+        bounce = _find_bounce(bounce_id, sandbox)
+        sandbox.activate(bounce)
+    except PostmarkError as exc:
+        return error_response(exc)
+    return JSONResponse({"Message": "OK", "Bounce": bounce.as_json()})

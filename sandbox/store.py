@@ -1,0 +1,93 @@
+"""What the sandbox remembers, in memory: captured messages, bounces, inactive addresses."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+
+from sandbox.bounces import Bounce
+from sandbox.messages import Message
+
+
+class Store:
+    def __init__(self, *, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._messages: OrderedDict[str, Message] = OrderedDict()
+        self._bounces: OrderedDict[int, Bounce] = OrderedDict()
+        # case-folded address -> the bounce that made it inactive
+        self._inactive: dict[str, Bounce] = {}
+        self.captured_total = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, message: Message) -> None:
+        self._messages[message.message_id] = message
+        self.captured_total += 1
+        while len(self._messages) > self.max_messages:
+            self._messages.popitem(last=False)
+
+    def get(self, message_id: str) -> Message | None:
+        return self._messages.get(message_id)
+
+    def newest_first(self) -> Iterator[Message]:
+        return reversed(self._messages.values())
+
+    def search(
+        self,
+        *,
+        recipient: str | None = None,
+        sender: str | None = None,
+        tag: str | None = None,
+        subject: str | None = None,
+        stream: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[Message]:
+        """Messages that match every given filter, newest first."""
+        wanted_recipient = recipient.lower() if recipient else None
+        wanted_sender = sender.lower() if sender else None
+        found: list[Message] = []
+        for message in self.newest_first():
+            if wanted_recipient is not None and all(
+                address.key != wanted_recipient for address in message.recipients
+            ):
+                continue
+            if wanted_sender is not None and wanted_sender not in message.sender.lower():
+                continue
+            if tag is not None and message.tag != tag:
+                continue
+            if subject is not None and subject.lower() not in message.subject.lower():
+                continue
+            if stream is not None and message.message_stream != stream:
+                continue
+            if metadata and any(message.metadata.get(k) != v for k, v in metadata.items()):
+                continue
+            found.append(message)
+        return found
+
+    def add_bounce(self, bounce: Bounce) -> None:
+        self._bounces[bounce.id] = bounce
+        if bounce.inactive:
+            self._inactive[bounce.email.lower()] = bounce
+        while len(self._bounces) > self.max_messages:
+            self._bounces.popitem(last=False)
+
+    def bounce(self, bounce_id: int) -> Bounce | None:
+        return self._bounces.get(bounce_id)
+
+    def inactive_among(self, addresses: list[str]) -> list[str]:
+        """The given addresses that may not receive mail, in the order given."""
+        return [address for address in addresses if address.lower() in self._inactive]
+
+    def activate(self, bounce: Bounce) -> None:
+        bounce.inactive = False
+        current = self._inactive.get(bounce.email.lower())
+        if current is not None:
+            current.inactive = False
+            del self._inactive[bounce.email.lower()]
+
+    def clear(self) -> None:
+        """A clean slate: no messages, no bounces, every address active again."""
+        self._messages.clear()
+        self._bounces.clear()
+        self._inactive.clear()

@@ -1,0 +1,593 @@
+"""The Postmark sandbox as a real server, spoken to by the real `postmarker` client.
+
+What the notifier relies on: Postmark's answer shapes and error codes, metadata search after an
+ambiguous timeout, bounce and complaint webhooks that suppress addresses, and injected faults.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import requests
+from postmarker.core import PostmarkClient
+from postmarker.exceptions import ClientError
+
+from postroom.embedded import free_port
+from tests.conftest import unique
+
+T = TypeVar("T")
+
+SERVER_TOKEN = "sandbox-test-server-token"
+HOOK_USER = "postmark-hooks"
+HOOK_PASSWORD = "sandbox-test-hook-password"
+
+
+def wait_for(probe: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
+    """Poll until `probe` returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@dataclass
+class Hook:
+    authorization: str | None
+    content_type: str | None
+    raw: bytes
+
+    @property
+    def body(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
+
+
+@dataclass
+class HookReceiver:
+    """A tiny webhook endpoint: records every POST it accepts; refuses (500) the first event
+    for each address in `refuse_once`."""
+
+    url: str = ""
+    hooks: list[Hook] = field(default_factory=list)
+    refuse_once: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_message(self, message_id: str) -> list[Hook]:
+        with self.lock:
+            return [hook for hook in self.hooks if hook.body.get("MessageID") == message_id]
+
+
+def _handler(receiver: HookReceiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            email = json.loads(raw).get("Email")
+            with receiver.lock:
+                refused = email in receiver.refuse_once
+                if refused:
+                    receiver.refuse_once.discard(email)
+                else:
+                    hook = Hook(
+                        self.headers.get("Authorization"), self.headers.get("Content-Type"), raw
+                    )
+                    receiver.hooks.append(hook)
+            self.send_response(500 if refused else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[HookReceiver]:
+    hooks = HookReceiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hooks))
+    hooks.url = f"http://127.0.0.1:{server.server_address[1]}/webhooks/postmark"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hooks
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class LiveSandbox:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.url}{path}", timeout=10, **kwargs)
+
+    def captured(self, **params: str) -> list[dict[str, Any]]:
+        answer = self.api("GET", "/api/messages", params=params)
+        assert answer.status_code == 200
+        messages: list[dict[str, Any]] = answer.json()
+        return messages
+
+
+@pytest.fixture(scope="module")
+def live_sandbox(receiver: HookReceiver) -> Iterator[LiveSandbox]:
+    """`postroom sandbox` as a process of its own, posting webhooks to `receiver`."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SANDBOX_HOST": "127.0.0.1",
+        "SANDBOX_PORT": str(port),
+        "POSTMARK_SERVER_TOKEN": SERVER_TOKEN,
+        "SANDBOX_WEBHOOK_URL": receiver.url,
+        "SANDBOX_WEBHOOK_DELAY_MS": "0",
+        "WEBHOOK_USERNAME": HOOK_USER,
+        "WEBHOOK_PASSWORD": HOOK_PASSWORD,
+        "SANDBOX_FAULT_SEED": "7",
+        "LOG_LEVEL": "warning",
+    }
+    log_path = Path(tempfile.mkstemp(prefix="postroom-sandbox-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", "sandbox"], env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, f"the sandbox exited: {log_path.read_text()}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, what="the sandbox to answer /healthz", timeout=30)
+        yield LiveSandbox(url, process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "live_sandbox" in request.fixturenames:
+        sandbox: LiveSandbox = request.getfixturevalue("live_sandbox")
+        sandbox.api("DELETE", "/api/faults")
+
+
+@pytest.fixture
+def make_client(live_sandbox: LiveSandbox) -> Iterator[Callable[..., PostmarkClient]]:
+    """postmarker clients aimed at the sandbox; their connection pools are closed afterwards."""
+    clients: list[PostmarkClient] = []
+
+    def make(token: str = SERVER_TOKEN, **options: Any) -> PostmarkClient:
+        client = PostmarkClient(server_token=token, root_api_url=f"{live_sandbox.url}/", **options)
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.session.close()
+
+
+@pytest.fixture
+def postmark(make_client: Callable[..., PostmarkClient]) -> PostmarkClient:
+    return make_client()
+
+
+def address(tag: str) -> str:
+    return f"{unique(tag)}@example.com"
+
+
+def message(to: str, **fields: Any) -> dict[str, Any]:
+    return {"From": "Postroom <hello@example.com>", "To": to, "TextBody": "Hello", **fields}
+
+
+def search(postmark: PostmarkClient, **filters: Any) -> dict[str, Any]:
+    """Outbound message search; postmarker's `all()` has no metadata filters, `call` passes any."""
+    found: dict[str, Any] = postmark.call("GET", "/messages/outbound", **filters)
+    return found
+
+
+def test_a_send_is_captured_with_every_field_and_answered_like_postmark(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    to = f"{address('to')}, Ada Lovelace <{address('ada')}>"
+    cc, bcc = address("cc"), address("bcc")
+    answer = postmark.emails.send(
+        From="Postroom <hello@example.com>",
+        To=to,
+        Cc=cc,
+        Bcc=bcc,
+        ReplyTo="help@example.com",
+        Subject="Welcome aboard",
+        HtmlBody="<p>Hello</p>",
+        TextBody="Hello",
+        Tag="welcome",
+        Metadata={"notification_id": "n-1", "user_id": "u-1"},
+        Headers={"X-Campaign": "spring"},
+    )
+
+    assert set(answer) == {"To", "SubmittedAt", "MessageID", "ErrorCode", "Message"}
+    assert answer["To"] == to
+    assert (answer["ErrorCode"], answer["Message"]) == (0, "OK")
+    assert uuid.UUID(answer["MessageID"]).version == 4
+    assert datetime.fromisoformat(answer["SubmittedAt"]).utcoffset() is not None
+
+    [captured] = live_sandbox.captured(to=cc.upper())
+    assert captured["MessageID"] == answer["MessageID"]
+    assert captured["From"] == "Postroom <hello@example.com>"
+    assert (captured["To"], captured["Cc"], captured["Bcc"]) == (to, cc, bcc)
+    assert captured["Subject"] == "Welcome aboard"
+    assert (captured["HtmlBody"], captured["TextBody"]) == ("<p>Hello</p>", "Hello")
+    assert captured["Tag"] == "welcome"
+    assert captured["Metadata"] == {"notification_id": "n-1", "user_id": "u-1"}
+    assert captured["Headers"] == [{"Name": "X-Campaign", "Value": "spring"}]
+    assert captured["MessageStream"] == "outbound"
+    assert captured["ReplyTo"] == "help@example.com"
+    assert datetime.fromisoformat(captured["ReceivedAt"]).utcoffset() is not None
+    assert live_sandbox.api("GET", f"/api/messages/{answer['MessageID']}").json() == captured
+
+
+def test_a_wrong_or_missing_token_is_refused_with_error_code_10(
+    live_sandbox: LiveSandbox, make_client: Callable[..., PostmarkClient]
+) -> None:
+    to = address("token")
+    with pytest.raises(ClientError) as refused:
+        make_client("not-the-token").emails.send(**message(to))
+    assert refused.value.error_code == 10
+    assert isinstance(refused.value.__cause__, requests.HTTPError)
+    assert refused.value.__cause__.response.status_code == 401
+
+    missing = live_sandbox.api("POST", "/email", json=message(to))
+    assert missing.status_code == 401
+    assert missing.json()["ErrorCode"] == 10
+    assert live_sandbox.captured(to=to) == []
+
+
+def test_the_test_token_validates_without_capturing(
+    live_sandbox: LiveSandbox, make_client: Callable[..., PostmarkClient]
+) -> None:
+    to = address("dry-run")
+    client = make_client("POSTMARK_API_TEST")
+    answer = client.emails.send(**message(to))
+    assert (answer["ErrorCode"], answer["Message"]) == (0, "Test job accepted")
+    with pytest.raises(ClientError) as refused:
+        client.emails.send(**message("not-an-address"))
+    assert refused.value.error_code == 300
+    assert live_sandbox.captured(to=to) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"To": "someone@localhost"}, "Invalid 'To' address: 'someone@localhost'"),
+        ({"Cc": "ok@example.com, broken"}, "Invalid 'Cc' address"),
+        ({"From": "nobody"}, "Invalid 'From' address"),
+        ({"TextBody": None, "HtmlBody": None}, "TextBody or HtmlBody"),
+        ({"Metadata": {"field_name_of_21_chrs": "x"}}, "Field names are limited to 20"),
+        ({"Metadata": {"count": 3}}, "must be a string"),
+    ],
+)
+def test_an_invalid_message_is_refused_with_error_code_300(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient, fields: dict[str, Any], reason: str
+) -> None:
+    to = address("invalid")
+    with pytest.raises(ClientError) as refused:
+        postmark.call("POST", "/email", data={**message(to), **fields})
+    assert refused.value.error_code == 300
+    assert refused.value.__cause__.response.status_code == 422
+    assert reason in str(refused.value)
+    assert live_sandbox.captured(to=to) == []
+
+
+def test_json_is_required(live_sandbox: LiveSandbox) -> None:
+    answer = live_sandbox.api(
+        "POST",
+        "/email",
+        content=json.dumps(message(address("form"))),
+        headers={"X-Postmark-Server-Token": SERVER_TOKEN, "Content-Type": "text/plain"},
+    )
+    assert answer.status_code == 415
+    assert answer.json()["ErrorCode"] == 409
+
+
+def test_a_batch_answers_each_message_in_its_position(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    first, second, third = address("b1"), "not-an-address", address("b3")
+    answers = postmark.emails.send_batch(message(first), message(second), message(third))
+
+    assert [a["ErrorCode"] for a in answers] == [0, 300, 0]
+    assert answers[1] == {"ErrorCode": 300, "Message": "Invalid 'To' address: 'not-an-address'."}
+    assert [answers[0]["To"], answers[2]["To"]] == [first, third]
+    assert live_sandbox.captured(to=first)[0]["MessageID"] == answers[0]["MessageID"]
+    assert live_sandbox.captured(to=third)[0]["MessageID"] == answers[2]["MessageID"]
+
+
+def test_a_batch_of_more_than_500_is_refused_whole_with_error_code_410(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    to = address("big-batch")
+    # postmarker splits big batches itself; the raw call shows what Postmark answers.
+    with pytest.raises(ClientError) as refused:
+        postmark.call("POST", "/email/batch", data=[message(to)] * 501)
+    assert refused.value.error_code == 410
+    assert live_sandbox.captured(to=to) == []
+
+
+def test_metadata_search_finds_exactly_the_message_with_that_metadata(
+    postmark: PostmarkClient,
+) -> None:
+    wanted = unique("notification")
+    to = address("search")
+    sent = [
+        postmark.emails.send(**message(to, Metadata={"notification_id": unique("other")})),
+        postmark.emails.send(**message(to, Metadata={"notification_id": wanted}, Tag="t")),
+        postmark.emails.send(**message(to, Metadata={"user_id": wanted})),
+    ]
+
+    found = search(postmark, count=50, offset=0, metadata_notification_id=wanted)
+    assert found["TotalCount"] == 1
+    [hit] = found["Messages"]
+    assert hit["MessageID"] == sent[1]["MessageID"]
+    assert hit["Metadata"] == {"notification_id": wanted}
+    assert hit["To"] == [{"Email": to, "Name": None}]
+    assert hit["Recipients"] == [to]
+    assert (hit["Status"], hit["Tag"], hit["MessageStream"]) == ("Sent", "t", "outbound")
+    assert search(postmark, count=50, offset=0, recipient=to)["TotalCount"] == 3
+    assert search(postmark, count=50, offset=0, metadata_notification_id="none")["TotalCount"] == 0
+
+    with pytest.raises(ClientError) as refused:
+        search(postmark, metadata_notification_id=wanted)  # count and offset are required
+    assert refused.value.error_code == 700
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_hard_bounce_posts_a_webhook_and_suppresses_the_address_until_reactivated(
+    receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    to = "hardbounce@bounce-testing.postmarkapp.com"
+    metadata = {"notification_id": unique("n")}
+    sent = postmark.emails.send(**message(to, Metadata=metadata, Tag="welcome", Subject="Hi"))
+    assert sent["ErrorCode"] == 0
+
+    [hook] = wait_for(lambda: receiver.for_message(sent["MessageID"]), what="the bounce webhook")
+    assert hook.authorization == _basic(HOOK_USER, HOOK_PASSWORD)
+    assert hook.content_type == "application/json"
+    bounce = hook.body
+    assert bounce["RecordType"] == "Bounce"
+    assert (bounce["Type"], bounce["TypeCode"]) == ("HardBounce", 1)
+    assert (bounce["Email"], bounce["MessageID"]) == (to, sent["MessageID"])
+    assert (bounce["Metadata"], bounce["Tag"]) == (metadata, "welcome")
+    assert (bounce["MessageStream"], bounce["Subject"]) == ("outbound", "Hi")
+    assert (bounce["Inactive"], bounce["CanActivate"]) == (True, True)
+    assert bounce["From"] == "Postroom <hello@example.com>"
+    assert isinstance(bounce["ID"], int)
+    assert bounce["ID"] > 2**53
+    assert re.search(rf'"ID":\s*{bounce["ID"]}[,}}]', hook.raw.decode())  # a number, not a string
+    assert datetime.fromisoformat(bounce["BouncedAt"]).utcoffset() is not None
+    assert {"Name", "Description", "Details", "ServerID", "BouncedAt"} <= set(bounce)
+
+    with pytest.raises(ClientError) as refused:
+        postmark.emails.send(**message(to))
+    assert refused.value.error_code == 406
+    assert refused.value.__cause__.response.status_code == 422
+    assert "inactive" in str(refused.value)
+    assert to in str(refused.value)
+
+    assert postmark.bounces.get(bounce["ID"]).Inactive is True
+    activated = postmark.bounces.activate(bounce["ID"])
+    assert activated["Message"] == "OK"
+    assert (activated["Bounce"]["ID"], activated["Bounce"]["Inactive"]) == (bounce["ID"], False)
+    assert postmark.emails.send(**message(to))["ErrorCode"] == 0
+
+
+def test_a_spam_complaint_posts_its_own_record_type_and_cannot_be_reactivated(
+    receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    to = "spamcomplaint@bounce-testing.postmarkapp.com"
+    sent = postmark.emails.send(**message(to, Metadata={"user_id": "u-9"}))
+
+    [hook] = wait_for(lambda: receiver.for_message(sent["MessageID"]), what="the complaint")
+    complaint = hook.body
+    assert (complaint["RecordType"], complaint["Type"]) == ("SpamComplaint", "SpamComplaint")
+    assert complaint["TypeCode"] == 100001
+    assert (complaint["Email"], complaint["Metadata"]) == (to, {"user_id": "u-9"})
+    assert (complaint["Inactive"], complaint["CanActivate"]) == (True, False)
+    assert complaint["ID"] > 2**53
+
+    with pytest.raises(ClientError) as refused:
+        postmark.bounces.activate(complaint["ID"])
+    assert refused.value.error_code == 1003
+    with pytest.raises(ClientError) as suppressed:
+        postmark.emails.send(**message(to))
+    assert suppressed.value.error_code == 406
+
+
+def test_the_bounce_header_bounces_any_address_and_soft_bounces_do_not_suppress(
+    receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    to = address("soft")
+    sent = postmark.emails.send(**message(to, Headers={"X-PM-Bounce-Type": "SoftBounce"}))
+
+    [hook] = wait_for(lambda: receiver.for_message(sent["MessageID"]), what="the soft bounce")
+    assert (hook.body["Type"], hook.body["TypeCode"], hook.body["Email"]) == (
+        "SoftBounce",
+        4096,
+        to,
+    )
+    assert hook.body["Inactive"] is False
+    assert postmark.emails.send(**message(to))["ErrorCode"] == 0
+
+
+def test_a_webhook_the_receiver_refuses_is_retried(
+    live_sandbox: LiveSandbox, receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    to = address("retried")
+    with receiver.lock:
+        receiver.refuse_once.add(to)
+    sent = postmark.emails.send(**message(to, Headers={"X-PM-Bounce-Type": "HardBounce"}))
+
+    [hook] = wait_for(lambda: receiver.for_message(sent["MessageID"]), what="the retried webhook")
+    assert hook.body["Email"] == to
+
+    def delivered() -> dict[str, Any] | None:
+        for record in live_sandbox.api("GET", "/api/webhooks").json():
+            if record["MessageID"] == sent["MessageID"] and record["Status"] == "delivered":
+                return dict(record)
+        return None
+
+    record = wait_for(delivered, what="the delivery record")
+    assert record["Attempts"] == 2
+
+
+def test_an_unknown_bounce_cannot_be_activated(postmark: PostmarkClient) -> None:
+    with pytest.raises(ClientError) as refused:
+        postmark.bounces.activate(2**60)
+    assert refused.value.error_code == 1001
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_an_injected_error_captures_nothing(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient, status: int
+) -> None:
+    before = live_sandbox.api("GET", "/api/stats").json()
+    put = live_sandbox.api("PUT", "/api/faults", json={"error_rate": 1.0, "error_status": status})
+    assert put.json()["error_rate"] == 1.0
+    to = address("fault")
+
+    with pytest.raises(ClientError) as failed:
+        postmark.emails.send(**message(to))
+    assert failed.value.__cause__.response.status_code == status
+    assert failed.value.error_code == status
+    with pytest.raises(ClientError):
+        postmark.emails.send_batch(message(to))
+    assert live_sandbox.captured(to=to) == []
+    after = live_sandbox.api("GET", "/api/stats").json()
+    assert after["errors_injected"] - before["errors_injected"] == 2
+    assert after["captured"] == before["captured"]
+
+    live_sandbox.api("DELETE", "/api/faults")
+    assert postmark.emails.send(**message(to))["ErrorCode"] == 0
+
+
+def test_an_injected_timeout_still_captures_the_message_for_the_search_to_find(
+    live_sandbox: LiveSandbox, make_client: Callable[..., PostmarkClient]
+) -> None:
+    live_sandbox.api("PUT", "/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 2000})
+    impatient = make_client(timeout=0.3)
+    notification_id = unique("ambiguous")
+    to = address("timeout")
+
+    with pytest.raises(requests.exceptions.Timeout):
+        impatient.emails.send(**message(to, Metadata={"notification_id": notification_id}))
+
+    live_sandbox.api("DELETE", "/api/faults")
+    found = search(impatient, count=1, offset=0, metadata_notification_id=notification_id)
+    assert found["TotalCount"] == 1
+    assert found["Messages"][0]["Recipients"] == [to]
+    assert live_sandbox.api("GET", "/api/stats").json()["timeouts_injected"] >= 1
+
+
+def test_faults_are_validated_and_updated_field_by_field(live_sandbox: LiveSandbox) -> None:
+    assert live_sandbox.api("PUT", "/api/faults", json={"error_rate": 1.5}).status_code == 422
+    assert live_sandbox.api("PUT", "/api/faults", json={"error_status": 404}).status_code == 422
+    assert live_sandbox.api("PUT", "/api/faults", json={"latency_ms": -1}).status_code == 422
+    assert live_sandbox.api("PUT", "/api/faults", json={"surprise": 1}).status_code == 422
+
+    live_sandbox.api("PUT", "/api/faults", json={"latency_ms": 50})
+    live_sandbox.api("PUT", "/api/faults", json={"timeout_rate": 0.25})
+    assert live_sandbox.api("GET", "/api/faults").json() == {
+        "error_rate": 0.0,
+        "error_status": 503,
+        "latency_ms": 50,
+        "timeout_rate": 0.25,
+        "timeout_ms": 30000,
+    }
+    reset = live_sandbox.api("DELETE", "/api/faults").json()
+    assert (reset["latency_ms"], reset["timeout_rate"]) == (0, 0.0)
+
+
+def test_clearing_forgets_messages_bounces_and_suppressions(
+    live_sandbox: LiveSandbox, receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    to = address("cleared")
+    sent = postmark.emails.send(**message(to, Headers={"X-PM-Bounce-Type": "HardBounce"}))
+    [hook] = wait_for(lambda: receiver.for_message(sent["MessageID"]), what="the bounce")
+    with pytest.raises(ClientError):
+        postmark.emails.send(**message(to))
+
+    assert live_sandbox.api("DELETE", "/api/messages").status_code == 204
+
+    assert live_sandbox.captured() == []
+    assert live_sandbox.api("GET", f"/api/messages/{sent['MessageID']}").status_code == 404
+    with pytest.raises(ClientError) as gone:
+        postmark.bounces.get(hook.body["ID"])
+    assert gone.value.error_code == 1001
+    assert postmark.emails.send(**message(to))["ErrorCode"] == 0
+
+
+def test_the_inbox_lists_messages_and_shows_html_only_inside_a_sandboxed_frame(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    subject = f"Verify <b>{unique('subject')}</b>"
+    html = '<p>Hi &amp; welcome</p><script>alert("owned")</script><img src=x onerror=alert(1)>'
+    link = "http://127.0.0.1:8000/verify-email?token=abc&x=1"
+    sent = postmark.emails.send(
+        **message(address("inbox"), Subject=subject, HtmlBody=html, TextBody=f"Open {link}.")
+    )
+
+    listing = live_sandbox.api("GET", "/")
+    assert listing.status_code == 200
+    assert listing.headers["content-type"].startswith("text/html")
+    assert f'href="/messages/{sent["MessageID"]}"' in listing.text
+    assert "Verify &lt;b&gt;" in listing.text
+    assert "<b>subject" not in listing.text
+
+    page = live_sandbox.api("GET", f"/messages/{sent['MessageID']}")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]  # no scripts at all
+    frame = re.search(r'<iframe sandbox srcdoc="([^"]*)"', page.text)
+    assert frame is not None, "the HTML part is shown in a sandboxed iframe"
+    assert "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt;" in frame.group(1)
+    assert "<script" not in page.text
+    assert "<img" not in page.text
+    assert f'<a href="{link.replace("&", "&amp;")}"' in page.text
+    assert "Hi &amp;amp; welcome" in frame.group(1)  # escaped once more for the attribute
+
+    missing = live_sandbox.api("GET", f"/messages/{uuid.uuid4()}")
+    assert missing.status_code == 404
