@@ -30,7 +30,7 @@ COPY outbox_relay/ outbox_relay/
 
 USER postroom
 
-EXPOSE 8000 8002
+EXPOSE 8000 8001 8002 8025
 
 # slim has no curl; the api is the default process, others override this in compose.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \

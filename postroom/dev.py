@@ -1,9 +1,10 @@
 """`postroom dev`: the whole stack on a laptop, no Docker, no accounts.
 
 Starts an embedded PostgreSQL whose data persists under `.postroom/` and an embedded
-Kafka-compatible broker (in memory), applies migrations and runs each process (api, relay)
-as a child with one shared environment. Every setting given in the
-environment is honoured; only missing ones get development defaults, which are printed.
+Kafka-compatible broker (in memory), applies migrations and runs each process (the Postmark
+sandbox with its dev inbox, api, relay, notifier) as a child with one shared environment.
+Every setting given in the environment is honoured; only missing ones get development
+defaults, which are printed.
 Generated secrets are kept in `.postroom/dev.env` so the token stays the same between runs.
 """
 
@@ -28,6 +29,8 @@ DEV_PG_PORT = 5433
 DEV_KAFKA_PORT = 9092
 API_PORT = 8000
 RELAY_METRICS_PORT = 8002
+NOTIFIER_PORT = 8001
+SANDBOX_PORT = 8025
 
 
 def _load_dev_secrets(path: Path) -> dict[str, str]:
@@ -41,6 +44,9 @@ def _load_dev_secrets(path: Path) -> dict[str, str]:
     wanted: dict[str, Callable[[], str]] = {
         "API_TOKENS": lambda: "dev-only-" + secrets.token_urlsafe(18),
         "EMAIL_TOKEN_SECRET": lambda: "dev-only-" + secrets.token_urlsafe(32),
+        "POSTMARK_SERVER_TOKEN": lambda: "dev-only-" + secrets.token_urlsafe(12),
+        "WEBHOOK_USERNAME": lambda: "postmark",
+        "WEBHOOK_PASSWORD": lambda: "dev-only-" + secrets.token_urlsafe(18),
     }
     changed = False
     for key, make in wanted.items():
@@ -99,25 +105,39 @@ def run_dev() -> int:
     defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
     api_port = int(env.get("API_PORT", API_PORT))
     relay_port = int(env.get("RELAY_METRICS_PORT", RELAY_METRICS_PORT))
+    notifier_port = int(env.get("NOTIFIER_PORT", NOTIFIER_PORT))
+    sandbox_port = int(env.get("SANDBOX_PORT", SANDBOX_PORT))
     defaults["API_PORT"] = str(api_port)
     defaults["RELAY_METRICS_PORT"] = str(relay_port)
+    defaults["NOTIFIER_PORT"] = str(notifier_port)
+    defaults["SANDBOX_PORT"] = str(sandbox_port)
     defaults["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{api_port}"
+    defaults["POSTMARK_API_URL"] = f"http://127.0.0.1:{sandbox_port}/"
+    defaults["MAIL_FROM"] = "Postroom <hello@postroom.test>"
 
     filled = {key: value for key, value in defaults.items() if key not in env}
     env.update(filled)
     print("development defaults (set any of these in the environment to override):")
     for key, value in filled.items():
-        shown = value if key != "EMAIL_TOKEN_SECRET" else f"(generated, in {STATE_DIR / 'dev.env'})"
+        secret = key in {"EMAIL_TOKEN_SECRET", "WEBHOOK_PASSWORD", "POSTMARK_SERVER_TOKEN"}
+        shown = f"(generated, in {STATE_DIR / 'dev.env'})" if secret else value
         print(f"  {key}={shown}")
 
     try:
         upgrade(env["DATABASE_URL"])
         print("migrations applied")
-        for name in ("api", "relay"):
+        for name in ("sandbox", "api", "relay", "notifier"):
             children[name] = subprocess.Popen([sys.executable, "-m", "postroom.cli", name], env=env)
         base = f"http://127.0.0.1:{api_port}"
         relay_base = f"http://127.0.0.1:{relay_port}"
-        for name, url in (("api", f"{base}/readyz"), ("relay", f"{relay_base}/readyz")):
+        notifier_base = f"http://127.0.0.1:{notifier_port}"
+        inbox = f"http://127.0.0.1:{sandbox_port}"
+        for name, url in (
+            ("sandbox", f"{inbox}/healthz"),
+            ("api", f"{base}/readyz"),
+            ("relay", f"{relay_base}/readyz"),
+            ("notifier", f"{notifier_base}/readyz"),
+        ):
             if not _wait_ready(url, children[name], timeout=60):
                 print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
                 return 1
@@ -127,13 +147,16 @@ def run_dev() -> int:
             f"\nPostroom is running.\n"
             f"  api       {base}  (docs at {base}/docs, metrics at {base}/metrics)\n"
             f"  relay     {relay_base}/metrics\n"
+            f"  notifier  {notifier_base}  (docs at {notifier_base}/docs)\n"
+            f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
             f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
             f"  token     {token}\n\n"
             f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
             f"       -H 'Content-Type: application/json' "
             f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
             f"  postroom outbox recent           # the event it committed\n"
-            f"  postroom events tail --from-beginning   # the same event on Kafka\n\n"
+            f"  postroom events tail --from-beginning   # the same event on Kafka\n"
+            f"  open {inbox} for the welcome email; its link verifies the address\n\n"
             f"The embedded broker keeps topics in memory: they are empty after a restart.\n"
             f"Ctrl-C stops everything.",
             flush=True,

@@ -29,6 +29,10 @@ class DevStack:
                 "API_TOKENS",
                 "EMAIL_TOKEN_SECRET",
                 "APP_ENV",
+                "POSTMARK_SERVER_TOKEN",
+                "POSTMARK_API_URL",
+                "WEBHOOK_USERNAME",
+                "WEBHOOK_PASSWORD",
             }
         }
         env.update({name: str(port) for name, port in ports.items()}, LOG_LEVEL="warning")
@@ -80,6 +84,8 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         "POSTROOM_DEV_KAFKA_PORT": free_port(),
         "API_PORT": free_port(),
         "RELAY_METRICS_PORT": free_port(),
+        "NOTIFIER_PORT": free_port(),
+        "SANDBOX_PORT": free_port(),
     }
     pg_port = ports["POSTROOM_DEV_PG_PORT"]
     base = f"http://127.0.0.1:{ports['API_PORT']}"
@@ -133,6 +139,25 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         assert record["type"] == "user.registered"
         assert record["key"] == created.json()["id"]
         assert record["data"]["email"] == "ada@example.com"
+        # ... and the notifier sent the welcome email into the dev inbox; its link verifies.
+        inbox = f"http://127.0.0.1:{ports['SANDBOX_PORT']}"
+        deadline = time.monotonic() + 30
+        while not (
+            mail := httpx.get(f"{inbox}/api/messages", params={"to": "ada@example.com"}).json()
+        ):
+            assert time.monotonic() < deadline, "no welcome email in the dev inbox"
+            time.sleep(0.1)
+        assert len(mail) == 1
+        assert mail[0]["Subject"].startswith("Welcome")
+        link = next(w for w in mail[0]["TextBody"].split() if "/verify-email?token=" in w)
+        assert link.startswith(base)
+        assert httpx.get(link).status_code == 200
+        verified = httpx.get(
+            f"{base}/v1/users/{created.json()['id']}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert verified.json()["email_verified"] is True
+        assert "ada@example.com" in httpx.get(inbox).text
     finally:
         code = stack.stop()
     assert code == 0

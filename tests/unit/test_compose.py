@@ -16,7 +16,20 @@ import pytest
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SECRETS = ("API_TOKENS", "EMAIL_TOKEN_SECRET")
+SECRETS = (
+    "API_TOKENS",
+    "EMAIL_TOKEN_SECRET",
+    "POSTMARK_SERVER_TOKEN",
+    "WEBHOOK_USERNAME",
+    "WEBHOOK_PASSWORD",
+)
+GOOD_SECRETS = {
+    "API_TOKENS": "compose-check-token-0123456789",
+    "EMAIL_TOKEN_SECRET": "compose-check-secret-0123456789abcdef",
+    "POSTMARK_SERVER_TOKEN": "compose-check-postmark-token",
+    "WEBHOOK_USERNAME": "postmark",
+    "WEBHOOK_PASSWORD": "compose-check-webhook-password",
+}
 
 
 def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,11 +56,7 @@ def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def config(tmp_path: Path) -> dict[str, Any]:
-    result = compose_config(
-        tmp_path,
-        API_TOKENS="compose-check-token-0123456789",
-        EMAIL_TOKEN_SECRET="compose-check-secret-0123456789abcdef",
-    )
+    result = compose_config(tmp_path, **GOOD_SECRETS)
     assert result.returncode == 0, result.stderr
     parsed: dict[str, Any] = yaml.safe_load(result.stdout)
     return parsed
@@ -55,7 +64,16 @@ def config(tmp_path: Path) -> dict[str, Any]:
 
 def test_compose_file_describes_the_production_shape(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert {"postgres", "kafka", "migrate", "api", "relay-a", "relay-b"} <= services.keys()
+    assert {
+        "postgres",
+        "kafka",
+        "migrate",
+        "api",
+        "relay-a",
+        "relay-b",
+        "sandbox",
+        "notifier",
+    } <= services.keys()
 
     long_running = [name for name, svc in services.items() if svc.get("restart") != "no"]
     assert "api" in long_running
@@ -96,6 +114,21 @@ def test_two_relays_share_the_shards(config: dict[str, Any]) -> None:
 
 
 def test_compose_refuses_to_start_without_api_tokens(tmp_path: Path) -> None:
-    result = compose_config(tmp_path, EMAIL_TOKEN_SECRET="compose-check-secret-0123456789abcdef")
+    without = {k: v for k, v in GOOD_SECRETS.items() if k != "API_TOKENS"}
+    result = compose_config(tmp_path, **without)
     assert result.returncode != 0
     assert "API_TOKENS" in result.stderr
+
+
+def test_the_notifier_sends_to_the_sandbox_and_hears_its_webhooks(config: dict[str, Any]) -> None:
+    services = config["services"]
+    notifier, sandbox = services["notifier"], services["sandbox"]
+    assert notifier["command"] in ("notifier", ["notifier"])
+    assert notifier["image"] == services["api"]["image"] == sandbox["image"]
+    assert notifier["environment"]["POSTMARK_API_URL"] == "http://sandbox:8025/"
+    assert sandbox["environment"]["SANDBOX_WEBHOOK_URL"] == "http://notifier:8001/webhooks/postmark"
+    token = notifier["environment"]["POSTMARK_SERVER_TOKEN"]
+    assert sandbox["environment"]["POSTMARK_SERVER_TOKEN"] == token
+    assert notifier["depends_on"]["sandbox"] == {"condition": "service_healthy"}
+    assert notifier["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert "8001/readyz" in " ".join(notifier["healthcheck"]["test"])
