@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint types unit integration e2e bench clean
+.PHONY: dev test lint types unit integration e2e drills bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
+
+drills: $(STAMP)
+	$(BIN)/pytest tests/drills
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.post_users
