@@ -97,3 +97,35 @@ async def store(conn: AsyncConnection, *, principal: str, key: str, answer: Stor
             response_headers=answer.headers,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """One POST's idempotency: a no-op when the request carries no key."""
+
+    principal: str
+    key: str | None
+    fingerprint: str
+    ttl: int
+
+    @classmethod
+    def of(
+        cls, *, method: str, path: str, body: Any, principal: str, key: str | None, ttl: int
+    ) -> Guard:
+        return cls(principal, key, request_fingerprint(method, path, body), ttl)
+
+    async def replay(self, conn: AsyncConnection) -> StoredAnswer | None:
+        """The stored answer to replay, or None after claiming the key for this request."""
+        if self.key is None:
+            return None
+        return await claim(
+            conn,
+            principal=self.principal,
+            key=self.key,
+            fingerprint=self.fingerprint,
+            ttl=self.ttl,
+        )
+
+    async def remember(self, conn: AsyncConnection, answer: StoredAnswer) -> None:
+        if self.key is not None:
+            await store(conn, principal=self.principal, key=self.key, answer=answer)

@@ -60,32 +60,24 @@ async def create_user(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Register a user; emits `user.registered`."""
+    guard = idempotency.Guard.of(
+        method="POST",
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        principal=principal,
+        key=idempotency_key,
+        ttl=settings.idempotency_key_ttl,
+    )
     async with engine.begin() as conn:
-        if idempotency_key is not None:
-            fingerprint = idempotency.request_fingerprint(
-                "POST", request.url.path, body.model_dump(mode="json")
-            )
-            stored = await idempotency.claim(
-                conn,
-                principal=principal,
-                key=idempotency_key,
-                fingerprint=fingerprint,
-                ttl=settings.idempotency_key_ttl,
-            )
-            if stored is not None:
-                return _replay(stored)
+        if (stored := await guard.replay(conn)) is not None:
+            return _replay(stored)
         row = await use_cases.register_user(conn, email=body.email, name=body.name, outbox=outbox)
         user = UserOut.from_row(row)
         location = f"/v1/users/{row.id}"
-        if idempotency_key is not None:
-            await idempotency.store(
-                conn,
-                principal=principal,
-                key=idempotency_key,
-                answer=idempotency.StoredAnswer(
-                    201, user.model_dump(mode="json"), {"Location": location}
-                ),
-            )
+        await guard.remember(
+            conn,
+            idempotency.StoredAnswer(201, user.model_dump(mode="json"), {"Location": location}),
+        )
     response.headers["Location"] = location
     return user
 
@@ -175,30 +167,20 @@ async def verify_email(
     """Mark an address verified with the signed token from the email; emits
     `user.email_verified`. The token is the credential: no bearer token needed."""
     claim = _claim_from(body.token, settings)
-    principal = f"user:{claim.user_id}"
+    guard = idempotency.Guard.of(
+        method="POST",
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        principal=f"user:{claim.user_id}",
+        key=idempotency_key,
+        ttl=settings.idempotency_key_ttl,
+    )
     async with engine.begin() as conn:
-        if idempotency_key is not None:
-            fingerprint = idempotency.request_fingerprint(
-                "POST", request.url.path, body.model_dump(mode="json")
-            )
-            stored = await idempotency.claim(
-                conn,
-                principal=principal,
-                key=idempotency_key,
-                fingerprint=fingerprint,
-                ttl=settings.idempotency_key_ttl,
-            )
-            if stored is not None:
-                return _replay(stored)
+        if (stored := await guard.replay(conn)) is not None:
+            return _replay(stored)
         row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
         user = UserOut.from_row(row)
-        if idempotency_key is not None:
-            await idempotency.store(
-                conn,
-                principal=principal,
-                key=idempotency_key,
-                answer=idempotency.StoredAnswer(200, user.model_dump(mode="json"), {}),
-            )
+        await guard.remember(conn, idempotency.StoredAnswer(200, user.model_dump(mode="json"), {}))
     return user
 
 

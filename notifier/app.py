@@ -7,11 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notifier.consumer import Consumer
 from notifier.delivery import Delivery
@@ -21,14 +17,8 @@ from notifier.routes import router
 from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
-from postroom.problems import (
-    ProblemError,
-    handle_http_exception,
-    handle_problem,
-    handle_unexpected,
-    handle_validation_error,
-)
 from postroom.settings import NotifierSettings
+from postroom.web import include_routers, install_problem_handlers
 
 
 def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
@@ -68,17 +58,8 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
-    app.include_router(router)
-    app.state.route_methods = [
-        (route.path_regex, frozenset(route.methods or ()))
-        for route in router.routes
-        if isinstance(route, APIRoute)
-    ]
-    app.add_exception_handler(ProblemError, handle_problem)
-    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    for unexpected in (SQLAlchemyError, OSError, TimeoutError, Exception):
-        app.add_exception_handler(unexpected, handle_unexpected)
+    include_routers(app, [router])
+    install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestMetrics,

@@ -8,17 +8,15 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.consumer import Consumer, State
-from postroom.auth import bearer_scheme, principal_of
 from postroom.db import ping
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.settings import NotifierSettings
+from postroom.web import EngineDep, PrincipalDep
 
 
 async def get_settings(request: Request) -> NotifierSettings:
@@ -26,23 +24,8 @@ async def get_settings(request: Request) -> NotifierSettings:
     return settings
 
 
-async def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
 SettingsDep = Annotated[NotifierSettings, Depends(get_settings)]
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
-
-async def require_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> str:
-    return principal_of(credentials, settings.api_tokens)
-
-
-PrincipalDep = Annotated[str, Depends(require_token)]
 Status = Literal["pending", "sent", "suppressed", "failed", "delivered", "bounced", "complained"]
 
 

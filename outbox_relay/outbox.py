@@ -13,7 +13,6 @@ Invariants (DESIGN 1-2):
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +54,18 @@ def _insert_statement(*, notify: bool) -> sa.Select[Any]:
 _INSERT = {True: _insert_statement(notify=True), False: _insert_statement(notify=False)}
 
 
+def _row(event: Event, shards: int) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "event_type": event.event_type,
+        "payload": event.payload(),
+        "headers": event.headers(),
+        "shard": shard_of(event.aggregate_id, shards),
+    }
+
+
 async def add_event(
     conn: AsyncConnection, event: Event, *, shards: int, notify: bool = True
 ) -> int:
@@ -64,15 +75,7 @@ async def add_event(
         raise RuntimeError("add_event needs the caller's open transaction")
     result = await conn.execute(
         _INSERT[notify],
-        {
-            "event_id": event.event_id,
-            "aggregate_type": event.aggregate_type,
-            "aggregate_id": event.aggregate_id,
-            "event_type": event.event_type,
-            "payload": event.payload(),
-            "headers": event.headers(),
-            "shard": shard_of(event.aggregate_id, shards),
-        },
+        _row(event, shards),
     )
     outbox_id: int = result.scalar_one()
     return outbox_id
@@ -87,29 +90,3 @@ class OutboxWriter:
 
     async def add(self, conn: AsyncConnection, event: Event) -> int:
         return await add_event(conn, event, shards=self.shards, notify=self.notify)
-
-    async def add_many(self, conn: AsyncConnection, batch: Sequence[Event]) -> None:
-        """Add several events in one statement (their ids follow the order given)."""
-        if not batch:
-            return
-        if not conn.in_transaction():
-            raise RuntimeError("add_many needs the caller's open transaction")
-        await conn.execute(
-            sa.insert(outbox),
-            [
-                {
-                    "event_id": event.event_id,
-                    "aggregate_type": event.aggregate_type,
-                    "aggregate_id": event.aggregate_id,
-                    "event_type": event.event_type,
-                    "payload": event.payload(),
-                    "headers": event.headers(),
-                    "shard": shard_of(event.aggregate_id, self.shards),
-                }
-                for event in batch
-            ],
-        )
-        if self.notify:
-            await conn.execute(
-                sa.select(sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal("")))
-            )

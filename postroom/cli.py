@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -42,88 +42,72 @@ def _load(process: str, cls: type[S]) -> S:
         raise _fail(process, f"{where}: {first['msg']}") from None
 
 
-@app.command()
-def api() -> None:
-    """Run the REST API (uvicorn)."""
+def _serve(app: Any, settings: CommonSettings, *, host: str, port: int, grace: int = 60) -> None:
+    """Run one process's ASGI app under uvicorn. uvicorn's access log stays off: it would print
+    query strings, which carry verification tokens (ACCESS_LOG logs route templates instead).
+    SIGTERM and Ctrl-C end the app's lifespan, which stops its work gracefully."""
     import uvicorn
 
-    from api.app import create_app
     from postroom.logs import configure_logging
 
-    settings = _load("api", ApiSettings)
     configure_logging(settings.log_level)
     uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        access_log=False,  # uvicorn's would print query strings; ACCESS_LOG logs routes instead
-        log_level=settings.log_level,
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
         server_header=False,
+        timeout_graceful_shutdown=grace,
     )
+
+
+@app.command()
+def api() -> None:
+    """Run the REST API."""
+    from api.app import create_app
+
+    settings = _load("api", ApiSettings)
+    _serve(create_app(settings), settings, host=settings.api_host, port=settings.api_port)
 
 
 @app.command()
 def relay() -> None:
     """Run the outbox relay: committed outbox rows to Kafka."""
-    import uvicorn
-
     from outbox_relay.service import create_app
-    from postroom.logs import configure_logging
 
     settings = _load("relay", RelaySettings)
-    configure_logging(settings.log_level)
-    uvicorn.run(
+    _serve(
         create_app(settings),
+        settings,
         host=settings.relay_metrics_host,
         port=settings.relay_metrics_port,
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        timeout_graceful_shutdown=60,
     )
 
 
 @app.command()
 def notifier() -> None:
-    """Run the notifier: user events to emails through Postmark, and Postmark's webhooks."""
-    import uvicorn
-
+    """Run the notifier: user events to emails through Postmark."""
     from notifier.app import create_app
-    from postroom.logs import configure_logging
 
     settings = _load("notifier", NotifierSettings)
-    configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.notifier_host,
-        port=settings.notifier_port,
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        timeout_graceful_shutdown=60,
-    )
+    _serve(create_app(settings), settings, host=settings.notifier_host, port=settings.notifier_port)
 
 
 @app.command()
 def sandbox() -> None:
-    """Run the Postmark sandbox and the dev inbox (uvicorn)."""
-    import uvicorn
-
-    from postroom.logs import configure_logging
+    """Run the Postmark sandbox and its dev inbox."""
     from sandbox.app import create_app
     from sandbox.settings import SandboxSettings
 
     settings = _load("sandbox", SandboxSettings)
-    configure_logging(settings.log_level)
-    uvicorn.run(
+    # Answers held back by an injected timeout must not hold up a restart.
+    _serve(
         create_app(settings),
+        settings,
         host=settings.sandbox_host,
         port=settings.sandbox_port,
-        access_log=False,
-        log_level=settings.log_level,
-        server_header=False,
-        # Answers held back by an injected timeout must not hold up a restart.
-        timeout_graceful_shutdown=5,
+        grace=5,
     )
 
 

@@ -29,6 +29,7 @@ _PLACEHOLDERS = frozenset(
         "example",
         "dev",
         "development",
+        "postmark_api_test",  # Postmark's test token: accepted, and nothing is delivered
     }
 )
 _DEV_PREFIX = "dev-only-"
@@ -95,28 +96,27 @@ class CommonSettings(BaseSettings):
             raise ConfigError(f"{name} must be at least {min_length} characters ({self.app_env})")
 
 
-class ApiSettings(CommonSettings):
-    """Settings of the `api` process."""
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
+
+class HttpServiceSettings(CommonSettings):
+    """What the processes with a bearer-protected HTTP API and verification links read."""
+
     api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     email_token_secret: SecretStr = SecretStr("")
-    email_token_max_age: int = Field(default=48 * 3600, ge=60, description="seconds")
     public_base_url: str = "http://127.0.0.1:8000"
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    idempotency_key_ttl: int = Field(default=24 * 3600, ge=60, description="seconds")
     access_log: bool = False
 
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(token.strip() for token in value.split(",") if token.strip())
-        return value
+        return _split_commas(value)
 
     @model_validator(mode="after")
-    def _secrets_present(self) -> ApiSettings:
+    def _service_secrets_present(self) -> HttpServiceSettings:
         if not self.api_tokens:
             raise ConfigError("API_TOKENS is missing; set at least one comma-separated token")
         for token in self.api_tokens:
@@ -125,6 +125,16 @@ class ApiSettings(CommonSettings):
             "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
         )
         return self
+
+
+class ApiSettings(HttpServiceSettings):
+    """Settings of the `api` process."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    email_token_max_age: int = Field(default=48 * 3600, ge=60, description="seconds")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_key_ttl: int = Field(default=24 * 3600, ge=60, description="seconds")
 
 
 class KafkaSettings(CommonSettings):
@@ -161,7 +171,7 @@ class RelaySettings(KafkaSettings):
     outbox_prune_interval: float = Field(default=60.0, gt=0, description="seconds")
 
 
-class NotifierSettings(KafkaSettings):
+class NotifierSettings(KafkaSettings, HttpServiceSettings):
     """Settings of the `notifier` process."""
 
     notifier_host: str = "127.0.0.1"
@@ -171,9 +181,6 @@ class NotifierSettings(KafkaSettings):
     notifier_backoff_initial: float = Field(default=0.5, gt=0, description="seconds")
     notifier_backoff_max: float = Field(default=30.0, gt=0, description="seconds")
     notifier_batch_size: int = Field(default=500, ge=1, le=500)
-    api_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    email_token_secret: SecretStr = SecretStr("")
-    public_base_url: str = "http://127.0.0.1:8000"
     mail_from: str = "Postroom <hello@postroom.test>"
     postmark_server_token: SecretStr = SecretStr("")
     postmark_api_url: str = "https://api.postmarkapp.com/"
@@ -183,24 +190,14 @@ class NotifierSettings(KafkaSettings):
     webhook_password: SecretStr = SecretStr("")
     staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    access_log: bool = False
 
-    @field_validator("api_tokens", "staging_allowed_recipients", mode="before")
+    @field_validator("staging_allowed_recipients", mode="before")
     @classmethod
-    def _split_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        return value
+    def _split_recipients(cls, value: object) -> object:
+        return _split_commas(value)
 
     @model_validator(mode="after")
-    def _secrets_present(self) -> NotifierSettings:
-        if not self.api_tokens:
-            raise ConfigError("API_TOKENS is missing; set at least one comma-separated token")
-        for token in self.api_tokens:
-            self._require_secret("API_TOKENS", token.get_secret_value(), min_length=16)
-        self._require_secret(
-            "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
-        )
+    def _postmark_secrets_present(self) -> NotifierSettings:
         self._require_secret(
             "POSTMARK_SERVER_TOKEN", self.postmark_server_token.get_secret_value(), min_length=8
         )

@@ -5,7 +5,7 @@ import sys
 import pytest
 from pydantic import SecretStr
 
-from postroom.settings import ApiSettings, ConfigError, asyncpg_url
+from postroom.settings import ApiSettings, ConfigError, NotifierSettings, asyncpg_url
 
 GOOD = {
     "api_tokens": (SecretStr("prod-token-7f3a9c1e5b2d4f6a"),),
@@ -101,3 +101,48 @@ def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
         "set a real secret (production)"
     ]
     assert "changeme" not in proc.stderr
+
+
+NOTIFIER_GOOD = {
+    "api_tokens": (SecretStr("prod-token-7f3a9c1e5b2d4f6a"),),
+    "email_token_secret": SecretStr("k" * 40),
+    "postmark_server_token": SecretStr("c0ffee00-1111-2222-3333-444455556666"),
+    "webhook_username": "postmark",
+    "webhook_password": SecretStr("w" * 24),
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        # Postmark's test token sends nothing: a production notifier must not start with it.
+        ("postmark_server_token", SecretStr("POSTMARK_API_TEST"), "POSTMARK_SERVER_TOKEN"),
+        ("postmark_server_token", SecretStr("a-real-looking-token"), None),
+        ("postmark_server_token", SecretStr("changeme"), "POSTMARK_SERVER_TOKEN is missing"),
+        ("webhook_password", SecretStr(""), "WEBHOOK_PASSWORD is missing"),
+        ("webhook_password", SecretStr("short"), "WEBHOOK_PASSWORD must be at least 16"),
+        ("api_tokens", (), "API_TOKENS is missing"),
+    ],
+)
+def test_the_notifier_refuses_placeholder_secrets_in_production(
+    field: str, value: object, reason: str | None
+) -> None:
+    values = {**NOTIFIER_GOOD, field: value}
+    if reason is None:
+        assert NotifierSettings(app_env="production", **values)
+    else:
+        with pytest.raises(ConfigError, match=reason):
+            NotifierSettings(app_env="production", **values)
+
+
+def test_the_staging_allowlist_takes_addresses_and_domains() -> None:
+    settings = NotifierSettings(
+        app_env="staging",
+        **NOTIFIER_GOOD,
+        staging_allowed_recipients="qa@example.com, @team.example",
+    )
+    assert settings.allowed_in_staging("QA@example.com")
+    assert settings.allowed_in_staging("anyone@team.example")
+    assert not settings.allowed_in_staging("someone@example.com")
+    production = NotifierSettings(app_env="production", **NOTIFIER_GOOD)
+    assert production.allowed_in_staging("someone@example.com")

@@ -1,0 +1,65 @@
+"""What every Postroom HTTP app shares: problem handlers, the dependencies on the app's
+engine and tokens, and the Allow header's route table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from postroom.auth import bearer_scheme, principal_of
+from postroom.problems import (
+    ProblemError,
+    handle_http_exception,
+    handle_problem,
+    handle_unexpected,
+    handle_validation_error,
+)
+from postroom.settings import HttpServiceSettings
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Every error answers `application/problem+json`; database outages answer 503."""
+    app.add_exception_handler(ProblemError, handle_problem)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    for unexpected in (SQLAlchemyError, OSError, TimeoutError, Exception):
+        app.add_exception_handler(unexpected, handle_unexpected)
+
+
+def include_routers(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Include `routers` and remember each route's methods for 405 answers' Allow header."""
+    table = []
+    for router in routers:
+        app.include_router(router)
+        table += [
+            (route.path_regex, frozenset(route.methods or ()))
+            for route in router.routes
+            if isinstance(route, APIRoute)
+        ]
+    app.state.route_methods = table
+
+
+async def get_engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> str:
+    """The caller's principal (a digest of its token), or a 401 problem."""
+    settings: HttpServiceSettings = request.app.state.settings
+    return principal_of(credentials, settings.api_tokens)
+
+
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+PrincipalDep = Annotated[str, Depends(require_token)]
