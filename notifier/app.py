@@ -14,6 +14,7 @@ from notifier.delivery import Delivery
 from notifier.metrics import NotifierMetrics
 from notifier.postmark import Postmark
 from notifier.routes import router
+from notifier.webhooks import WebhookMetrics, build_router
 from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
@@ -25,6 +26,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     settings = settings or NotifierSettings()
     registry = CollectorRegistry()
     metrics = NotifierMetrics(registry)
+    outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,7 +35,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             settings,
             engine=engine,
             postmark=Postmark(settings),
-            outbox=OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify),
+            outbox=outbox,
             metrics=metrics,
         )
         consumer = Consumer(settings, delivery=delivery, metrics=metrics)
@@ -58,7 +60,8 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
-    include_routers(app, [router])
+    webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))
+    include_routers(app, [router, webhooks])
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(

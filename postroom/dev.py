@@ -113,6 +113,7 @@ def run_dev() -> int:
     defaults["SANDBOX_PORT"] = str(sandbox_port)
     defaults["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{api_port}"
     defaults["POSTMARK_API_URL"] = f"http://127.0.0.1:{sandbox_port}/"
+    defaults["SANDBOX_WEBHOOK_URL"] = f"http://127.0.0.1:{notifier_port}/webhooks/postmark"
     defaults["MAIL_FROM"] = "Postroom <hello@postroom.test>"
 
     filled = {key: value for key, value in defaults.items() if key not in env}

@@ -100,6 +100,50 @@ class EmailFailed(_EmailEvent):
     error: str
 
 
+class _AddressEvent(EventData):
+    """Facts about an address, reported by Postmark's webhooks; keyed by the address."""
+
+    aggregate_type: ClassVar[str] = "email"
+    email: str
+    message_id: str | None
+    notification_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+
+    def aggregate_id(self) -> str:
+        return self.email.lower()
+
+
+class EmailBounced(_AddressEvent):
+    event_type: ClassVar[str] = "email.bounced"
+    # Postmark's bounce ID exceeds 2^53: a string, so no consumer's JSON parser rounds it.
+    bounce_id: str
+    type: str
+    inactive: bool
+
+
+class EmailComplained(_AddressEvent):
+    event_type: ClassVar[str] = "email.complained"
+    bounce_id: str
+
+
+class EmailDelivered(_AddressEvent):
+    event_type: ClassVar[str] = "email.delivered"
+    delivered_at: datetime
+
+
+class AddressSuppressed(_AddressEvent):
+    """An address suppressed by Postmark's SubscriptionChange (not one notification)."""
+
+    event_type: ClassVar[str] = "email.suppressed"
+    reason: str
+    origin: str | None
+
+
+class EmailReactivated(_AddressEvent):
+    event_type: ClassVar[str] = "email.reactivated"
+    origin: str | None
+
+
 SOURCE_NOTIFIER = "/postroom/notifier"
 
 USER_EVENTS: tuple[type[_UserEvent], ...] = (

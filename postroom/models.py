@@ -119,3 +119,30 @@ suppressions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.CheckConstraint("email = lower(email)", name="email_lower"),
 )
+
+bounces = sa.Table(
+    "bounces",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("record_type", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("type_code", sa.Integer),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("message_id", sa.Text),
+    sa.Column("notification_id", UUID(as_uuid=True)),
+    sa.Column("inactive", sa.Boolean, nullable=False),
+    sa.Column("can_activate", sa.Boolean, nullable=False),
+    sa.Column("bounced_at", sa.DateTime(timezone=True)),
+    sa.Column("details", sa.Text),
+    sa.Column("raw", JSONB, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+)
+sa.Index("ix_bounces_email", bounces.c.email)
+
+webhook_receipts = sa.Table(
+    "webhook_receipts",
+    metadata,
+    sa.Column("digest", sa.Text, primary_key=True),
+    sa.Column("record_type", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+)

@@ -33,6 +33,7 @@ class DevStack:
                 "POSTMARK_API_URL",
                 "WEBHOOK_USERNAME",
                 "WEBHOOK_PASSWORD",
+                "SANDBOX_WEBHOOK_URL",
             }
         }
         env.update({name: str(port) for name, port in ports.items()}, LOG_LEVEL="warning")
@@ -89,6 +90,7 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
     }
     pg_port = ports["POSTROOM_DEV_PG_PORT"]
     base = f"http://127.0.0.1:{ports['API_PORT']}"
+    kafka = f"127.0.0.1:{ports['POSTROOM_DEV_KAFKA_PORT']}"
 
     stack = DevStack(tmp_path, ports)
     try:
@@ -128,7 +130,7 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
             ],
             env={
                 **os.environ,
-                "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['POSTROOM_DEV_KAFKA_PORT']}",
+                "KAFKA_BOOTSTRAP_SERVERS": kafka,
             },
             capture_output=True,
             text=True,
@@ -158,6 +160,46 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         )
         assert verified.json()["email_verified"] is True
         assert "ada@example.com" in httpx.get(inbox).text
+
+        # Postmark's hard-bounce test address: the sandbox bounces it and posts the webhook,
+        # the notifier suppresses the address and announces email.bounced.
+        bouncy = "hardbounce@bounce-testing.postmarkapp.com"
+        httpx.post(
+            f"{base}/v1/users",
+            json={"email": bouncy, "name": "Bouncy"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).raise_for_status()
+        notifier = f"http://127.0.0.1:{ports['NOTIFIER_PORT']}"
+        deadline = time.monotonic() + 30
+        while True:
+            listed = httpx.get(
+                f"{notifier}/v1/suppressions", headers={"Authorization": f"Bearer {token}"}
+            ).json()["items"]
+            if [s["email"] for s in listed] == [bouncy]:
+                break
+            assert time.monotonic() < deadline, f"not suppressed: {listed}"
+            time.sleep(0.1)
+        email_events = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "postroom.cli",
+                "events",
+                "tail",
+                "--aggregate",
+                "email",
+                "--from-beginning",
+                "--wait",
+                "5",
+            ],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        kinds = [json.loads(line)["type"] for line in email_events.stdout.splitlines()]
+        assert "email.bounced" in kinds
     finally:
         code = stack.stop()
     assert code == 0

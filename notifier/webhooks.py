@@ -1,0 +1,375 @@
+"""`POST /webhooks/postmark`: what Postmark tells us after a send (invariants 7 and 8).
+
+- Basic auth, compared in constant time; JSON only; one event per request.
+- Each webhook is handled in one transaction together with its outbox event. Postmark re-posts
+  a webhook until it gets a 200, so the same body twice is recognised (bounces by their ID,
+  everything else by a digest of the body) and answered 200 without a second record or event.
+- Notification status only moves forward: sent -> delivered -> bounced / complained; a late
+  Delivery never undoes a bounce.
+- A bounce whose MessageID matches no notification yet (it overtook our own commit) is still
+  recorded and still suppresses the address; its event carries no notification id, and the
+  notification keeps the status it reaches on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from outbox_relay.outbox import OutboxWriter
+from postroom import events
+from postroom.models import bounces, notifications, suppressions, webhook_receipts
+from postroom.problems import ProblemError, problem_responses
+from postroom.settings import NotifierSettings
+from postroom.web import EngineDep
+
+log = structlog.get_logger("postroom.webhooks")
+
+_basic = HTTPBasic(auto_error=False, description="WEBHOOK_USERNAME and WEBHOOK_PASSWORD.")
+
+# Statuses a webhook may move a notification from.
+_DELIVERABLE = ("sent",)
+_BOUNCEABLE = ("pending", "sent", "delivered")
+
+
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "postroom_notifier_webhooks",
+            "Postmark webhooks, by record type and outcome.",
+            ["record_type", "outcome"],
+            registry=registry,
+        )
+        self.bounces = Counter(
+            "postroom_notifier_bounces",
+            "Bounces recorded, by Postmark bounce type.",
+            ["type"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            "postroom_notifier_addresses_suppressed",
+            "Addresses suppressed by webhooks.",
+            ["reason"],
+            registry=registry,
+        )
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    record_type: str = Field(alias="RecordType")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    MessageID: str | None = None
+    Metadata: dict[str, Any] | None = None
+
+    def metadata(self, key: str) -> str | None:
+        value = (self.Metadata or {}).get(key)
+        return str(value) if value else None
+
+
+class BounceRecord(_Message):
+    RecordType: Literal["Bounce", "SpamComplaint"]
+    ID: int = Field(ge=0, lt=2**63)
+    Type: str = Field(min_length=1, max_length=100)
+    TypeCode: int | None = None
+    Email: str = Field(min_length=3, max_length=320)
+    Inactive: bool = False
+    CanActivate: bool = True
+    BouncedAt: datetime | None = None
+    Details: str | None = None
+
+
+class DeliveryRecord(_Message):
+    RecordType: Literal["Delivery"]
+    Recipient: str = Field(min_length=3, max_length=320)
+    DeliveredAt: datetime
+
+
+class SubscriptionChangeRecord(_Message):
+    RecordType: Literal["SubscriptionChange"]
+    Recipient: str = Field(min_length=3, max_length=320)
+    SuppressSending: bool
+    SuppressionReason: str | None = None
+    Origin: str | None = None
+
+
+class WebhookAnswer(BaseModel):
+    status: Literal["recorded", "duplicate", "ignored"]
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def build_router(
+    settings: NotifierSettings, *, outbox: OutboxWriter, metrics: WebhookMetrics
+) -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    def authenticate(
+        credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+    ) -> None:
+        ok = credentials is not None
+        user = credentials.username.encode() if credentials else b""
+        password = credentials.password.encode() if credentials else b""
+        # Both compared every time, in constant time, so timing tells nothing.
+        ok &= hmac.compare_digest(user, settings.webhook_username.encode())
+        ok &= hmac.compare_digest(password, settings.webhook_password.get_secret_value().encode())
+        if not ok:
+            raise ProblemError(
+                401,
+                "unauthorized",
+                "Webhook credentials are missing or wrong.",
+                headers={"WWW-Authenticate": 'Basic realm="postmark-webhooks"'},
+            )
+
+    @router.post(
+        "/webhooks/postmark",
+        response_model=WebhookAnswer,
+        dependencies=[Depends(authenticate)],
+        responses=problem_responses(400, 401, 413, 415, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    async def postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
+        """One Postmark webhook: Bounce, SpamComplaint, Delivery or SubscriptionChange;
+        Open, Click and unknown record types are acknowledged and counted."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ProblemError(415, "unsupported-media-type", "Send the webhook as JSON.")
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+            record = _Record.model_validate(body)
+        except (ValueError, ValidationError) as exc:
+            log.warning("webhook refused", reason=_why(exc), size=len(raw))
+            raise ProblemError(
+                400, "invalid-webhook", "The body is not a Postmark webhook."
+            ) from None
+        digest = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        try:
+            async with engine.begin() as conn:
+                outcome = await _handle(conn, record.record_type, body, digest, outbox, metrics)
+        except ValidationError as exc:
+            metrics.received.labels(record.record_type, "invalid").inc()
+            log.warning(
+                "webhook refused",
+                record_type=record.record_type,
+                reason=_why(exc),
+                size=len(raw),
+            )
+            raise ProblemError(
+                400,
+                "invalid-webhook",
+                f"The {record.record_type} body lacks what that record type needs.",
+            ) from None
+        metrics.received.labels(record.record_type, outcome).inc()
+        return WebhookAnswer(status=outcome)
+
+    return router
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+    return type(exc).__name__
+
+
+async def _handle(
+    conn: AsyncConnection,
+    record_type: str,
+    body: dict[str, Any],
+    digest: str,
+    outbox: OutboxWriter,
+    metrics: WebhookMetrics,
+) -> str:
+    if record_type in ("Bounce", "SpamComplaint"):
+        return await _bounce(conn, BounceRecord.model_validate(body), body, outbox, metrics)
+    if record_type == "Delivery":
+        record: Any = DeliveryRecord.model_validate(body)
+    elif record_type == "SubscriptionChange":
+        record = SubscriptionChangeRecord.model_validate(body)
+    else:
+        return "ignored"  # Open, Click, anything new: acknowledged so Postmark stops retrying
+    first = await conn.execute(
+        pg_insert(webhook_receipts)
+        .values(digest=digest, record_type=record_type)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(webhook_receipts.c.digest)
+    )
+    if first.first() is None:
+        return "duplicate"
+    if isinstance(record, DeliveryRecord):
+        await _delivery(conn, record, outbox)
+    else:
+        await _subscription_change(conn, record, outbox, metrics)
+    return "recorded"
+
+
+async def _move(
+    conn: AsyncConnection, message_id: str | None, status: str, allowed_from: tuple[str, ...]
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """Move the notification sent as `message_id` to `status` if it may go there; return its
+    (id, user id), or Nones when no notification has that MessageID."""
+    if not message_id:
+        return None, None
+    row = (
+        await conn.execute(
+            sa.select(notifications.c.id, notifications.c.user_id, notifications.c.status)
+            .where(notifications.c.message_id == message_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return None, None
+    if row.status in allowed_from:
+        await conn.execute(
+            sa.update(notifications)
+            .where(notifications.c.id == row.id)
+            .values(status=status, updated_at=sa.func.now())
+        )
+    return row.id, row.user_id
+
+
+async def _suppress(
+    conn: AsyncConnection, email: str, *, reason: str, origin: str, details: str | None
+) -> None:
+    await conn.execute(
+        pg_insert(suppressions)
+        .values(email=email.lower(), reason=reason, origin=origin, details=details)
+        .on_conflict_do_update(
+            index_elements=["email"],
+            set_={"reason": reason, "origin": origin, "details": details},
+        )
+    )
+
+
+async def _bounce(
+    conn: AsyncConnection,
+    record: BounceRecord,
+    body: dict[str, Any],
+    outbox: OutboxWriter,
+    metrics: WebhookMetrics,
+) -> str:
+    complaint = record.RecordType == "SpamComplaint"
+    status = "complained" if complaint else "bounced"
+    notification_id, user_id = await _move(conn, record.MessageID, status, _BOUNCEABLE)
+    inserted = await conn.execute(
+        pg_insert(bounces)
+        .values(
+            id=record.ID,
+            record_type=record.RecordType,
+            type=record.Type,
+            type_code=record.TypeCode,
+            email=record.Email,
+            message_id=record.MessageID,
+            notification_id=notification_id,
+            inactive=record.Inactive,
+            can_activate=record.CanActivate and not complaint,
+            bounced_at=record.BouncedAt,
+            details=record.Details,
+            raw=body,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(bounces.c.id)
+    )
+    if inserted.first() is None:
+        return "duplicate"  # the notification had already moved on the first delivery
+    user_id = user_id or _uuid(record.metadata("user_id"))
+    notification_id = notification_id or _uuid(record.metadata("notification_id"))
+    metrics.bounces.labels(record.Type).inc()
+    if record.Inactive or complaint:
+        await _suppress(
+            conn, record.Email, reason=record.Type, origin="Postmark", details=record.Details
+        )
+        metrics.suppressed.labels(record.Type).inc()
+    common = {
+        "email": record.Email,
+        "message_id": record.MessageID,
+        "notification_id": notification_id,
+        "user_id": user_id,
+        "bounce_id": str(record.ID),
+    }
+    data: events.EventData = (
+        events.EmailComplained(**common)
+        if complaint
+        else events.EmailBounced(**common, type=record.Type, inactive=record.Inactive)
+    )
+    await outbox.add(conn, events.Event(data, source=events.SOURCE_NOTIFIER))
+    return "recorded"
+
+
+async def _delivery(conn: AsyncConnection, record: DeliveryRecord, outbox: OutboxWriter) -> None:
+    notification_id, user_id = await _move(conn, record.MessageID, "delivered", _DELIVERABLE)
+    await outbox.add(
+        conn,
+        events.Event(
+            events.EmailDelivered(
+                email=record.Recipient,
+                message_id=record.MessageID,
+                notification_id=notification_id or _uuid(record.metadata("notification_id")),
+                user_id=user_id or _uuid(record.metadata("user_id")),
+                delivered_at=record.DeliveredAt,
+            ),
+            source=events.SOURCE_NOTIFIER,
+        ),
+    )
+
+
+async def _subscription_change(
+    conn: AsyncConnection,
+    record: SubscriptionChangeRecord,
+    outbox: OutboxWriter,
+    metrics: WebhookMetrics,
+) -> None:
+    common = {
+        "email": record.Recipient,
+        "message_id": record.MessageID,
+        "notification_id": _uuid(record.metadata("notification_id")),
+        "user_id": _uuid(record.metadata("user_id")),
+        "origin": record.Origin,
+    }
+    data: events.EventData
+    if record.SuppressSending:
+        reason = record.SuppressionReason or "ManualSuppression"
+        await _suppress(
+            conn,
+            record.Recipient,
+            reason=reason,
+            origin=record.Origin or "Postmark",
+            details=None,
+        )
+        metrics.suppressed.labels(reason).inc()
+        data = events.AddressSuppressed(**common, reason=reason)
+    else:
+        await conn.execute(
+            sa.delete(suppressions).where(suppressions.c.email == record.Recipient.lower())
+        )
+        data = events.EmailReactivated(**common)
+    await outbox.add(conn, events.Event(data, source=events.SOURCE_NOTIFIER))

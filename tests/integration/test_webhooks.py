@@ -1,0 +1,250 @@
+"""Postmark's webhooks into the notifier: recorded once, statuses forward only, suppressions
+kept, events announced through the outbox (real PostgreSQL, the notifier's HTTP app)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from notifier.app import create_app
+from tests.conftest import WEBHOOK_PASSWORD, WEBHOOK_USER, make_notifier_settings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "postmark"
+AUTH = (WEBHOOK_USER, WEBHOOK_PASSWORD)
+
+
+def fixture(name: str, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    body.update(changes)
+    return body
+
+
+@pytest.fixture
+async def notifier_app(database_url: str) -> AsyncIterator[FastAPI]:
+    """The notifier's HTTP app; no consumer (webhooks need none), so no broker either."""
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9", "t-hooks")
+    app = create_app(settings, consume=False)
+    async with LifespanManager(app):
+        yield app
+
+
+def client_of(app: FastAPI, auth: tuple[str, str] | None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://notifier", auth=auth
+    )
+
+
+@pytest.fixture
+async def hooks(notifier_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(notifier_app, AUTH) as client:
+        yield client
+
+
+async def sent_notification(db: asyncpg.Connection, *, email: str, message_id: str) -> uuid.UUID:
+    notification_id, user_id = uuid.uuid4(), uuid.uuid4()
+    await db.execute(
+        """
+        INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
+                                   status, message_id, attempts, sent_at)
+        VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, 'sent', $5, 1, now())
+        """,
+        notification_id,
+        uuid.uuid4(),
+        user_id,
+        email,
+        message_id,
+    )
+    return notification_id
+
+
+async def status_of(db: asyncpg.Connection, notification_id: uuid.UUID) -> str:
+    return str(await db.fetchval("SELECT status FROM notifications WHERE id = $1", notification_id))
+
+
+async def outbox_events(db: asyncpg.Connection) -> list[tuple[str, dict[str, Any]]]:
+    rows = await db.fetch("SELECT event_type, payload FROM outbox ORDER BY id")
+    return [(row["event_type"], json.loads(row["payload"])) for row in rows]
+
+
+async def test_a_hard_bounce_is_recorded_once_and_suppresses_the_address(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = fixture("bounce_hard")
+    notification = await sent_notification(db, email=body["Email"], message_id=body["MessageID"])
+
+    first = await hooks.post("/webhooks/postmark", json=body)
+    again = await hooks.post("/webhooks/postmark", json=body)
+
+    assert (first.status_code, first.json()) == (200, {"status": "recorded"})
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    assert await status_of(db, notification) == "bounced"
+    stored = await db.fetch("SELECT * FROM bounces")
+    assert len(stored) == 1
+    assert stored[0]["id"] == 9123372036854775807  # beyond 2^53, stored exactly
+    assert stored[0]["notification_id"] == notification
+    assert stored[0]["inactive"] is True
+    assert json.loads(stored[0]["raw"])["ID"] == 9123372036854775807
+    suppression = await db.fetchrow("SELECT * FROM suppressions")
+    assert suppression is not None
+    assert (suppression["email"], suppression["reason"]) == ("gone@example.net", "HardBounce")
+    assert await outbox_events(db) == [
+        (
+            "email.bounced",
+            {
+                "email": "gone@example.net",
+                "message_id": body["MessageID"],
+                "notification_id": str(notification),
+                "user_id": (await db.fetchval("SELECT user_id::text FROM notifications")),
+                "bounce_id": "9123372036854775807",
+                "type": "HardBounce",
+                "inactive": True,
+            },
+        )
+    ]
+
+
+async def test_a_soft_bounce_does_not_suppress(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = fixture("bounce_hard", ID=123, Type="SoftBounce", TypeCode=4096, Inactive=False)
+    answer = await hooks.post("/webhooks/postmark", json=body)
+    assert answer.status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    [(kind, data)] = await outbox_events(db)
+    assert (kind, data["inactive"], data["notification_id"]) == ("email.bounced", False, None)
+
+
+async def test_a_spam_complaint_suppresses_for_good(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = fixture("spam_complaint")
+    notification = await sent_notification(db, email=body["Email"], message_id=body["MessageID"])
+
+    assert (await hooks.post("/webhooks/postmark", json=body)).status_code == 200
+
+    assert await status_of(db, notification) == "complained"
+    assert await db.fetchval("SELECT can_activate FROM bounces") is False
+    assert await db.fetchval("SELECT reason FROM suppressions") == "SpamComplaint"
+    assert [kind for kind, _ in await outbox_events(db)] == ["email.complained"]
+
+
+async def test_delivery_moves_forward_only(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    delivery = fixture("delivery")
+    delivered = await sent_notification(
+        db, email=delivery["Recipient"], message_id=delivery["MessageID"]
+    )
+    assert (await hooks.post("/webhooks/postmark", json=delivery)).status_code == 200
+    assert (await hooks.post("/webhooks/postmark", json=delivery)).json() == {"status": "duplicate"}
+    assert await status_of(db, delivered) == "delivered"
+
+    # A bounce, then a late delivery of the same message: still bounced.
+    bounce = fixture("bounce_hard", ID=77, Email="late@example.com")
+    bounced = await sent_notification(db, email="late@example.com", message_id=bounce["MessageID"])
+    await hooks.post("/webhooks/postmark", json=bounce)
+    late = fixture("delivery", MessageID=bounce["MessageID"], Recipient="late@example.com")
+    assert (await hooks.post("/webhooks/postmark", json=late)).status_code == 200
+    assert await status_of(db, bounced) == "bounced"
+    assert [kind for kind, _ in await outbox_events(db)] == [
+        "email.delivered",
+        "email.bounced",
+        "email.delivered",
+    ]
+
+
+async def test_subscription_changes_suppress_and_reactivate(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    suppress = fixture("subscription_change")
+    assert (await hooks.post("/webhooks/postmark", json=suppress)).status_code == 200
+    row = await db.fetchrow("SELECT * FROM suppressions")
+    assert row is not None
+    assert (row["email"], row["reason"], row["origin"]) == (
+        "done@example.com",
+        "ManualSuppression",
+        "Recipient",
+    )
+
+    lift = fixture(
+        "subscription_change",
+        SuppressSending=False,
+        SuppressionReason=None,
+        ChangedAt="2026-11-21T08:00:00Z",
+        MessageID=None,
+    )
+    assert (await hooks.post("/webhooks/postmark", json=lift)).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert [kind for kind, _ in await outbox_events(db)] == [
+        "email.suppressed",
+        "email.reactivated",
+    ]
+
+
+@pytest.mark.parametrize("record_type", ["Open", "Click", "SomethingNew"])
+async def test_other_record_types_are_acknowledged_and_ignored(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection, record_type: str
+) -> None:
+    answer = await hooks.post(
+        "/webhooks/postmark", json={"RecordType": record_type, "MessageID": "x"}
+    )
+    assert (answer.status_code, answer.json()) == (200, {"status": "ignored"})
+    assert await outbox_events(db) == []
+    metrics = (await hooks.get("/metrics")).text
+    assert f'record_type="{record_type}"' in metrics
+
+
+@pytest.mark.parametrize(
+    "auth", [None, (WEBHOOK_USER, "wrong-password"), ("someone", WEBHOOK_PASSWORD)]
+)
+async def test_wrong_or_missing_credentials_are_401(
+    notifier_app: FastAPI, db: asyncpg.Connection, auth: tuple[str, str] | None
+) -> None:
+    async with client_of(notifier_app, auth) as client:
+        answer = await client.post("/webhooks/postmark", json=fixture("bounce_hard"))
+    assert answer.status_code == 401
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"].startswith("Basic")
+    assert await db.fetchval("SELECT count(*) FROM bounces") == 0
+    assert await outbox_events(db) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b'{"RecordType": "Bounce", ', "application/json", 400),
+        (b'["a list"]', "application/json", 400),
+        (b'{"RecordType": "Bounce", "ID": 1}', "application/json", 400),
+        (
+            b'{"RecordType": "Bounce", "ID": "NaN", "Type": "HardBounce", "Email": "a@b.co"}',
+            "application/json",
+            400,
+        ),
+        (b'{"RecordType": "Delivery", "Recipient": "a@b.co"}', "application/json", 400),
+        (b'{"RecordType": "Bounce"}', "text/plain", 415),
+    ],
+)
+async def test_malformed_bodies_are_refused_and_nothing_is_stored(
+    hooks: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    content: bytes,
+    content_type: str,
+    status: int,
+) -> None:
+    answer = await hooks.post(
+        "/webhooks/postmark", content=content, headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM bounces") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_receipts") == 0
+    assert await outbox_events(db) == []
