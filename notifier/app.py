@@ -31,15 +31,17 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings, application_name="postroom-notifier")
+        postmark = Postmark(settings)
         delivery = Delivery(
             settings,
             engine=engine,
-            postmark=Postmark(settings),
+            postmark=postmark,
             outbox=outbox,
             metrics=metrics,
         )
         consumer = Consumer(settings, delivery=delivery, metrics=metrics)
         app.state.engine = engine
+        app.state.postmark = postmark
         app.state.delivery = delivery
         app.state.consumer = consumer
         task = asyncio.create_task(consumer.run(), name="consumer") if consume else None
@@ -58,6 +60,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.outbox = outbox
     app.state.registry = registry
     app.state.metrics = metrics
     webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))

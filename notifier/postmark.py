@@ -108,6 +108,10 @@ class Postmark:
             if not messages or offset >= int(page.get("TotalCount", 0)):
                 return found
 
+    async def reactivate(self, bounce_id: int) -> None:
+        """Ask Postmark to let mail reach a bounced address again."""
+        await self._call(lambda client: client.bounces.activate(bounce_id))
+
     async def _call(self, call: Any) -> Any:
         try:
             return await asyncio.to_thread(lambda: call(self._client()))

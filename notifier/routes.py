@@ -7,11 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints
 
+from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
+from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 from postroom.db import ping
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
@@ -139,6 +141,91 @@ async def list_suppressions(
             .all()
         )
     return SuppressionList(items=[SuppressionOut.model_validate(dict(row)) for row in rows])
+
+
+class SuppressionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: EmailStr
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "ManualSuppression"
+    details: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+@router.post(
+    "/v1/suppressions",
+    status_code=201,
+    response_model=SuppressionOut,
+    tags=["suppressions"],
+    responses=problem_responses(400, 401, 409, 413, 422, 503),
+)
+async def add_suppression(
+    body: SuppressionCreate, request: Request, _: PrincipalDep, engine: EngineDep
+) -> Any:
+    """Suppress an address by hand: nothing more is sent to it. Emits `email.suppressed`."""
+    added = await suppression_admin.add(
+        engine,
+        request.app.state.outbox,
+        email=body.email,
+        reason=body.reason,
+        details=body.details,
+    )
+    if not added:
+        raise ProblemError(
+            409,
+            "already-suppressed",
+            "This address is already suppressed.",
+            title="Already suppressed",
+        )
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(suppressions).where(suppressions.c.email == body.email.lower())
+                )
+            )
+            .mappings()
+            .one()
+        )
+    return SuppressionOut.model_validate(dict(row))
+
+
+@router.delete(
+    "/v1/suppressions/{email}",
+    status_code=204,
+    response_class=Response,
+    tags=["suppressions"],
+    responses=problem_responses(401, 404, 409, 422, 502, 503),
+)
+async def lift_suppression(
+    email: Annotated[str, Path(min_length=3, max_length=320)],
+    request: Request,
+    _: PrincipalDep,
+    engine: EngineDep,
+) -> Response:
+    """Lift a suppression, reactivating the address at Postmark when a bounce made it
+    inactive there. A spam complaint cannot be lifted (409). Emits `email.reactivated`."""
+    try:
+        await suppression_admin.lift(
+            engine, request.app.state.outbox, request.app.state.postmark, email=email
+        )
+    except suppression_admin.NotSuppressed:
+        raise ProblemError(
+            404, "not-suppressed", "This address is not suppressed.", title="Not suppressed"
+        ) from None
+    except suppression_admin.CannotLift:
+        raise ProblemError(
+            409,
+            "spam-complaint",
+            "The recipient reported spam; this suppression cannot be lifted.",
+            title="Cannot lift a spam complaint",
+        ) from None
+    except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+        raise ProblemError(
+            502,
+            "postmark-refused",
+            f"Postmark did not reactivate the address: {exc}",
+            title="Bad Gateway",
+        ) from None
+    return Response(status_code=204)
 
 
 @router.get("/healthz", response_model=Health, tags=["operations"])

@@ -218,6 +218,10 @@ def sandbox() -> Iterator[Sandbox]:
         "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
         "WEBHOOK_USERNAME": WEBHOOK_USER,
         "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
+        # Nobody listens here: the sandbox records each webhook (GET /api/webhooks) and its
+        # failed deliveries, which is what tests that replay a webhook by hand read.
+        "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks/postmark",
+        "SANDBOX_WEBHOOK_DELAY_MS": "0",
         "LOG_LEVEL": "warning",
     }
     process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "sandbox"], env=env)

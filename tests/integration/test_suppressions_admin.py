@@ -1,0 +1,162 @@
+"""Operators manage the suppression list; lifting a bounce reactivates it at Postmark (the
+sandbox, through postmarker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from notifier.app import create_app
+from tests.conftest import (
+    API_TOKEN,
+    POSTMARK_TOKEN,
+    WEBHOOK_PASSWORD,
+    WEBHOOK_USER,
+    Sandbox,
+    make_notifier_settings,
+)
+
+
+@pytest.fixture
+async def notifier(database_url: str, sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", sandbox.url, "t-admin")
+    app: FastAPI = create_app(settings, consume=False)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://notifier",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as client,
+    ):
+        yield client
+
+
+async def event_types(db: asyncpg.Connection) -> list[str]:
+    return [r["event_type"] for r in await db.fetch("SELECT event_type FROM outbox ORDER BY id")]
+
+
+async def test_an_operator_adds_and_lifts_a_manual_suppression(
+    notifier: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    added = await notifier.post(
+        "/v1/suppressions", json={"email": "Quiet@Example.com", "details": "asked by phone"}
+    )
+    assert added.status_code == 201
+    assert added.json()["email"] == "quiet@example.com"
+    assert added.json()["origin"] == "Operator"
+    again = await notifier.post("/v1/suppressions", json={"email": "quiet@example.com"})
+    assert again.status_code == 409
+
+    lifted = await notifier.delete("/v1/suppressions/quiet@example.com")
+
+    assert lifted.status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert await event_types(db) == ["email.suppressed", "email.reactivated"]
+    assert (await notifier.delete("/v1/suppressions/quiet@example.com")).status_code == 404
+
+
+async def test_a_spam_complaint_cannot_be_lifted(
+    notifier: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO suppressions (email, reason, origin) VALUES ('angry@example.org', "
+        "'SpamComplaint', 'Postmark')"
+    )
+    answer = await notifier.delete("/v1/suppressions/angry@example.org")
+    assert answer.status_code == 409
+    assert answer.json()["type"] == "urn:postroom:problem:spam-complaint"
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 1
+
+
+async def test_lifting_a_bounce_reactivates_the_address_at_postmark(
+    notifier: httpx.AsyncClient, db: asyncpg.Connection, sandbox: Sandbox
+) -> None:
+    address = f"bounce-{uuid.uuid4().hex[:8]}@example.com"
+    postmark = httpx.AsyncClient(
+        base_url=sandbox.url, headers={"X-Postmark-Server-Token": POSTMARK_TOKEN}
+    )
+    sent = await postmark.post(
+        "/email",
+        json={
+            "From": "hello@postroom.test",
+            "To": address,
+            "Subject": "s",
+            "TextBody": "t",
+            "Headers": [{"Name": "X-PM-Bounce-Type", "Value": "HardBounce"}],
+        },
+    )
+    assert sent.status_code == 200
+    # The sandbox made the address inactive; hand its bounce webhook to the notifier, as
+    # Postmark would.
+    deadline = time.monotonic() + 10
+    while not (
+        hooks := [
+            h for h in (await postmark.get("/api/webhooks")).json() if h["Recipient"] == address
+        ]
+    ):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    bounce = hooks[0]["Payload"]
+    answer = await notifier.post(
+        "/webhooks/postmark",
+        content=json.dumps(bounce),
+        auth=(WEBHOOK_USER, WEBHOOK_PASSWORD),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 200
+    blocked = await postmark.post(
+        "/email",
+        json={
+            "From": "hello@postroom.test",
+            "To": address,
+            "Subject": "s",
+            "TextBody": "t",
+        },
+    )
+    assert blocked.json()["ErrorCode"] == 406
+
+    lifted = await notifier.delete(f"/v1/suppressions/{address}")
+
+    assert lifted.status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    reopened = await postmark.post(
+        "/email",
+        json={
+            "From": "hello@postroom.test",
+            "To": address,
+            "Subject": "s",
+            "TextBody": "t",
+        },
+    )
+    assert reopened.json()["ErrorCode"] == 0
+    assert await event_types(db) == ["email.bounced", "email.reactivated"]
+    await postmark.aclose()
+
+
+async def test_when_postmark_refuses_to_reactivate_nothing_changes(
+    notifier: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """
+        INSERT INTO bounces (id, record_type, type, email, inactive, can_activate, raw)
+        VALUES (9123372036854775001, 'Bounce', 'HardBounce', 'ghost@example.com', true, true,
+                '{}');
+        INSERT INTO suppressions (email, reason, origin)
+        VALUES ('ghost@example.com', 'HardBounce', 'Postmark');
+        """
+    )
+    answer = await notifier.delete("/v1/suppressions/ghost@example.com")
+    assert answer.status_code == 502
+    assert answer.json()["type"] == "urn:postroom:problem:postmark-refused"
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 1
+    assert await event_types(db) == []
