@@ -18,7 +18,7 @@ from postroom.db import ping
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.settings import NotifierSettings
-from postroom.web import EngineDep, PrincipalDep
+from postroom.web import EngineDep, PrincipalDep, only_query
 
 
 async def get_settings(request: Request) -> NotifierSettings:
@@ -74,6 +74,7 @@ router = APIRouter()
     "/v1/notifications",
     response_model=NotificationList,
     tags=["notifications"],
+    dependencies=[only_query("user_id", "email", "status", "limit")],
     responses=problem_responses(401, 422, 503),
 )
 async def list_notifications(
@@ -122,6 +123,7 @@ async def read_notification(notification_id: uuid.UUID, _: PrincipalDep, engine:
     "/v1/suppressions",
     response_model=SuppressionList,
     tags=["suppressions"],
+    dependencies=[only_query("limit")],
     responses=problem_responses(401, 422, 503),
 )
 async def list_suppressions(

@@ -24,6 +24,8 @@ outbox_app = typer.Typer(no_args_is_help=True, help="Look at the outbox.")
 app.add_typer(outbox_app, name="outbox")
 events_app = typer.Typer(no_args_is_help=True, help="Look at the events on Kafka.")
 app.add_typer(events_app, name="events")
+suppressions_app = typer.Typer(no_args_is_help=True, help="The addresses nothing is sent to.")
+app.add_typer(suppressions_app, name="suppressions")
 
 
 def _fail(process: str, reason: str) -> typer.Exit:
@@ -258,6 +260,100 @@ def events_tail(
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         pass
+
+
+async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
+    from notifier.postmark import Postmark
+    from outbox_relay.outbox import OutboxWriter
+    from postroom.db import create_engine
+
+    engine = create_engine(settings, application_name="postroom-cli")
+    try:
+        outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
+        return await work(engine, outbox, Postmark(settings))
+    finally:
+        await engine.dispose()
+
+
+@suppressions_app.command("list")
+def suppressions_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100) -> None:
+    """Suppressed addresses, newest first."""
+    import sqlalchemy as sa
+    from rich.console import Console
+    from rich.table import Table
+
+    from postroom.models import suppressions
+
+    settings = _load("suppressions", NotifierSettings)
+
+    async def work(engine: Any, _outbox: Any, _postmark: Any) -> list[Any]:
+        async with engine.connect() as conn:
+            query = sa.select(suppressions).order_by(suppressions.c.created_at.desc())
+            return list(await conn.execute(query.limit(limit)))
+
+    rows = asyncio.run(_with_notifier_parts(settings, work))
+    if not rows:
+        typer.echo("no suppressed addresses")
+        return
+    table = Table("email", "reason", "origin", "since", "details")
+    for row in rows:
+        table.add_row(
+            row.email,
+            row.reason,
+            row.origin,
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            row.details or "",
+        )
+    Console(width=160).print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    email: str,
+    reason: Annotated[str, typer.Option()] = "ManualSuppression",
+    details: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Suppress an address by hand (emits email.suppressed)."""
+    from notifier import suppressions as admin
+
+    settings = _load("suppressions", NotifierSettings)
+
+    async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
+        return await admin.add(engine, outbox, email=email, reason=reason, details=details)
+
+    if not asyncio.run(_with_notifier_parts(settings, work)):
+        typer.echo(f"{email.lower()} was already suppressed", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"suppressed {email.lower()}")
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(email: str) -> None:
+    """Lift a suppression, reactivating the address at Postmark when a bounce made it
+    inactive there (emits email.reactivated). Spam complaints cannot be lifted."""
+    from notifier import suppressions as admin
+    from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
+
+    settings = _load("suppressions", NotifierSettings)
+
+    async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
+        return await admin.lift(engine, outbox, postmark, email=email)
+
+    try:
+        lifted = asyncio.run(_with_notifier_parts(settings, work))
+    except admin.NotSuppressed:
+        typer.echo(f"{email.lower()} is not suppressed", err=True)
+        raise typer.Exit(code=1) from None
+    except admin.CannotLift:
+        typer.echo(f"{email.lower()} reported spam: this suppression cannot be lifted", err=True)
+        raise typer.Exit(code=1) from None
+    except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+        typer.echo(f"Postmark did not reactivate {email.lower()}: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    if lifted.reactivated_bounce is None:
+        typer.echo(f"lifted {lifted.email}")
+    else:
+        typer.echo(f"lifted {lifted.email} (bounce {lifted.reactivated_bounce} reactivated)")
 
 
 def main(argv: list[str] | None = None) -> None:

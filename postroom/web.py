@@ -4,7 +4,7 @@ engine and tokens, and the Allow header's route table."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,3 +63,25 @@ async def require_token(
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 PrincipalDep = Annotated[str, Depends(require_token)]
+
+
+def only_query(*names: str) -> Any:
+    """A dependency refusing query parameters a route does not take (422), so that a typo
+    such as `?emial=` is an error instead of a silently unfiltered answer."""
+    allowed = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", name),
+                        "msg": "Unknown query parameter",
+                        "type": "extra_forbidden",
+                    }
+                    for name in unknown
+                ]
+            )
+
+    return Depends(check)

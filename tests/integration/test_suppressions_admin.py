@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -160,3 +163,54 @@ async def test_when_postmark_refuses_to_reactivate_nothing_changes(
     assert answer.json()["type"] == "urn:postroom:problem:postmark-refused"
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 1
     assert await event_types(db) == []
+
+
+def cli(database_url: str, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "API_TOKENS": API_TOKEN,
+        "EMAIL_TOKEN_SECRET": "cli-test-email-secret-0123456789abcdef",
+        "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
+        "POSTMARK_API_URL": sandbox.url + "/",
+        "WEBHOOK_USERNAME": WEBHOOK_USER,
+        "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "postroom.cli", "suppressions", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_suppressions_verbs(database_url: str, sandbox: Sandbox) -> None:
+    added = cli(database_url, sandbox, "add", "Muted@Example.com", "--details", "ticket 42")
+    assert (added.returncode, added.stdout.strip()) == (0, "suppressed muted@example.com")
+    assert cli(database_url, sandbox, "add", "muted@example.com").returncode == 1
+
+    listed = cli(database_url, sandbox, "list")
+    assert listed.returncode == 0
+    assert "muted@example.com" in listed.stdout
+    assert "ticket 42" in listed.stdout
+
+    removed = cli(database_url, sandbox, "remove", "muted@example.com")
+    assert (removed.returncode, removed.stdout.strip()) == (0, "lifted muted@example.com")
+    again = cli(database_url, sandbox, "remove", "muted@example.com")
+    assert again.returncode == 1
+    assert "not suppressed" in again.stderr
+    assert "no suppressed addresses" in cli(database_url, sandbox, "list").stdout
+
+
+async def test_a_misspelt_filter_is_an_error_not_an_unfiltered_list(
+    notifier: httpx.AsyncClient,
+) -> None:
+    answer = await notifier.get("/v1/notifications", params={"emial": "a@example.com"})
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["loc"] == ["query", "emial"]
+    assert (await notifier.get("/v1/notifications", params={"email": "a@example.com"})).json() == {
+        "items": []
+    }
