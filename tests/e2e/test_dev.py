@@ -200,6 +200,32 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         )
         kinds = [json.loads(line)["type"] for line in email_events.stdout.splitlines()]
         assert "email.bounced" in kinds
+
+        # The address is freed, then another user changes to it: the verification email
+        # for the new address is suppressed, not sent.
+        auth = {"Authorization": f"Bearer {token}"}
+        bouncy_user = httpx.get(
+            f"{notifier}/v1/notifications", params={"email": bouncy}, headers=auth
+        ).json()["items"][0]["user_id"]
+        assert httpx.delete(f"{base}/v1/users/{bouncy_user}", headers=auth).status_code == 204
+        other = httpx.post(
+            f"{base}/v1/users", json={"email": "other@example.com", "name": "Other"}, headers=auth
+        ).json()
+        moved = httpx.patch(f"{base}/v1/users/{other['id']}", json={"email": bouncy}, headers=auth)
+        assert moved.status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            held = httpx.get(
+                f"{notifier}/v1/notifications", params={"email": bouncy}, headers=auth
+            ).json()["items"]
+            verify = [n for n in held if n["template"] == "verify_new_email"]
+            if verify and verify[0]["status"] != "pending":
+                break
+            assert time.monotonic() < deadline, f"no verification notification: {held}"
+            time.sleep(0.1)
+        assert verify[0]["status"] == "suppressed"
+        sent_to_bouncy = httpx.get(f"{inbox}/api/messages", params={"to": bouncy}).json()
+        assert [m["Tag"] for m in sent_to_bouncy] == ["welcome"]
     finally:
         code = stack.stop()
     assert code == 0

@@ -248,3 +248,24 @@ async def test_malformed_bodies_are_refused_and_nothing_is_stored(
     assert await db.fetchval("SELECT count(*) FROM bounces") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_receipts") == 0
     assert await outbox_events(db) == []
+
+
+async def test_a_bounce_that_overtakes_our_commit_still_suppresses(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    # Postmark's answer and its bounce can race; the notification may not know its
+    # MessageID yet. The bounce is kept, the address suppressed, and the event names the
+    # notification from the Metadata the message carried.
+    notification, user = uuid.uuid4(), uuid.uuid4()
+    body = fixture(
+        "bounce_hard",
+        ID=555,
+        MessageID=str(uuid.uuid4()),
+        Metadata={"notification_id": str(notification), "user_id": str(user)},
+    )
+    assert (await hooks.post("/webhooks/postmark", json=body)).status_code == 200
+    assert await db.fetchval("SELECT email FROM suppressions") == "gone@example.net"
+    assert await db.fetchval("SELECT notification_id FROM bounces") is None
+    [(kind, data)] = await outbox_events(db)
+    assert kind == "email.bounced"
+    assert (data["notification_id"], data["user_id"]) == (str(notification), str(user))
