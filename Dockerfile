@@ -17,8 +17,9 @@ WORKDIR /app
 
 # Dependencies first, against stub packages, so a code change does not re-download them.
 COPY pyproject.toml constraints.txt README.md ./
-RUN mkdir postroom api outbox_relay \
+RUN mkdir postroom api outbox_relay notifier sandbox \
     && touch postroom/__init__.py api/__init__.py outbox_relay/__init__.py \
+       notifier/__init__.py sandbox/__init__.py \
     && pip install -c constraints.txt -e .
 
 # Editable on purpose: `postroom migrate` finds alembic.ini and migrations/ next to the package.
@@ -27,6 +28,8 @@ COPY migrations/ migrations/
 COPY postroom/ postroom/
 COPY api/ api/
 COPY outbox_relay/ outbox_relay/
+COPY notifier/ notifier/
+COPY sandbox/ sandbox/
 
 USER postroom
 

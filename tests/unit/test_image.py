@@ -1,0 +1,18 @@
+"""The one image holds every process's package."""
+
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_dockerfile_copies_every_package_the_project_ships() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in packages:
+        assert f"COPY {package}/ {package}/" in dockerfile, package
+        assert f"{package}/__init__.py" in dockerfile, package
