@@ -1,8 +1,7 @@
 """The one image holds every process's package."""
 
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
