@@ -70,6 +70,8 @@ async def reset_faults(sandbox: SandboxDep) -> Faults:
 
 @router.get("/api/stats")
 async def get_stats(sandbox: SandboxDep) -> dict[str, Any]:
+    """Counters since start: send calls, injected faults, captures, webhooks, and how many
+    batch calls carried each number of messages (`batch_sizes`)."""
     return sandbox.stats()
 
 

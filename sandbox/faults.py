@@ -9,7 +9,8 @@ is held back for `timeout_ms`, long after the client gave up waiting.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +77,8 @@ class Stats:
     timeouts_injected: int = 0
     webhooks_delivered: int = 0
     webhooks_failed: int = 0
+    # messages per `POST /email/batch` call -> how many calls carried that many
+    batch_sizes: Counter[int] = field(default_factory=Counter)
 
 
 class FaultInjector:

@@ -73,6 +73,7 @@ async def _read_json(request: Request, *, limit: int) -> object:
 def _send_batch(sandbox: Sandbox, data: object, *, test: bool) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise PostmarkError(422, 403, "The request body must be a JSON array of messages.")
+    sandbox.faults.stats.batch_sizes[len(data)] += 1
     if len(data) > MAX_BATCH:
         raise PostmarkError(
             422, 410, f"Too many batch messages: {len(data)}; at most {MAX_BATCH} per call."

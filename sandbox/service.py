@@ -89,6 +89,7 @@ class Sandbox:
             "stored": len(self.store),
             "webhooks_delivered": stats.webhooks_delivered,
             "webhooks_failed": stats.webhooks_failed,
+            "batch_sizes": {str(size): calls for size, calls in sorted(stats.batch_sizes.items())},
         }
 
 

@@ -7,37 +7,64 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Generic, TypeVar
 
-from postroom.settings import RelaySettings
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
+
+from postroom.settings import NotifierSettings, RelaySettings
+
+S = TypeVar("S", bound=BaseSettings)
 
 
-def relay_env(settings: RelaySettings, **extra: str) -> dict[str, str]:
-    """The environment that makes `postroom relay` run with `settings`."""
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(_env_value(item) for item in value)
+    return str(value)
+
+
+def settings_env(settings: BaseSettings, **extra: str) -> dict[str, str]:
+    """The environment that makes a `postroom` process run with `settings`."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[name.upper()] = _env_value(value)
     env.update(LOG_LEVEL="info", **extra)
     return env
 
 
+def relay_env(settings: RelaySettings, **extra: str) -> dict[str, str]:
+    return settings_env(settings, **extra)
+
+
 @dataclass
-class RelayProcess:
-    settings: RelaySettings
+class PostroomProcess(Generic[S]):
+    """One `postroom <command>` subprocess, logging to a file of its own."""
+
+    command: ClassVar[str]
+    settings: S
     process: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(
-        default_factory=lambda: Path(tempfile.mkstemp(prefix="postroom-relay-", suffix=".log")[1])
-    )
+    log_path: Path | None = None
     starts: int = 0
 
+    def __post_init__(self) -> None:
+        if self.log_path is None:
+            prefix = f"postroom-{self.command}-"
+            self.log_path = Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
+
     def start(self) -> None:
+        assert self.log_path is not None
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "postroom.cli", "relay"],
-                env=relay_env(self.settings),
+                [sys.executable, "-m", "postroom.cli", self.command],
+                env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -66,4 +93,17 @@ class RelayProcess:
         return self.process is not None and self.process.poll() is None
 
     def log(self) -> str:
+        assert self.log_path is not None
         return self.log_path.read_text(errors="replace")
+
+
+class RelayProcess(PostroomProcess[RelaySettings]):
+    command = "relay"
+
+
+class NotifierProcess(PostroomProcess[NotifierSettings]):
+    command = "notifier"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.notifier_host}:{self.settings.notifier_port}"
