@@ -84,6 +84,10 @@ class Consumer:
             # Retries with backoff can hold a batch for minutes; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
             metadata_max_age_ms=30_000,
+            # Kafka's smallest allowed session: a notifier that died without leaving the group
+            # (SIGKILL) holds its partitions for this long before another takes them.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
