@@ -326,7 +326,7 @@ class Delivery:
             await self.outbox.add(
                 conn,
                 events.Event(
-                    events.EmailSuppressed(**_event_fields(plan), reason=reason),
+                    events.EmailSuppressed(**_event_fields(plan), message_id=None, reason=reason),
                     source=events.SOURCE_NOTIFIER,
                 ),
             )

@@ -50,7 +50,7 @@ async def add(
         await outbox.add(
             conn,
             events.Event(
-                events.AddressSuppressed(
+                events.EmailSuppressed(
                     email=address,
                     message_id=None,
                     notification_id=None,

@@ -366,7 +366,7 @@ async def _subscription_change(
             details=None,
         )
         metrics.suppressed.labels(reason).inc()
-        data = events.AddressSuppressed(**common, reason=reason)
+        data = events.EmailSuppressed(**common, reason=reason)
     else:
         await conn.execute(
             sa.delete(suppressions).where(suppressions.c.email == record.Recipient.lower())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -260,6 +261,46 @@ def events_tail(
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         pass
+
+
+@events_app.command("schema")
+def events_schema(
+    event_type: Annotated[str | None, typer.Argument(help="e.g. user.registered")] = None,
+) -> None:
+    """Print the JSON Schema of one event type's data, or of all of them (by type)."""
+    import json
+
+    from postroom.catalog import schemas
+
+    catalogue = schemas()
+    if event_type is None:
+        typer.echo(json.dumps(catalogue, indent=2, sort_keys=True))
+        return
+    if event_type not in catalogue:
+        typer.echo(f"unknown event type {event_type!r}; known: {', '.join(catalogue)}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(json.dumps(catalogue[event_type], indent=2, sort_keys=True))
+
+
+@events_app.command("asyncapi")
+def events_asyncapi(prefix: Annotated[str, typer.Option()] = "postroom") -> None:
+    """Print the AsyncAPI 3 document of the topics (JSON)."""
+    import json
+
+    from postroom.catalog import asyncapi
+
+    typer.echo(json.dumps(asyncapi(prefix), indent=2))
+
+
+@events_app.command("publish")
+def events_publish(
+    directory: Annotated[Path, typer.Argument()] = Path("docs/events"),
+) -> None:
+    """Write every event type's JSON Schema and the AsyncAPI document into DIRECTORY."""
+    from postroom.catalog import publish
+
+    for path in publish(directory):
+        typer.echo(f"wrote {path}")
 
 
 async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:

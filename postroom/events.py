@@ -90,11 +90,6 @@ class EmailSent(_EmailEvent):
     message_id: str
 
 
-class EmailSuppressed(_EmailEvent):
-    event_type: ClassVar[str] = "email.suppressed"
-    reason: str
-
-
 class EmailFailed(_EmailEvent):
     event_type: ClassVar[str] = "email.failed"
     error: str
@@ -131,12 +126,15 @@ class EmailDelivered(_AddressEvent):
     delivered_at: datetime
 
 
-class AddressSuppressed(_AddressEvent):
-    """An address suppressed by Postmark's SubscriptionChange (not one notification)."""
+class EmailSuppressed(_AddressEvent):
+    """Mail to an address is held back: for one notification (its fields set; `origin`
+    None), or for the address itself, by Postmark or an operator (`origin` set)."""
 
     event_type: ClassVar[str] = "email.suppressed"
     reason: str
-    origin: str | None
+    origin: str | None = None
+    template: str | None = None
+    source_event_id: uuid.UUID | None = None
 
 
 class EmailReactivated(_AddressEvent):
@@ -146,13 +144,23 @@ class EmailReactivated(_AddressEvent):
 
 SOURCE_NOTIFIER = "/postroom/notifier"
 
-USER_EVENTS: tuple[type[_UserEvent], ...] = (
+USER_EVENTS: tuple[type[EventData], ...] = (
     UserRegistered,
     UserUpdated,
     UserEmailChanged,
     UserEmailVerified,
     UserDeleted,
 )
+EMAIL_EVENTS: tuple[type[EventData], ...] = (
+    EmailSent,
+    EmailDelivered,
+    EmailBounced,
+    EmailComplained,
+    EmailSuppressed,
+    EmailReactivated,
+    EmailFailed,
+)
+ALL_EVENTS = USER_EVENTS + EMAIL_EVENTS
 
 
 @dataclass(frozen=True, slots=True)

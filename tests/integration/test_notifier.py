@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from postroom import events
 from tests.conftest import Sandbox, unique
+from tests.integration.test_catalog import assert_outbox_matches_the_catalogue
 from tests.kafka_tools import read_topic
 from tests.stack import running_stack
 
@@ -150,6 +151,7 @@ async def test_inactive_recipients_are_suppressed_and_never_sent_to(
         email_events = await read_topic(
             kafka_bootstrap, stack.relay_settings.topic("email"), expect=3
         )
+    assert "email.suppressed" in await assert_outbox_matches_the_catalogue(db)
     assert [r.headers["ce_type"] for r in email_events] == [
         "email.sent",
         "email.suppressed",
@@ -177,7 +179,7 @@ async def test_staging_sends_only_to_the_allowlist(
 
 
 async def test_an_invalid_recipient_fails_at_once_and_the_batch_goes_on(
-    database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str, sandbox: Sandbox
 ) -> None:
     good = [address(f"batch{n}") for n in range(3)]
     async with running_stack(database_url, kafka_bootstrap, sandbox) as stack:
@@ -210,6 +212,8 @@ async def test_an_invalid_recipient_fails_at_once_and_the_batch_goes_on(
         [failed] = await stack.wait_status("not-an-address@@example..com", "failed")
         assert "300" in failed["last_error"]
         assert failed["attempts"] == 1
+    # What the notifier announced matches the published schemas.
+    assert await assert_outbox_matches_the_catalogue(db) == {"email.sent", "email.failed"}
 
 
 async def test_notifications_api_needs_the_token(

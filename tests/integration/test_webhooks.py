@@ -269,3 +269,24 @@ async def test_a_bounce_that_overtakes_our_commit_still_suppresses(
     [(kind, data)] = await outbox_events(db)
     assert kind == "email.bounced"
     assert (data["notification_id"], data["user_id"]) == (str(notification), str(user))
+
+
+async def test_webhook_events_match_their_published_schemas(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    from tests.integration.test_catalog import assert_outbox_matches_the_catalogue
+
+    for name in ("bounce_hard", "spam_complaint", "delivery", "subscription_change"):
+        assert (await hooks.post("/webhooks/postmark", json=fixture(name))).status_code == 200
+    lift = fixture("subscription_change", SuppressSending=False, ChangedAt="2026-11-22T00:00:00Z")
+    assert (await hooks.post("/webhooks/postmark", json=lift)).status_code == 200
+
+    seen = await assert_outbox_matches_the_catalogue(db)
+
+    assert seen == {
+        "email.bounced",
+        "email.complained",
+        "email.delivered",
+        "email.suppressed",
+        "email.reactivated",
+    }
