@@ -25,6 +25,8 @@ outbox_app = typer.Typer(no_args_is_help=True, help="Look at the outbox.")
 app.add_typer(outbox_app, name="outbox")
 events_app = typer.Typer(no_args_is_help=True, help="Look at the events on Kafka.")
 app.add_typer(events_app, name="events")
+dlq_app = typer.Typer(no_args_is_help=True, help="The notifier's dead-letter topic.")
+app.add_typer(dlq_app, name="dlq")
 suppressions_app = typer.Typer(no_args_is_help=True, help="The addresses nothing is sent to.")
 app.add_typer(suppressions_app, name="suppressions")
 
@@ -314,6 +316,70 @@ async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
         return await work(engine, outbox, Postmark(settings))
     finally:
         await engine.dispose()
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """The records on <prefix>.notifier.dlq, with why each is there."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from notifier.dlq import list_dead_letters
+
+    settings = _load("dlq", NotifierSettings)
+    letters = asyncio.run(list_dead_letters(settings))
+    if not letters:
+        typer.echo("the dead-letter topic is empty")
+        return
+    table = Table("partition", "offset", "reason", "type", "event id", "from", "error")
+    for letter in letters:
+        h = letter.headers
+        table.add_row(
+            str(letter.partition),
+            str(letter.offset),
+            letter.reason,
+            h.get("ce_type", "-"),
+            h.get("ce_id", "-"),
+            f"{h.get('dlq_topic')}[{h.get('dlq_partition')}]@{h.get('dlq_offset')}",
+            h.get("dlq_error", "")[:80],
+        )
+    Console(width=200).print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Replay records replayed before too.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (unreadable, delivery-failed).")
+    ] = None,
+) -> None:
+    """Put dead letters back on the topic they came from (failed notifications back to
+    pending first); each record once unless --from-beginning."""
+    from rich.progress import Progress
+
+    from notifier.dlq import replay
+    from postroom.db import create_engine
+
+    settings = _load("dlq", NotifierSettings)
+
+    async def work() -> int:
+        engine = create_engine(settings, application_name="postroom-cli")
+        try:
+            with Progress(transient=True) as bar:
+                task = bar.add_task("replaying", total=None)
+                return await replay(
+                    settings,
+                    engine,
+                    from_beginning=from_beginning,
+                    reason=reason,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        finally:
+            await engine.dispose()
+
+    typer.echo(f"replayed {asyncio.run(work())} record(s)")
 
 
 @suppressions_app.command("list")

@@ -1,0 +1,65 @@
+"""Operators list and replay the notifier's dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from notifier.dlq import list_dead_letters, replay
+from postroom.settings import asyncpg_url
+from tests.conftest import Sandbox, unique
+from tests.stack import running_stack
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_dead_letters_are_listed_and_a_failed_email_is_replayed_once(
+    database_url: str, kafka_bootstrap: str, sandbox: Sandbox, sandbox_faults: str
+) -> None:
+    email = f"{unique('dlq')}@example.com"
+    async with running_stack(
+        database_url, kafka_bootstrap, sandbox, notifier_max_attempts=2
+    ) as stack:
+        await stack.wait_consuming()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                stack.settings.topic("user"),
+                value=b"not json",
+                key=b"k",
+                headers=[("ce_id", str(uuid.uuid4()).encode()), ("ce_type", b"user.registered")],
+            )
+        finally:
+            await producer.stop()
+        # Postmark down for good: the welcome email fails after its two attempts.
+        await stack.sandbox.put("/api/faults", json={"error_rate": 1.0, "error_status": 503})
+        await stack.api.post("/v1/users", json={"email": email, "name": "Later"})
+        [failed] = await stack.wait_status(email, "failed")
+        await stack.sandbox.delete("/api/faults")
+
+        async with asyncio.timeout(20):
+            while len(letters := await list_dead_letters(stack.settings)) < 2:
+                await asyncio.sleep(0.2)
+        assert sorted(letter.reason for letter in letters) == ["delivery-failed", "unreadable"]
+        [delivery] = [letter for letter in letters if letter.reason == "delivery-failed"]
+        assert delivery.headers["dlq_notification_id"] == failed["id"]
+        assert delivery.headers["ce_type"] == "user.registered"
+
+        engine = create_async_engine(asyncpg_url(database_url))
+        try:
+            replayed = await replay(stack.settings, engine, reason="delivery-failed")
+            assert replayed == 1
+            [sent] = await stack.wait_status(email, "sent")
+            assert sent["id"] == failed["id"]
+            assert len(await stack.wait_messages(email)) == 1
+            # Replayed records are not replayed again.
+            assert await replay(stack.settings, engine, reason="delivery-failed") == 0
+        finally:
+            await engine.dispose()
+        await asyncio.sleep(0.5)
+        assert len(await stack.messages(email)) == 1
