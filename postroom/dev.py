@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,7 +60,76 @@ def _load_dev_secrets(path: Path) -> dict[str, str]:
     return values
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float) -> bool:
+_COLOURS = {"sandbox": "35", "api": "36", "relay": "33", "notifier": "32"}
+
+
+class Child:
+    """One process of the stack: its output prefixed with its name, restarted with growing
+    pauses when it exits on its own."""
+
+    def __init__(self, name: str, env: dict[str, str], *, colour: bool) -> None:
+        self.name = name
+        self.env = env
+        self.prefix = (
+            f"\033[{_COLOURS.get(name, '37')}m{name:<8}\033[0m| " if colour else f"{name:<8}| "
+        )
+        self.process: subprocess.Popen[str] | None = None
+        self.restarts = 0
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", self.name],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+        print(f"dev     | started {self.name} (pid {self.process.pid})", flush=True)
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(self.prefix + line)
+            sys.stdout.flush()
+        process.stdout.close()
+
+    def check(self, now: float) -> None:
+        """Restart the process if it died, after 1, 2, 4 … 30 s."""
+        if self.process is None:
+            return
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at = None
+                self.restarts += 1
+                self.start()
+            return
+        code = self.process.poll()
+        if code is not None:
+            pause = min(30.0, 2.0**self.restarts)
+            print(
+                f"dev     | {self.name} exited with code {code}; restarting in {pause:.0f} s",
+                flush=True,
+            )
+            self.restart_at = now + pause
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def wait(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -80,7 +150,7 @@ def run_dev() -> int:
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
     broker: EmbeddedKafka | None = None
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    children: dict[str, Child] = {}
     try:
         if "DATABASE_URL" not in env:
             port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
@@ -128,7 +198,8 @@ def run_dev() -> int:
         upgrade(env["DATABASE_URL"])
         print("migrations applied")
         for name in ("sandbox", "api", "relay", "notifier"):
-            children[name] = subprocess.Popen([sys.executable, "-m", "postroom.cli", name], env=env)
+            children[name] = Child(name, env, colour=sys.stdout.isatty())
+            children[name].start()
         base = f"http://127.0.0.1:{api_port}"
         relay_base = f"http://127.0.0.1:{relay_port}"
         notifier_base = f"http://127.0.0.1:{notifier_port}"
@@ -139,7 +210,9 @@ def run_dev() -> int:
             ("relay", f"{relay_base}/readyz"),
             ("notifier", f"{notifier_base}/readyz"),
         ):
-            if not _wait_ready(url, children[name], timeout=60):
+            process = children[name].process
+            assert process is not None
+            if not _wait_ready(url, process, timeout=60):
                 print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
                 return 1
         token = env["API_TOKENS"].split(",")[0].strip()
@@ -165,13 +238,9 @@ def run_dev() -> int:
         return _supervise(list(children.values()))
     finally:
         for child in children.values():
-            if child.poll() is None:
-                child.terminate()
+            child.stop()
         for child in children.values():
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            child.wait()
         _stop_infrastructure(postgres, broker)
 
 
@@ -184,7 +253,7 @@ def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: EmbeddedKafk
         print("embedded PostgreSQL stopped")
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+def _supervise(children: list[Child]) -> int:
     stop = False
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -194,10 +263,9 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     while not stop:
+        now = time.monotonic()
         for child in children:
-            code = child.poll()
-            if code is not None:
-                print(f"postroom dev: a process exited with code {code}; stopping", file=sys.stderr)
-                return code or 1
+            child.check(now)
         time.sleep(0.2)
+    print("dev     | stopping", flush=True)
     return 0

@@ -94,6 +94,7 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
 
     stack = DevStack(tmp_path, ports)
     try:
+        api_pid = int(stack.wait_for(r"started api \(pid (\d+)\)")[1])
         token = stack.wait_for(r"^\s+token\s+(\S+)")[1]
         created = httpx.post(
             f"{base}/v1/users",
@@ -226,6 +227,21 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         assert verify[0]["status"] == "suppressed"
         sent_to_bouncy = httpx.get(f"{inbox}/api/messages", params={"to": bouncy}).json()
         assert [m["Tag"] for m in sent_to_bouncy] == ["welcome"]
+
+        # A crashed process is restarted by the supervisor, and answers again.
+        os.kill(api_pid, signal.SIGKILL)
+        stack.wait_for(r"api exited with code -9; restarting in 1 s")
+        new_pid = int(stack.wait_for(r"started api \(pid (\d+)\)")[1])
+        assert new_pid != api_pid
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the api did not come back"
+            time.sleep(0.1)
     finally:
         code = stack.stop()
     assert code == 0
