@@ -47,7 +47,9 @@ def _load(process: str, cls: type[S]) -> S:
         raise _fail(process, f"{where}: {first['msg']}") from None
 
 
-def _serve(app: Any, settings: CommonSettings, *, host: str, port: int, grace: int = 60) -> None:
+def _serve(
+    make_app: Any, settings: CommonSettings, *, host: str, port: int, grace: int = 60
+) -> None:
     """Run one process's ASGI app under uvicorn. uvicorn's access log stays off: it would print
     query strings, which carry verification tokens (ACCESS_LOG logs route templates instead).
     SIGTERM and Ctrl-C end the app's lifespan, which stops its work gracefully."""
@@ -55,9 +57,10 @@ def _serve(app: Any, settings: CommonSettings, *, host: str, port: int, grace: i
 
     from postroom.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    # Before the app is built: its parts bind their loggers as they are made.
+    configure_logging(settings.log_level, json=settings.app_env != "development")
     uvicorn.run(
-        app,
+        make_app(settings),
         host=host,
         port=port,
         access_log=False,
@@ -73,7 +76,7 @@ def api() -> None:
     from api.app import create_app
 
     settings = _load("api", ApiSettings)
-    _serve(create_app(settings), settings, host=settings.api_host, port=settings.api_port)
+    _serve(create_app, settings, host=settings.api_host, port=settings.api_port)
 
 
 @app.command()
@@ -82,12 +85,7 @@ def relay() -> None:
     from outbox_relay.service import create_app
 
     settings = _load("relay", RelaySettings)
-    _serve(
-        create_app(settings),
-        settings,
-        host=settings.relay_metrics_host,
-        port=settings.relay_metrics_port,
-    )
+    _serve(create_app, settings, host=settings.relay_metrics_host, port=settings.relay_metrics_port)
 
 
 @app.command()
@@ -96,7 +94,7 @@ def notifier() -> None:
     from notifier.app import create_app
 
     settings = _load("notifier", NotifierSettings)
-    _serve(create_app(settings), settings, host=settings.notifier_host, port=settings.notifier_port)
+    _serve(create_app, settings, host=settings.notifier_host, port=settings.notifier_port)
 
 
 @app.command()
@@ -107,13 +105,7 @@ def sandbox() -> None:
 
     settings = _load("sandbox", SandboxSettings)
     # Answers held back by an injected timeout must not hold up a restart.
-    _serve(
-        create_app(settings),
-        settings,
-        host=settings.sandbox_host,
-        port=settings.sandbox_port,
-        grace=5,
-    )
+    _serve(create_app, settings, host=settings.sandbox_host, port=settings.sandbox_port, grace=5)
 
 
 @app.command()

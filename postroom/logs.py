@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object per line on stderr, the same shape in every process."""
+"""Structured logging, the same shape in every process: JSON lines in staging and production,
+readable lines in development. Secrets and tokens are never passed to a logger."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import sys
 
 import structlog
 
+# Libraries that narrate their normal work at INFO (group joins, metadata refreshes).
+_QUIET = ("aiokafka", "kafka", "uvicorn.error", "httpx")
 
-def configure_logging(level: str = "info") -> None:
+
+def configure_logging(level: str = "info", *, json: bool = True) -> None:
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
+    logging.basicConfig(
+        stream=sys.stderr, level=numeric, format="%(name)s: %(message)s", force=True
+    )
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
