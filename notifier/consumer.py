@@ -88,6 +88,9 @@ class Consumer:
             # (SIGKILL) holds its partitions for this long before another takes them.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
+            # How long an idle fetch waits at the broker: bounds the pickup delay of a new
+            # event where the broker does not answer a waiting fetch as soon as data arrives.
+            fetch_max_wait_ms=100,
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,

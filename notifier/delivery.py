@@ -43,6 +43,17 @@ from postroom.settings import NotifierSettings
 
 log = structlog.get_logger("postroom.notifier")
 
+_MARK_SENT = sa.text(
+    """
+    UPDATE notifications AS n
+    SET status = 'sent', message_id = v.message_id, sent_at = now(), last_error = NULL,
+        updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, message_id)
+    WHERE n.id = v.id AND n.status = 'pending'
+    RETURNING n.id
+    """
+)
+
 
 @dataclass
 class DeliveryReport:
@@ -186,8 +197,7 @@ class Delivery:
             return pending
         already = [(p, found[str(p.plan.id)]) for p in pending if str(p.plan.id) in found]
         async with self.engine.begin() as conn:
-            for p, message_id in already:
-                await self._mark_sent(conn, p.plan, message_id, report)
+            await self._mark_all_sent(conn, [(p.plan, mid) for p, mid in already], report)
         log.info("found earlier sends at Postmark; not sending again", count=len(already))
         self.metrics.reconciled.inc(len(already))
         return [p for p in pending if str(p.plan.id) not in found]
@@ -222,10 +232,16 @@ class Delivery:
             self.metrics.send_latency.observe(loop.time() - started)
             self.metrics.batches.inc()
             async with self.engine.begin() as conn:
+                accepted = [
+                    (plan, result.message_id)
+                    for plan, result in zip(chunk, results, strict=True)
+                    if isinstance(result, Accepted)
+                ]
+                await self._mark_all_sent(conn, accepted, report)
                 for plan, result in zip(chunk, results, strict=True):
                     if isinstance(result, Accepted):
-                        await self._mark_sent(conn, plan, result.message_id, report)
-                    elif result.error_code == INACTIVE_RECIPIENT:
+                        continue
+                    if result.error_code == INACTIVE_RECIPIENT:
                         await self._suppress_address(conn, plan.recipient, result.message)
                         await self._mark_suppressed(
                             conn, plan, f"inactive at Postmark: {result.message}", report
@@ -299,25 +315,36 @@ class Delivery:
         )
         return result.first() is not None
 
-    async def _mark_sent(
-        self, conn: AsyncConnection, plan: PlannedEmail, message_id: str, report: DeliveryReport
+    async def _mark_all_sent(
+        self,
+        conn: AsyncConnection,
+        accepted: list[tuple[PlannedEmail, str]],
+        report: DeliveryReport,
     ) -> None:
-        values = {
-            "status": "sent",
-            "message_id": message_id,
-            "sent_at": sa.func.now(),
-            "last_error": None,
+        """Mark accepted messages sent and add their `email.sent` events: one statement for
+        the statuses and one for the events, however many messages."""
+        if not accepted:
+            return
+        moved = {
+            row.id
+            for row in await conn.execute(
+                _MARK_SENT,
+                {"ids": [plan.id for plan, _ in accepted], "mids": [mid for _, mid in accepted]},
+            )
         }
-        if await self._transition(conn, plan, values):
-            await self.outbox.add(
-                conn,
+        await self.outbox.add_many(
+            conn,
+            [
                 events.Event(
                     events.EmailSent(**_event_fields(plan), message_id=message_id),
                     source=events.SOURCE_NOTIFIER,
-                ),
-            )
-            report.sent += 1
-            self.metrics.sent.inc()
+                )
+                for plan, message_id in accepted
+                if plan.id in moved
+            ],
+        )
+        report.sent += len(moved)
+        self.metrics.sent.inc(len(moved))
 
     async def _mark_suppressed(
         self, conn: AsyncConnection, plan: PlannedEmail, reason: str, report: DeliveryReport

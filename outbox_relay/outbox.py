@@ -13,6 +13,7 @@ Invariants (DESIGN 1-2):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,3 +91,16 @@ class OutboxWriter:
 
     async def add(self, conn: AsyncConnection, event: Event) -> int:
         return await add_event(conn, event, shards=self.shards, notify=self.notify)
+
+    async def add_many(self, conn: AsyncConnection, batch: Sequence[Event]) -> None:
+        """Add several events to the caller's transaction in one round of statements, in the
+        order given; one NOTIFY for them all."""
+        if not batch:
+            return
+        if not conn.in_transaction():
+            raise RuntimeError("add_many needs the caller's open transaction")
+        await conn.execute(sa.insert(outbox), [_row(event, self.shards) for event in batch])
+        if self.notify:
+            await conn.execute(
+                sa.select(sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal("")))
+            )
