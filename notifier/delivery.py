@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from opentelemetry.trace import SpanKind
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,6 +41,7 @@ from postroom import events, tokens
 from postroom.backoff import Backoff
 from postroom.models import notifications, suppressions
 from postroom.settings import NotifierSettings
+from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")
 
@@ -221,8 +223,16 @@ class Delivery:
             messages = [self._message(plan, attempt_id) for plan in chunk]
             loop = asyncio.get_running_loop()
             started = loop.time()
+            traces = [plan.traceparent for plan in chunk]
             try:
-                results = await self.postmark.send_batch(messages)
+                with tracer.start_as_current_span(
+                    "postmark send batch",
+                    context=context_from(next((t for t in traces if t), None)),
+                    links=links_to(traces[1:]),
+                    kind=SpanKind.CLIENT,
+                    attributes={"messaging.batch.message_count": len(chunk)},
+                ):
+                    results = await self.postmark.send_batch(messages)
             except PostmarkUnavailable as exc:
                 retry = True
                 await self._note_error(chunk, str(exc))

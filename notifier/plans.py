@@ -25,6 +25,7 @@ class SourceEvent:
     event_id: uuid.UUID
     event_type: str
     data: dict[str, Any]
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class PlannedEmail:
     context: dict[str, Any] = field(hash=False, compare=False)
     # Whether the email carries a verification link for (user_id, recipient).
     verification: bool = False
+    # The trace of the request that caused the event, continued around the Postmark call.
+    traceparent: str | None = field(default=None, hash=False, compare=False)
 
 
 def notification_id(event_id: uuid.UUID, template: str, recipient: str) -> uuid.UUID:
@@ -54,7 +57,12 @@ def read_record(headers: dict[str, str], value: bytes | None) -> SourceEvent:
         raise UnreadableEvent(f"not a CloudEvent with JSON data: {exc}") from exc
     if not isinstance(data, dict):
         raise UnreadableEvent("event data is not a JSON object")
-    return SourceEvent(event_id=event_id, event_type=event_type, data=data)
+    return SourceEvent(
+        event_id=event_id,
+        event_type=event_type,
+        data=data,
+        traceparent=headers.get("traceparent"),
+    )
 
 
 _MODELS: dict[str, type[events.EventData]] = {
@@ -86,6 +94,7 @@ def plan(source: SourceEvent) -> list[PlannedEmail]:
             recipient=recipient,
             context=context,
             verification=verify,
+            traceparent=source.traceparent,
         )
 
     if isinstance(data, events.UserRegistered):

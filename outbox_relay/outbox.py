@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom.events import Event
 from postroom.models import outbox
+from postroom.tracing import current_traceparent
 
 NOTIFY_CHANNEL = "postroom_outbox"
 
@@ -56,13 +57,17 @@ _INSERT = {True: _insert_statement(notify=True), False: _insert_statement(notify
 
 
 def _row(event: Event, shards: int) -> dict[str, Any]:
+    headers = event.headers()
+    traceparent = current_traceparent()
+    if traceparent and "traceparent" not in headers:
+        headers["traceparent"] = traceparent  # the request's trace, continued downstream
     return {
         "event_id": event.event_id,
         "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id,
         "event_type": event.event_type,
         "payload": event.payload(),
-        "headers": event.headers(),
+        "headers": headers,
         "shard": shard_of(event.aggregate_id, shards),
     }
 

@@ -56,9 +56,11 @@ def _serve(
     import uvicorn
 
     from postroom.logs import configure_logging
+    from postroom.tracing import configure_tracing
 
     # Before the app is built: its parts bind their loggers as they are made.
     configure_logging(settings.log_level, json=settings.app_env != "development")
+    configure_tracing(f"postroom-{sys.argv[1] if len(sys.argv) > 1 else 'process'}")
     uvicorn.run(
         make_app(settings),
         host=host,

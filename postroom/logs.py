@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from postroom.tracing import add_trace_ids
+
 # Libraries that narrate their normal work at INFO (group joins, metadata refreshes).
 _QUIET = ("aiokafka", "kafka", "uvicorn.error", "httpx")
 
@@ -25,6 +27,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -1,0 +1,67 @@
+"""One trace from the HTTP request to the email leaving: the request's trace context is kept
+in the outbox row, travels as `traceparent` on the Kafka record, and the notifier continues
+it around the Postmark call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.conftest import Sandbox, unique
+from tests.kafka_tools import read_topic
+from tests.stack import running_stack
+
+pytestmark = pytest.mark.kafka
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # once per process: later tests just record too
+    yield exporter
+    exporter.clear()
+
+
+async def test_a_registration_is_one_trace_from_request_to_postmark(
+    spans: InMemorySpanExporter,
+    db: asyncpg.Connection,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    email = f"{unique('traced')}@example.com"
+    async with running_stack(database_url, kafka_bootstrap, sandbox) as stack:
+        created = await stack.api.post(
+            "/v1/users", json={"email": email, "name": "T"}, headers={"traceparent": CALLER}
+        )
+        assert created.status_code == 201
+        await stack.wait_status(email, "sent")
+        [record] = await read_topic(kafka_bootstrap, stack.settings.topic("user"), expect=1)
+
+    stored = json.loads(await db.fetchval("SELECT headers::text FROM outbox ORDER BY id LIMIT 1"))
+    assert stored["traceparent"].split("-")[1] == TRACE_ID
+    assert record.headers["traceparent"] == stored["traceparent"]
+
+    finished = spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in finished}
+    [send] = [span for span in finished if span.name == "postmark send batch"]
+    assert format(send.context.trace_id, "032x") == TRACE_ID
+    # The send continues the span that wrote the outbox row, inside the request's span.
+    assert send.parent is not None
+    assert format(send.parent.span_id, "016x") == stored["traceparent"].split("-")[2]
+    writer = by_id[send.parent.span_id]
+    request = by_id[writer.parent.span_id] if writer.parent else None
+    assert request is not None
+    assert request.name == "POST /v1/users"
