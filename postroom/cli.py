@@ -36,8 +36,16 @@ def _fail(process: str, reason: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(process: str, cls: type[S]) -> S:
+# What `make dev` filled in for the stack it runs. The operator verbs read it, so they work
+# against that stack from the same checkout; `.env` wins over it and the environment over both.
+# The processes themselves never read it.
+DEV_SETTINGS = ".postroom/dev.settings"
+
+
+def _load(process: str, cls: type[S], *, operator: bool = False) -> S:
     try:
+        if operator:
+            return cls(_env_file=(DEV_SETTINGS, ".env"))
         return cls()
     except ConfigError as exc:
         raise _fail(process, str(exc)) from None
@@ -146,7 +154,7 @@ def outbox_status() -> None:
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, operator=True)
     report = asyncio.run(admin.status(settings))
     table = Table("shard", "pending", "oldest pending", "owner")
     for shard in report.shards:
@@ -174,7 +182,7 @@ def outbox_recent(
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, operator=True)
     rows = asyncio.run(admin.recent(settings, limit=limit, parked_only=parked))
     if not rows:
         typer.echo("no rows")
@@ -202,7 +210,7 @@ def outbox_retry_parked(
     """Put parked rows back in line for the relays."""
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, operator=True)
     retried = asyncio.run(admin.retry_parked(settings, ids=ids or []))
     if ids and len(retried) < len(ids):
         missing = sorted(set(ids) - set(retried))
@@ -221,7 +229,7 @@ def outbox_prune(
     """Delete published rows older than the retention (the relays also do this every minute)."""
     from outbox_relay import admin
 
-    settings = _load("outbox", RelaySettings)
+    settings = _load("outbox", RelaySettings, operator=True)
     age = settings.outbox_retention if older_than is None else older_than
     typer.echo(f"deleted {asyncio.run(admin.prune(settings, older_than=age))} published row(s)")
 
@@ -239,7 +247,7 @@ def events_tail(
     from postroom.settings import KafkaSettings
     from postroom.tail import tail
 
-    settings = _load("events", KafkaSettings)
+    settings = _load("events", KafkaSettings, operator=True)
     topic = settings.topic(aggregate)
     try:
         asyncio.run(
@@ -320,7 +328,7 @@ def dlq_list() -> None:
 
     from notifier.dlq import list_dead_letters
 
-    settings = _load("dlq", NotifierSettings)
+    settings = _load("dlq", NotifierSettings, operator=True)
     letters = asyncio.run(list_dead_letters(settings))
     if not letters:
         typer.echo("the dead-letter topic is empty")
@@ -356,7 +364,7 @@ def dlq_replay(
     from notifier.dlq import replay
     from postroom.db import create_engine
 
-    settings = _load("dlq", NotifierSettings)
+    settings = _load("dlq", NotifierSettings, operator=True)
 
     async def work() -> int:
         engine = create_engine(settings, application_name="postroom-cli")
@@ -385,7 +393,7 @@ def suppressions_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1
 
     from postroom.models import suppressions
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, operator=True)
 
     async def work(engine: Any, _outbox: Any, _postmark: Any) -> list[Any]:
         async with engine.connect() as conn:
@@ -417,7 +425,7 @@ def suppressions_add(
     """Suppress an address by hand (emits email.suppressed)."""
     from notifier import suppressions as admin
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, operator=True)
 
     async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
         return await admin.add(engine, outbox, email=email, reason=reason, details=details)
@@ -435,7 +443,7 @@ def suppressions_remove(email: str) -> None:
     from notifier import suppressions as admin
     from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, operator=True)
 
     async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
         return await admin.lift(engine, outbox, postmark, email=email)

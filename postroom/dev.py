@@ -188,6 +188,12 @@ def run_dev() -> int:
 
     filled = {key: value for key, value in defaults.items() if key not in env}
     env.update(filled)
+    # What this stack runs with, read by the operator verbs (`postroom outbox|dlq|...`).
+    settings_file = STATE_DIR / "dev.settings"
+    settings_file.write_text(
+        "".join(f"{key}={env[key]}\n" for key in sorted({*defaults, *filled}) if key in env)
+    )
+    settings_file.chmod(0o600)
     print("development defaults (set any of these in the environment to override):")
     for key, value in filled.items():
         secret = key in {"EMAIL_TOKEN_SECRET", "WEBHOOK_PASSWORD", "POSTMARK_SERVER_TOKEN"}
@@ -221,7 +227,8 @@ def run_dev() -> int:
             f"\nPostroom is running.\n"
             f"  api       {base}  (docs at {base}/docs, metrics at {base}/metrics)\n"
             f"  relay     {relay_base}/metrics\n"
-            f"  notifier  {notifier_base}  (docs at {notifier_base}/docs)\n"
+            f"  notifier  {notifier_base}  (docs at {notifier_base}/docs, "
+            f"metrics at {notifier_base}/metrics)\n"
             f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
             f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
             f"  token     {token}\n\n"

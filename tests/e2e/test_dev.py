@@ -16,26 +16,28 @@ import httpx
 
 from postroom.embedded import free_port
 
+_STACK_SETTINGS = {
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "API_TOKENS",
+    "EMAIL_TOKEN_SECRET",
+    "APP_ENV",
+    "POSTMARK_SERVER_TOKEN",
+    "POSTMARK_API_URL",
+    "WEBHOOK_USERNAME",
+    "WEBHOOK_PASSWORD",
+    "SANDBOX_WEBHOOK_URL",
+}
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any of the stack's settings."""
+    return {key: value for key, value in os.environ.items() if key not in _STACK_SETTINGS}
+
 
 class DevStack:
     def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key
-            not in {
-                "DATABASE_URL",
-                "KAFKA_BOOTSTRAP_SERVERS",
-                "API_TOKENS",
-                "EMAIL_TOKEN_SECRET",
-                "APP_ENV",
-                "POSTMARK_SERVER_TOKEN",
-                "POSTMARK_API_URL",
-                "WEBHOOK_USERNAME",
-                "WEBHOOK_PASSWORD",
-                "SANDBOX_WEBHOOK_URL",
-            }
-        }
+        env = clean_env()
         env.update({name: str(port) for name, port in ports.items()}, LOG_LEVEL="warning")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "postroom.cli", "dev"],
@@ -227,6 +229,29 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         assert verify[0]["status"] == "suppressed"
         sent_to_bouncy = httpx.get(f"{inbox}/api/messages", params={"to": bouncy}).json()
         assert [m["Tag"] for m in sent_to_bouncy] == ["welcome"]
+
+        # The operator verbs work against the running stack from its checkout, with no
+        # settings given: they read what `make dev` filled in.
+        verbs = subprocess.run(
+            [sys.executable, "-m", "postroom.cli", "suppressions", "list"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert bouncy in verbs.stdout
+        status = subprocess.run(
+            [sys.executable, "-m", "postroom.cli", "outbox", "status"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "pending" in status.stdout
 
         # A crashed process is restarted by the supervisor, and answers again.
         os.kill(api_pid, signal.SIGKILL)
