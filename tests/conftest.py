@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from api.app import create_app
 from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from postroom.migrate import upgrade
 from postroom.settings import ApiSettings, NotifierSettings, RelaySettings, plain_url
+from tests.health import wait_until_answers
 
 T = TypeVar("T")
 
@@ -227,16 +227,7 @@ def sandbox() -> Iterator[Sandbox]:
     process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "sandbox"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "the sandbox exited during start-up"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the sandbox did not start"
-            time.sleep(0.05)
+        wait_until_answers(f"{url}/healthz", process, name="sandbox")
         yield Sandbox(url=url, process=process)
     finally:
         process.terminate()

@@ -6,18 +6,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import strategies as st
 
 from postroom.embedded import free_port
 from tests.conftest import API_TOKEN, EMAIL_SECRET
+from tests.health import wait_until_answers
 
 # JSON Schema's "email" format admits reserved domains (example.invalid, localhost) that the
 # API rightly refuses, since no mail can reach them; generate deliverable-looking addresses.
@@ -55,17 +54,8 @@ def start_api(database_url: str, **extra_env: str) -> LiveApi:
             [sys.executable, "-m", "postroom.cli", "api"], env=env, stdout=log, stderr=log
         )
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the api exited during start-up"
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return LiveApi(base_url, process, log_path)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the api did not answer /healthz within 30 s")
+    wait_until_answers(f"{base_url}/healthz", process, name="api")
+    return LiveApi(base_url, process, log_path)
 
 
 def stop_api(api: LiveApi) -> None:

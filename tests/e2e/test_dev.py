@@ -35,6 +35,21 @@ def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in _STACK_SETTINGS}
 
 
+def dev_ports() -> dict[str, int]:
+    """Free ports for every server `postroom dev` starts, so a test stack collides with none."""
+    return {
+        name: free_port()
+        for name in (
+            "POSTROOM_DEV_PG_PORT",
+            "POSTROOM_DEV_KAFKA_PORT",
+            "API_PORT",
+            "RELAY_METRICS_PORT",
+            "NOTIFIER_PORT",
+            "SANDBOX_PORT",
+        )
+    }
+
+
 class DevStack:
     def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
         env = clean_env()
@@ -82,14 +97,7 @@ class DevStack:
 
 
 def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
-    ports = {
-        "POSTROOM_DEV_PG_PORT": free_port(),
-        "POSTROOM_DEV_KAFKA_PORT": free_port(),
-        "API_PORT": free_port(),
-        "RELAY_METRICS_PORT": free_port(),
-        "NOTIFIER_PORT": free_port(),
-        "SANDBOX_PORT": free_port(),
-    }
+    ports = dev_ports()
     pg_port = ports["POSTROOM_DEV_PG_PORT"]
     base = f"http://127.0.0.1:{ports['API_PORT']}"
     kafka = f"127.0.0.1:{ports['POSTROOM_DEV_KAFKA_PORT']}"

@@ -11,8 +11,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
-from postroom.embedded import free_port
-from tests.e2e.test_dev import DevStack
+from tests.e2e.test_dev import DevStack, dev_ports
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,14 +32,7 @@ FLAGS = [
 async def test_the_welcome_email_in_the_dev_inbox_verifies_the_address(tmp_path: Path) -> None:
     assert CHROMIUM is not None
     ARTIFACTS.mkdir(exist_ok=True)
-    ports = {
-        "POSTROOM_DEV_PG_PORT": free_port(),
-        "POSTROOM_DEV_KAFKA_PORT": free_port(),
-        "API_PORT": free_port(),
-        "RELAY_METRICS_PORT": free_port(),
-        "NOTIFIER_PORT": free_port(),
-        "SANDBOX_PORT": free_port(),
-    }
+    ports = dev_ports()
     base = f"http://127.0.0.1:{ports['API_PORT']}"
     inbox = f"http://127.0.0.1:{ports['SANDBOX_PORT']}"
     stack = DevStack(tmp_path, ports)

@@ -8,11 +8,9 @@ import base64
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -30,6 +28,7 @@ from tests.conftest import (
     make_notifier_settings,
     unique,
 )
+from tests.health import wait_until_answers
 
 pytestmark = pytest.mark.kafka
 
@@ -65,17 +64,8 @@ def notifier_url(postgres: PostgresServer, kafka_bootstrap: str, sandbox: Sandbo
     process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "notifier"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the notifier exited during start-up"
-            try:
-                # Ready: consuming (after the group join) and the database answers.
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the notifier did not become ready"
-            time.sleep(0.05)
+        # Ready: consuming (after the group join) and the database answers.
+        wait_until_answers(f"{url}/readyz", process, name="notifier", within=60)
         yield url
     finally:
         process.terminate()
