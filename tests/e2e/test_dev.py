@@ -35,6 +35,14 @@ def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in _STACK_SETTINGS}
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def dev_ports() -> dict[str, int]:
     """Free ports for every server `postroom dev` starts, so a test stack collides with none."""
     return {
@@ -278,8 +286,13 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
     finally:
         code = stack.stop()
     assert code == 0
-    assert "embedded PostgreSQL stopped" in "".join(stack.output)
-    assert "embedded broker stopped" in "".join(stack.output)
+    output = "".join(stack.output)
+    assert "embedded PostgreSQL stopped" in output
+    assert "embedded broker stopped" in output
+    # Ctrl-C leaves no process behind: every child the supervisor started is gone.
+    started = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", output)]
+    assert len(started) >= 5  # four processes and the restarted api
+    assert [pid for pid in started if alive(pid)] == []
     assert (tmp_path / ".postroom" / "pg" / "PG_VERSION").exists()
 
     # A second start reuses the data folder and the generated token.
