@@ -59,9 +59,8 @@ _MARK_SENT = sa.text(
 
 @dataclass
 class DeliveryReport:
-    sent: int = 0
-    suppressed: int = 0
-    failed: list[tuple[PlannedEmail, str]] = field(default_factory=list)
+    """What the caller still has to act on: emails given up after their last attempt."""
+
     gave_up: list[tuple[PlannedEmail, str]] = field(default_factory=list)
 
 
@@ -112,8 +111,8 @@ class Delivery:
         )
         while True:
             pending = await self._pending(by_id)
-            pending = await self._screen(pending, report)
-            pending = await self._reconcile(pending, report)
+            pending = await self._screen(pending)
+            pending = await self._reconcile(pending)
             if not pending:
                 return report
             exhausted = [p for p in pending if p.attempts >= self.settings.notifier_max_attempts]
@@ -122,7 +121,7 @@ class Delivery:
                 pending = [p for p in pending if p not in exhausted]
                 if not pending:
                     return report
-            retry = await self._attempt(pending, report)
+            retry = await self._attempt(pending)
             if not retry:
                 continue  # one more round settles the rest, or finds nothing pending
             self.metrics.retries.inc(len(pending))
@@ -160,7 +159,7 @@ class Delivery:
             )
             return [_Pending(by_id[row.id], row.attempts, row.attempt_id) for row in rows]
 
-    async def _screen(self, pending: list[_Pending], report: DeliveryReport) -> list[_Pending]:
+    async def _screen(self, pending: list[_Pending]) -> list[_Pending]:
         """Suppress what must not be sent: suppressed addresses, and outside the staging
         allowlist."""
         if not pending:
@@ -183,11 +182,11 @@ class Delivery:
         if blocked:
             async with self.engine.begin() as conn:
                 for p, reason in blocked:
-                    await self._mark_suppressed(conn, p.plan, reason, report)
+                    await self._mark_suppressed(conn, p.plan, reason)
         blocked_ids = {p.plan.id for p, _ in blocked}
         return [p for p in pending if p.plan.id not in blocked_ids]
 
-    async def _reconcile(self, pending: list[_Pending], report: DeliveryReport) -> list[_Pending]:
+    async def _reconcile(self, pending: list[_Pending]) -> list[_Pending]:
         """Ask Postmark about earlier attempts before sending again."""
         attempts = sorted({p.attempt_id for p in pending if p.attempt_id})
         if not attempts:
@@ -199,12 +198,12 @@ class Delivery:
             return pending
         already = [(p, found[str(p.plan.id)]) for p in pending if str(p.plan.id) in found]
         async with self.engine.begin() as conn:
-            await self._mark_all_sent(conn, [(p.plan, mid) for p, mid in already], report)
+            await self._mark_all_sent(conn, [(p.plan, mid) for p, mid in already])
         log.info("found earlier sends at Postmark; not sending again", count=len(already))
         self.metrics.reconciled.inc(len(already))
         return [p for p in pending if str(p.plan.id) not in found]
 
-    async def _attempt(self, pending: list[_Pending], report: DeliveryReport) -> bool:
+    async def _attempt(self, pending: list[_Pending]) -> bool:
         """Send every pending email once; True if some must be tried again."""
         attempt_id = uuid.uuid4().hex
         async with self.engine.begin() as conn:
@@ -247,20 +246,19 @@ class Delivery:
                     for plan, result in zip(chunk, results, strict=True)
                     if isinstance(result, Accepted)
                 ]
-                await self._mark_all_sent(conn, accepted, report)
+                await self._mark_all_sent(conn, accepted)
                 for plan, result in zip(chunk, results, strict=True):
                     if isinstance(result, Accepted):
                         continue
                     if result.error_code == INACTIVE_RECIPIENT:
                         await self._suppress_address(conn, plan.recipient, result.message)
                         await self._mark_suppressed(
-                            conn, plan, f"inactive at Postmark: {result.message}", report
+                            conn, plan, f"inactive at Postmark: {result.message}"
                         )
                     else:
                         await self._mark_failed(
-                            conn, plan, f"ErrorCode {result.error_code}: {result.message}", report
+                            conn, plan, f"ErrorCode {result.error_code}: {result.message}"
                         )
-                        report.failed.append((plan, result.message))
         return retry
 
     async def _give_up(self, exhausted: list[_Pending], report: DeliveryReport) -> None:
@@ -273,7 +271,7 @@ class Delivery:
                     )
                 ).scalar_one_or_none()
                 reason = f"{error}: {last}" if last else error
-                await self._mark_failed(conn, p.plan, reason, report)
+                await self._mark_failed(conn, p.plan, reason)
                 report.gave_up.append((p.plan, reason))
 
     # -- messages and status changes ----------------------------------------------------------
@@ -329,7 +327,6 @@ class Delivery:
         self,
         conn: AsyncConnection,
         accepted: list[tuple[PlannedEmail, str]],
-        report: DeliveryReport,
     ) -> None:
         """Mark accepted messages sent and add their `email.sent` events: one statement for
         the statuses and one for the events, however many messages."""
@@ -353,11 +350,10 @@ class Delivery:
                 if plan.id in moved
             ],
         )
-        report.sent += len(moved)
         self.metrics.sent.inc(len(moved))
 
     async def _mark_suppressed(
-        self, conn: AsyncConnection, plan: PlannedEmail, reason: str, report: DeliveryReport
+        self, conn: AsyncConnection, plan: PlannedEmail, reason: str
     ) -> None:
         if await self._transition(conn, plan, {"status": "suppressed", "last_error": reason}):
             await self.outbox.add(
@@ -367,12 +363,9 @@ class Delivery:
                     source=events.SOURCE_NOTIFIER,
                 ),
             )
-            report.suppressed += 1
             self.metrics.suppressed.inc()
 
-    async def _mark_failed(
-        self, conn: AsyncConnection, plan: PlannedEmail, error: str, report: DeliveryReport
-    ) -> None:
+    async def _mark_failed(self, conn: AsyncConnection, plan: PlannedEmail, error: str) -> None:
         if await self._transition(conn, plan, {"status": "failed", "last_error": error[:2000]}):
             await self.outbox.add(
                 conn,
