@@ -7,15 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api import idempotency, pages
 from api import users as use_cases
 from api.deps import EngineDep, OutboxDep, PrincipalDep, SettingsDep
-from api.schemas import EmailVerificationRequest, Health, UserCreate, UserOut, UserPatch
+from api.schemas import EmailVerificationRequest, UserCreate, UserOut, UserPatch
 from postroom import tokens
-from postroom.db import is_unavailable, ping
-from postroom.problems import ProblemError, problem_response, problem_responses
+from postroom.db import is_unavailable
+from postroom.problems import ProblemError, problem_responses
+from postroom.web import METRICS_RESPONSES, Health, database_problem, prometheus
 
 IdempotencyKey = Annotated[
     str | None,
@@ -235,25 +235,16 @@ async def healthz() -> Health:
 )
 async def readyz(engine: EngineDep, settings: SettingsDep) -> Any:
     """Readiness: the database answers."""
-    try:
-        await ping(engine, within=settings.database_connect_timeout)
-    except Exception:
-        return problem_response(
-            503,
-            "database-unavailable",
-            "The database does not answer.",
-            headers={"Retry-After": "1"},
-        )
-    return Health(status="ready")
+    problem = await database_problem(engine, within=settings.database_connect_timeout)
+    return problem or Health(status="ready")
 
 
 @public_router.get(
     "/metrics",
     response_class=PlainTextResponse,
     tags=["operations"],
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses=METRICS_RESPONSES,
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process."""
-    registry: CollectorRegistry = request.app.state.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return prometheus(request)

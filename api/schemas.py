@@ -60,7 +60,3 @@ class UserOut(BaseModel):
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
-
-
-class Health(BaseModel):
-    status: str

@@ -8,17 +8,23 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints
 
 from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
-from postroom.db import ping
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.settings import NotifierSettings
-from postroom.web import EngineDep, PrincipalDep, only_query
+from postroom.web import (
+    METRICS_RESPONSES,
+    EngineDep,
+    Health,
+    PrincipalDep,
+    database_problem,
+    only_query,
+    prometheus,
+)
 
 
 async def get_settings(request: Request) -> NotifierSettings:
@@ -61,10 +67,6 @@ class SuppressionOut(BaseModel):
 
 class SuppressionList(BaseModel):
     items: list[SuppressionOut]
-
-
-class Health(BaseModel):
-    status: str
 
 
 router = APIRouter()
@@ -246,24 +248,16 @@ async def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         return problem_response(
             503, "consumer-not-ready", "Not consuming from Kafka yet.", headers={"Retry-After": "1"}
         )
-    try:
-        await ping(engine, within=settings.database_connect_timeout)
-    except Exception:
-        return problem_response(
-            503,
-            "database-unavailable",
-            "The database does not answer.",
-            headers={"Retry-After": "1"},
-        )
-    return Health(status="ready")
+    problem = await database_problem(engine, within=settings.database_connect_timeout)
+    return problem or Health(status="ready")
 
 
 @router.get(
     "/metrics",
     tags=["operations"],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses=METRICS_RESPONSES,
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process."""
-    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+    return prometheus(request)

@@ -6,21 +6,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postroom.auth import bearer_scheme, principal_of
+from postroom.db import ping
 from postroom.problems import (
     ProblemError,
     handle_http_exception,
     handle_problem,
     handle_unexpected,
     handle_validation_error,
+    problem_response,
 )
 from postroom.settings import HttpServiceSettings
 
@@ -85,3 +90,33 @@ def only_query(*names: str) -> Any:
             )
 
     return Depends(check)
+
+
+class Health(BaseModel):
+    status: str
+
+
+# The OpenAPI entry of a `/metrics` route.
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+}
+
+
+async def database_problem(engine: AsyncEngine, *, within: float) -> JSONResponse | None:
+    """The 503 problem a readiness check answers when the database does not, else None."""
+    try:
+        await ping(engine, within=within)
+    except Exception:
+        return problem_response(
+            503,
+            "database-unavailable",
+            "The database does not answer.",
+            headers={"Retry-After": "1"},
+        )
+    return None
+
+
+def prometheus(request: Request) -> Response:
+    """This process's metrics, from the registry its app factory made."""
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
