@@ -1,9 +1,13 @@
-"""Fault injection for drills: errors, slow answers and answers that never come in time.
+"""Fault injection for drills: errors, slow answers, answers that never come in time, and a
+search index that lags behind acceptance.
 
 Faults apply to each call of `POST /email` and `POST /email/batch`. An injected error is
 answered before anything is looked at, so nothing is captured. An injected timeout is the
-ambiguous case a sender must survive: the messages are captured and accepted, but the answer
-is held back for `timeout_ms`, long after the client gave up waiting.
+ambiguous case a sender must survive: the answer is held back for `timeout_ms`, long after
+the client gave up waiting; the messages are accepted and captured (the answer was lost) or,
+with `timeout_accepts` false, not (the request was lost on its way). `search_delay_ms` keeps
+each accepted message out of `GET /messages/outbound` for that long, as Postmark's search
+index lags behind its acceptance.
 """
 
 from __future__ import annotations
@@ -38,11 +42,33 @@ class Faults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    error_status: ErrorStatus = 503
-    latency_ms: int = Field(default=0, ge=0, le=600_000)
-    timeout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    timeout_ms: int = Field(default=30_000, ge=0, le=600_000)
+    error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of send calls answered `error_status`."
+    )
+    error_status: ErrorStatus = Field(default=503, description="The injected error's status.")
+    latency_ms: int = Field(
+        default=0, ge=0, le=600_000, description="Added before every send call is handled."
+    )
+    timeout_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of send calls whose answer is held back `timeout_ms`.",
+    )
+    timeout_ms: int = Field(
+        default=30_000, ge=0, le=600_000, description="How long a timed-out answer is held."
+    )
+    timeout_accepts: bool = Field(
+        default=True,
+        description="Whether a timed-out call's messages are accepted (the answer was lost) "
+        "or not (the request was lost).",
+    )
+    search_delay_ms: int = Field(
+        default=0,
+        ge=0,
+        le=600_000,
+        description="How long an accepted message stays invisible to GET /messages/outbound.",
+    )
 
 
 class FaultsUpdate(BaseModel):
@@ -55,6 +81,8 @@ class FaultsUpdate(BaseModel):
     latency_ms: int | None = Field(default=None, ge=0, le=600_000)
     timeout_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     timeout_ms: int | None = Field(default=None, ge=0, le=600_000)
+    timeout_accepts: bool | None = None
+    search_delay_ms: int | None = Field(default=None, ge=0, le=600_000)
 
 
 @dataclass(frozen=True)
@@ -64,10 +92,17 @@ class Decision:
     delay: float
     error_status: int | None = None
     hold_answer: float = 0.0
+    # With a held answer: whether the messages are accepted all the same.
+    accept: bool = True
 
     def error_body(self) -> dict[str, Any]:
         assert self.error_status is not None
         return _ERROR_BODIES[self.error_status]
+
+    @staticmethod
+    def error_body_lost() -> dict[str, Any]:
+        """What a gateway says, long after the client gave up, for a request that was lost."""
+        return {"ErrorCode": 504, "Message": "Gateway timeout: the request did not arrive."}
 
 
 @dataclass
@@ -106,5 +141,7 @@ class FaultInjector:
             return Decision(delay=delay, error_status=faults.error_status)
         if faults.timeout_rate and self._random.random() < faults.timeout_rate:
             self.stats.timeouts_injected += 1
-            return Decision(delay=delay, hold_answer=faults.timeout_ms / 1000)
+            return Decision(
+                delay=delay, hold_answer=faults.timeout_ms / 1000, accept=faults.timeout_accepts
+            )
         return Decision(delay=delay)

@@ -76,6 +76,9 @@ class Message:
     track_links: str | None
     attachments: list[dict[str, Any]] = field(default_factory=list)
     bounce_type: str | None = None
+    # When (time.monotonic) Postmark's search index shows it: later than acceptance when the
+    # `search_delay_ms` fault is on.
+    searchable_at: float = 0.0
 
     @property
     def recipients(self) -> list[Address]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -93,6 +94,9 @@ async def _send(request: Request, sandbox: Sandbox, *, batch: bool) -> Response:
         await asyncio.sleep(decision.delay)
     if decision.error_status is not None:
         return JSONResponse(decision.error_body(), status_code=decision.error_status)
+    if not decision.accept:  # the request is lost on its way: nothing is looked at
+        await asyncio.sleep(decision.hold_answer)
+        return JSONResponse(decision.error_body_lost(), status_code=504)
     answer: Any
     try:
         kind = _authorize(request, sandbox)
@@ -166,6 +170,8 @@ async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
     )
     if status and status.lower() != "sent":
         found = []  # every captured message counts as sent
+    now = time.monotonic()
+    found = [message for message in found if message.searchable_at <= now]  # the index lags
     page = found[offset : offset + count]
     return JSONResponse(
         {"TotalCount": len(found), "Messages": [message.search_json() for message in page]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -54,6 +55,7 @@ class Sandbox:
         inactive = self.store.inactive_among([address.email for address in message.recipients])
         if inactive:
             raise _inactive_error(inactive)
+        message.searchable_at = time.monotonic() + self.faults.faults.search_delay_ms / 1000
         self.store.add(message)
         self._simulate_outcomes(message)
         return message.send_answer()

@@ -267,6 +267,7 @@ def test_a_wrong_or_missing_token_is_refused_with_error_code_10(
         make_client("not-the-token").emails.send(**message(to))
     assert refused.value.error_code == 10
     assert isinstance(refused.value.__cause__, requests.HTTPError)
+    assert refused.value.__cause__.response is not None
     assert refused.value.__cause__.response.status_code == 401
 
     missing = live_sandbox.api("POST", "/email", json=message(to))
@@ -537,6 +538,8 @@ def test_faults_are_validated_and_updated_field_by_field(live_sandbox: LiveSandb
         "latency_ms": 50,
         "timeout_rate": 0.25,
         "timeout_ms": 30000,
+        "timeout_accepts": True,
+        "search_delay_ms": 0,
     }
     reset = live_sandbox.api("DELETE", "/api/faults").json()
     assert (reset["latency_ms"], reset["timeout_rate"]) == (0, 0.0)
@@ -591,3 +594,133 @@ def test_the_inbox_lists_messages_and_shows_html_only_inside_a_sandboxed_frame(
 
     missing = live_sandbox.api("GET", f"/messages/{uuid.uuid4()}")
     assert missing.status_code == 404
+
+
+def test_a_search_delay_hides_new_messages_from_search_but_not_from_the_capture_list(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    delay = 1.5
+    to = address("search-delay")
+    earlier_id = unique("before-delay")
+    earlier = postmark.emails.send(**message(to, Metadata={"notification_id": earlier_id}))
+    put = live_sandbox.api("PUT", "/api/faults", json={"search_delay_ms": int(delay * 1000)})
+    assert put.status_code == 200
+    assert put.json()["search_delay_ms"] == 1500
+
+    notification_id = unique("lagging")
+    started = time.monotonic()
+    sent = postmark.emails.send(**message(to, Metadata={"notification_id": notification_id}))
+    assert sent["ErrorCode"] == 0
+
+    [captured] = live_sandbox.captured(metadata_notification_id=notification_id)
+    assert captured["MessageID"] == sent["MessageID"]
+    query = {"count": 10, "offset": 0, "metadata_notification_id": notification_id}
+    assert search(postmark, **query) == {"TotalCount": 0, "Messages": []}
+    # A message accepted before the fault was turned on is in the index already.
+    before = search(postmark, count=10, offset=0, metadata_notification_id=earlier_id)
+    assert before["TotalCount"] == 1
+    assert before["Messages"][0]["MessageID"] == earlier["MessageID"]
+
+    misses: list[float] = []
+
+    def indexed() -> dict[str, Any] | None:
+        asked = time.monotonic()
+        found = search(postmark, **query)
+        if found["TotalCount"]:
+            return found
+        misses.append(asked)
+        return None
+
+    found = wait_for(indexed, what="the delayed message in the search", timeout=delay + 5)
+    elapsed = time.monotonic() - started
+    assert elapsed >= delay, f"found after {elapsed:.3f}s, before the {delay}s delay"
+    assert max(misses) - started >= delay - 0.5, "still hidden until close to the delay"
+    assert [hit["MessageID"] for hit in found["Messages"]] == [sent["MessageID"]]
+
+
+@pytest.mark.parametrize(
+    ("accepts", "captured"), [(False, 0), (True, 1)], ids=["request-lost", "answer-lost"]
+)
+def test_an_injected_timeout_captures_only_when_timeout_accepts(
+    live_sandbox: LiveSandbox,
+    make_client: Callable[..., PostmarkClient],
+    accepts: bool,
+    captured: int,
+) -> None:
+    hold = 0.8
+    faults = {"timeout_rate": 1.0, "timeout_ms": int(hold * 1000), "timeout_accepts": accepts}
+    put = live_sandbox.api("PUT", "/api/faults", json=faults)
+    assert put.status_code == 200
+    assert put.json()["timeout_accepts"] is accepts
+    stats_before = live_sandbox.api("GET", "/api/stats").json()
+    impatient = make_client(timeout=0.3)
+    notification_id = unique("timed-out")
+    to = address("timed-out")
+
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        impatient.emails.send(**message(to, Metadata={"notification_id": notification_id}))
+    assert time.monotonic() - started < hold
+    time.sleep(max(0.0, started + hold + 0.5 - time.monotonic()))  # past the held answer
+    live_sandbox.api("DELETE", "/api/faults")
+
+    assert len(live_sandbox.captured(to=to)) == captured
+    assert len(live_sandbox.captured(metadata_notification_id=notification_id)) == captured
+    found = search(impatient, count=10, offset=0, metadata_notification_id=notification_id)
+    assert found["TotalCount"] == captured
+    stats_after = live_sandbox.api("GET", "/api/stats").json()
+    assert stats_after["timeouts_injected"] - stats_before["timeouts_injected"] == 1
+    assert stats_after["captured"] - stats_before["captured"] == captured
+
+
+def test_a_lost_request_is_answered_504_once_the_timeout_has_passed(
+    live_sandbox: LiveSandbox,
+) -> None:
+    faults = {"timeout_rate": 1.0, "timeout_ms": 800, "timeout_accepts": False}
+    live_sandbox.api("PUT", "/api/faults", json=faults)
+    to = address("patient")
+
+    started = time.monotonic()
+    answer = live_sandbox.api(
+        "POST", "/email", json=message(to), headers={"X-Postmark-Server-Token": SERVER_TOKEN}
+    )
+    assert time.monotonic() - started >= 0.8
+    assert answer.status_code == 504
+    assert answer.json()["ErrorCode"] == 504
+    assert live_sandbox.captured(to=to) == []
+
+
+def test_the_timeout_accepts_and_search_delay_faults_are_echoed_validated_and_reset(
+    live_sandbox: LiveSandbox,
+) -> None:
+    defaults = {
+        "error_rate": 0.0,
+        "error_status": 503,
+        "latency_ms": 0,
+        "timeout_rate": 0.0,
+        "timeout_ms": 30000,
+        "timeout_accepts": True,
+        "search_delay_ms": 0,
+    }
+    assert live_sandbox.api("GET", "/api/faults").json() == defaults
+    for refused in (
+        {"search_delay_ms": -1},
+        {"search_delay_ms": 600_001},
+        {"timeout_accepts": "maybe"},
+    ):
+        answer = live_sandbox.api("PUT", "/api/faults", json=refused)
+        assert 400 <= answer.status_code < 500, refused
+    assert live_sandbox.api("GET", "/api/faults").json() == defaults
+
+    changed = {**defaults, "timeout_accepts": False, "search_delay_ms": 250}
+    put = live_sandbox.api(
+        "PUT", "/api/faults", json={"timeout_accepts": False, "search_delay_ms": 250}
+    )
+    assert put.status_code == 200
+    assert put.json() == changed
+    assert live_sandbox.api("GET", "/api/faults").json() == changed
+
+    reset = live_sandbox.api("DELETE", "/api/faults")
+    assert reset.status_code == 200
+    assert (reset.json()["search_delay_ms"], reset.json()["timeout_accepts"]) == (0, True)
+    assert live_sandbox.api("GET", "/api/faults").json() == defaults
