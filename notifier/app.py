@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from notifier.consumer import Consumer
+from notifier.consumer import Consumer, State
 from notifier.delivery import Delivery
+from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
 from notifier.postmark import Postmark
+from notifier.retries import RetryLoop
 from notifier.routes import router
+from notifier.store import NotificationStore
 from notifier.webhooks import WebhookMetrics, build_router
 from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
@@ -32,25 +35,47 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings, application_name="postroom-notifier")
         postmark = Postmark(settings)
+        dead_letters = DeadLetterWriter(settings)
+        store = NotificationStore(
+            engine,
+            outbox,
+            lease=settings.notifier_lease,
+            settle=settings.notifier_search_settle,
+        )
         delivery = Delivery(
             settings,
-            engine=engine,
+            store=store,
             postmark=postmark,
-            outbox=outbox,
+            dead_letters=dead_letters,
             metrics=metrics,
         )
-        consumer = Consumer(settings, delivery=delivery, metrics=metrics)
+        consumer = Consumer(settings, delivery=delivery, dead_letters=dead_letters, metrics=metrics)
+        retries = RetryLoop(
+            settings,
+            delivery=delivery,
+            store=store,
+            halt=consumer.halt,
+            halted=lambda: consumer.state is State.HALTED,
+        )
         app.state.engine = engine
         app.state.postmark = postmark
         app.state.delivery = delivery
         app.state.consumer = consumer
-        task = asyncio.create_task(consumer.run(), name="consumer") if consume else None
+        tasks = (
+            [
+                asyncio.create_task(consumer.run(), name="consumer"),
+                asyncio.create_task(retries.run(), name="retries"),
+            ]
+            if consume
+            else []
+        )
         try:
             yield
         finally:
             consumer.stop()
-            if task is not None:
-                await task
+            retries.stop()
+            await asyncio.gather(*tasks)
+            await dead_letters.stop()
             await engine.dispose()
 
     app = FastAPI(

@@ -1,7 +1,14 @@
 """The notifier's Kafka side (invariant 5): consume `<prefix>.user` in the group
 `postroom-notifier`, partitions side by side and each in order, and commit a partition's
-offsets only once every email its records asked for has reached a final, committed state in
-PostgreSQL (or its record sits on the dead-letter topic)."""
+offsets only once every email its records asked for is recorded in PostgreSQL (and has had
+its first attempt), or its record sits on the dead-letter topic. What is still pending then
+is the retry loop's (`notifier/retries.py`), so a waiting email never holds up its partition.
+
+Rebalances: a batch in flight finishes, and its offsets are committed, before the partitions
+it came from are given up (the listener waits for it); records fetched for partitions this
+consumer no longer owns are dropped unprocessed and their offsets never committed. Claims in
+the table (`notifier/store.py`) make a late or doubled batch harmless anyway.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from notifier.delivery import Delivery
+from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
-from notifier.plans import PlannedEmail, UnreadableEvent, plan, read_record
+from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, plan, read_record
 from notifier.postmark import PostmarkUnauthorized
 from postroom.backoff import Backoff
 from postroom.kafka import create_missing_topics
@@ -35,20 +43,64 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+HALT_REASON = (
+    "Postmark refused the server token (401 / ErrorCode 10): set a valid "
+    "POSTMARK_SERVER_TOKEN and restart; nothing was marked failed"
+)
+
+
+class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Which partitions this consumer may still work on and commit. Revocation waits for
+    the batch in flight (it holds `busy`), so its offsets are committed before they go."""
+
+    def __init__(self) -> None:
+        self.busy = asyncio.Lock()
+        self.owned: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.busy:
+            self.owned -= set(revoked)
+        if revoked:
+            log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self.busy:
+            self.owned = set(assigned)
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
 class Consumer:
     def __init__(
-        self, settings: NotifierSettings, *, delivery: Delivery, metrics: NotifierMetrics
+        self,
+        settings: NotifierSettings,
+        *,
+        delivery: Delivery,
+        dead_letters: DeadLetterWriter,
+        metrics: NotifierMetrics,
     ) -> None:
         self.settings = settings
         self.delivery = delivery
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.state = State.STARTING
         self.halt_reason = ""
         self._stopping = asyncio.Event()
         self.topic = settings.topic("user")
-        self.dlq_topic = settings.topic("notifier.dlq")
 
     def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set() or self.state is State.HALTED
+
+    def halt(self, error: PostmarkUnauthorized) -> None:
+        """Stop consuming until a fix: Postmark refused the server token."""
+        if self.state is State.HALTED:
+            return
+        self.state = State.HALTED
+        self.halt_reason = HALT_REASON
+        log.error("consumption stopped", reason=self.halt_reason, error=str(error))
         self._stopping.set()
 
     def _backoff(self) -> Backoff:
@@ -56,10 +108,8 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until stopped or halted; reconnect with backoff after Kafka errors."""
-        backoff = Backoff(
-            self.settings.notifier_backoff_initial, self.settings.notifier_backoff_max
-        )
-        while not self._stopping.is_set() and self.state is not State.HALTED:
+        backoff = self._backoff()
+        while not self.stopping:
             try:
                 await self._consume()
             except KafkaError as exc:
@@ -72,16 +122,16 @@ class Consumer:
     async def _consume(self) -> None:
         s = self.settings
         await create_missing_topics(
-            s, [self.topic, self.dlq_topic], client_id="postroom-notifier-admin"
+            s, [self.topic, self.dead_letters.topic], client_id="postroom-notifier-admin"
         )
         consumer = AIOKafkaConsumer(
-            self.topic,
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.notifier_group_id,
             client_id="postroom-notifier",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # Retries with backoff can hold a batch for minutes; stay in the group meanwhile.
+            # A batch in flight holds a rebalance until it is done (one Postmark call per
+            # partition, the retries being the retry loop's): well within this.
             max_poll_interval_ms=30 * 60 * 1000,
             metadata_max_age_ms=30_000,
             # Kafka's smallest allowed session: a notifier that died without leaving the group
@@ -92,58 +142,52 @@ class Consumer:
             # event where the broker does not answer a waiting fetch as soon as data arrives.
             fetch_max_wait_ms=100,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id="postroom-notifier-dlq",
-            acks="all",
-            enable_idempotence=s.kafka_enable_idempotence,
-        )
-        await producer.start()
+        ownership = _Ownership()
+        consumer.subscribe([self.topic], listener=ownership)
+        await consumer.start()
         try:
-            await consumer.start()
-            try:
-                self.state = State.CONSUMING
-                log.info("consuming", topic=self.topic, group=s.notifier_group_id)
-                await self._loop(consumer, producer)
-            finally:
-                await consumer.stop()
+            self.state = State.CONSUMING
+            log.info("consuming", topic=self.topic, group=s.notifier_group_id)
+            await self._loop(consumer, ownership)
         finally:
-            await producer.stop()
+            await consumer.stop()
 
-    async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        backoff = Backoff(
-            self.settings.notifier_backoff_initial, self.settings.notifier_backoff_max
-        )
-        while not self._stopping.is_set():
+    async def _loop(self, consumer: AIOKafkaConsumer, ownership: _Ownership) -> None:
+        backoff = self._backoff()
+        while not self.stopping:
             batches = await consumer.getmany(
                 timeout_ms=500, max_records=self.settings.notifier_batch_size
             )
             if not batches:
                 await self._update_lag(consumer)
                 continue
-            items = list(batches.items())
-            outcomes = await asyncio.gather(
-                *(self._process(tp, records, producer) for tp, records in items),
-                return_exceptions=True,
-            )
-            offsets: dict[TopicPartition, int] = {}
-            trouble = False
-            for (tp, records), outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, PostmarkUnauthorized):
-                    self._halt(outcome)
-                    return
-                if isinstance(outcome, BaseException):
-                    trouble = True
-                    log.warning(
-                        "batch not settled; will read it again",
-                        partition=tp.partition,
-                        error=f"{type(outcome).__name__}: {outcome}",
-                    )
-                    consumer.seek(tp, records[0].offset)
-                else:
-                    offsets[tp] = records[-1].offset + 1
-            if offsets:
-                await consumer.commit(offsets)
+            async with ownership.busy:
+                items = [(tp, records) for tp, records in batches.items() if tp in ownership.owned]
+                outcomes = await asyncio.gather(
+                    *(self._process(records) for _, records in items), return_exceptions=True
+                )
+                offsets: dict[TopicPartition, int] = {}
+                trouble = False
+                for (tp, records), outcome in zip(items, outcomes, strict=True):
+                    if isinstance(outcome, PostmarkUnauthorized):
+                        self.halt(outcome)
+                        return
+                    if isinstance(outcome, BaseException):
+                        trouble = True
+                        log.warning(
+                            "batch not settled; will read it again",
+                            partition=tp.partition,
+                            error=f"{type(outcome).__name__}: {outcome}",
+                        )
+                        with contextlib.suppress(KafkaError):  # no longer ours: fine
+                            consumer.seek(tp, records[0].offset)
+                    else:
+                        offsets[tp] = records[-1].offset + 1
+                if offsets:
+                    try:
+                        await consumer.commit(offsets)
+                    except KafkaError as exc:  # the group moved on; the new owner re-reads
+                        log.warning("offsets not committed", error=f"{type(exc).__name__}: {exc}")
             await self._update_lag(consumer)
             if trouble:
                 with contextlib.suppress(TimeoutError):
@@ -151,50 +195,38 @@ class Consumer:
             else:
                 backoff.reset()
 
-    async def _process(
-        self, tp: TopicPartition, records: Sequence[Record], producer: AIOKafkaProducer
-    ) -> None:
-        """Settle one partition's records, in order: plan their emails, deliver them, and put
-        what cannot be handled on the dead-letter topic."""
+    async def _process(self, records: Sequence[Record]) -> None:
+        """Settle one partition's records, in order: plan their emails and hand them to
+        delivery; unreadable records go to the dead-letter topic."""
         planned: list[PlannedEmail] = []
-        source_of: dict[str, Record] = {}
+        sources: dict[Any, SourceRecord] = {}
         for record in records:
             headers = {key: value.decode(errors="replace") for key, value in record.headers}
             try:
                 source = read_record(headers, record.value)
                 plans = plan(source)
             except UnreadableEvent as exc:
-                await self._dead_letter(producer, record, "unreadable", str(exc))
+                await self._dead_letter(record, str(exc))
                 continue
             self.metrics.events.labels(source.event_type).inc()
             planned.extend(plans)
-            source_of[str(source.event_id)] = record
-        report = await self.delivery.deliver(planned)
-        for email, error in report.gave_up:
-            record = source_of[str(email.event_id)]
-            await self._dead_letter(producer, record, "delivery-failed", error, email=email)
+            if plans:
+                sources[source.event_id] = SourceRecord.of(record)
+        await self.delivery.intake(planned, sources)
 
-    async def _dead_letter(
-        self,
-        producer: AIOKafkaProducer,
-        record: Record,
-        reason: str,
-        error: str,
-        *,
-        email: PlannedEmail | None = None,
-    ) -> None:
-        headers = [
-            *record.headers,
-            ("dlq_reason", reason.encode()),
-            ("dlq_error", error[:1000].encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-        ]
-        if email is not None:
-            headers.append(("dlq_notification_id", str(email.id).encode()))
-        await producer.send_and_wait(
-            self.dlq_topic, value=record.value, key=record.key, headers=headers
+    async def _dead_letter(self, record: Record, error: str) -> None:
+        reason = "unreadable"
+        await self.dead_letters.write_raw(
+            key=record.key,
+            value=record.value,
+            headers=[
+                *record.headers,
+                ("dlq_reason", reason.encode()),
+                ("dlq_error", error[:1000].encode()),
+                ("dlq_topic", record.topic.encode()),
+                ("dlq_partition", str(record.partition).encode()),
+                ("dlq_offset", str(record.offset).encode()),
+            ],
         )
         self.metrics.dead_letters.labels(reason).inc()
         log.error(
@@ -205,14 +237,6 @@ class Consumer:
             partition=record.partition,
             offset=record.offset,
         )
-
-    def _halt(self, error: PostmarkUnauthorized) -> None:
-        self.state = State.HALTED
-        self.halt_reason = (
-            "Postmark refused the server token (401 / ErrorCode 10): set a valid "
-            "POSTMARK_SERVER_TOKEN and restart; nothing was marked failed"
-        )
-        log.error("consumption stopped", reason=self.halt_reason, error=str(error))
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -1,84 +1,81 @@
 """Send-once delivery of planned emails (invariants 6 and 7).
 
-- Every planned email is recorded as a `pending` notification, under its deterministic id,
-  before anything is sent; a repeated event finds its notifications and sends nothing new.
-- Nothing goes to a suppressed address, nor, in staging, outside the allowlist.
-- Before each send the attempt is committed (attempts + 1 and a fresh `attempt_id`, which
-  every message of the attempt carries as Metadata). Postmark has no idempotency key, so
-  whenever a notification is still pending after an attempt (a timeout, a 5xx, a crash
-  between Postmark's answer and our commit), the next round first asks Postmark for the
-  messages of that attempt and marks the ones it holds as sent instead of sending again.
+- Every planned email is recorded as a notification under its deterministic id, with the
+  Kafka record that asked for it, before anything is sent; a repeated event records nothing
+  new. A fresh notification is recorded, claimed and its first attempt begun in one
+  statement, which also reads the suppression list.
+- Only the holder of a live claim sends, and only the rows its claim statement returned
+  (`notifier/store.py`). A second notifier that reads the same record, during a rebalance or
+  after a crash, finds the rows claimed and leaves them.
+- Postmark has no idempotency key. When an attempt's outcome is unknown (a timeout, a broken
+  connection, a 5xx, a crash) the notification is in doubt: before it is sent again Postmark
+  is searched for any message carrying its `notification_id`, and "not found" is believed
+  only once `NOTIFIER_SEARCH_SETTLE` seconds have passed since that attempt began, as
+  Postmark's search lags behind acceptance. Until then the notification waits in the table;
+  the retry loop picks it up when it is due, so it holds up nothing else.
+- A definite refusal (an ErrorCode) is final at once; 429 and a refused connection are
+  definite non-acceptances and are simply retried after a backoff.
+- Failures to search count toward the attempts; after `NOTIFIER_MAX_ATTEMPTS` the email is
+  given up: its record goes to the dead-letter topic first, and only once Kafka holds it is
+  the notification marked failed (a dead letter is never lost, at worst written twice).
 - Each status change is committed together with its `email.*` event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import sqlalchemy as sa
 import structlog
 from opentelemetry.trace import SpanKind
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier.metrics import NotifierMetrics
-from notifier.plans import PlannedEmail
+from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, replan
 from notifier.postmark import (
     INACTIVE_RECIPIENT,
     Accepted,
-    Postmark,
+    MessageResult,
+    PostmarkUnauthorized,
     PostmarkUnavailable,
     Rejected,
     RequestRejected,
 )
 from notifier.rendering import Renderer
-from outbox_relay.outbox import OutboxWriter
-from postroom import events, tokens
-from postroom.backoff import Backoff
-from postroom.models import notifications, suppressions
+from notifier.store import ClaimedRow, NotificationStore
+from postroom import tokens
+from postroom.backoff import delay_after
 from postroom.settings import NotifierSettings
 from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")
 
-_MARK_SENT = sa.text(
-    """
-    UPDATE notifications AS n
-    SET status = 'sent', message_id = v.message_id, sent_at = now(), last_error = NULL,
-        updated_at = now()
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, message_id)
-    WHERE n.id = v.id AND n.status = 'pending'
-    RETURNING n.id
-    """
-)
+SEARCH_CONCURRENCY = 8
+DELIVERY_FAILED = "delivery-failed"
 
 
-@dataclass
-class DeliveryReport:
-    """What the caller still has to act on: emails given up after their last attempt."""
+class Mailer(Protocol):
+    """What delivery needs of Postmark (`notifier.postmark.Postmark`)."""
 
-    gave_up: list[tuple[PlannedEmail, str]] = field(default_factory=list)
+    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]: ...
 
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    plan: PlannedEmail
-    attempts: int
-    attempt_id: str | None
+    async def find_sent(self, notification_id: str) -> str | None: ...
 
 
-def _event_fields(plan: PlannedEmail) -> dict[str, Any]:
-    return {
-        "notification_id": plan.id,
-        "email": plan.recipient,
-        "template": plan.template,
-        "user_id": plan.user_id,
-        "source_event_id": plan.event_id,
-    }
+class DeadLetters(Protocol):
+    """Where an email that is given up goes (`notifier.dlq.DeadLetterWriter`)."""
+
+    async def write(
+        self, source: SourceRecord, *, reason: str, error: str, notification_id: uuid.UUID | None
+    ) -> None: ...
+
+
+def claimant_name() -> str:
+    """Who holds a claim, for operators reading the table: host, process, and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Delivery:
@@ -86,195 +83,310 @@ class Delivery:
         self,
         settings: NotifierSettings,
         *,
-        engine: AsyncEngine,
-        postmark: Postmark,
-        outbox: OutboxWriter,
+        store: NotificationStore,
+        postmark: Mailer,
+        dead_letters: DeadLetters,
         metrics: NotifierMetrics,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.store = store
         self.postmark = postmark
-        self.outbox = outbox
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.renderer = Renderer()
+        self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
 
-    async def deliver(self, planned: Sequence[PlannedEmail]) -> DeliveryReport:
-        """Bring each planned email to sent, suppressed or failed. Raises
-        PostmarkUnauthorized, leaving the rest pending, when the server token is refused."""
-        report = DeliveryReport()
-        if not planned:
-            return report
+    async def intake(
+        self, planned: Sequence[PlannedEmail], sources: dict[uuid.UUID, SourceRecord]
+    ) -> None:
+        """Record the emails a batch of records asks for and make one attempt at each that
+        is ready; what is left pending is the retry loop's (`sweep`). `sources` maps event
+        id to its record. Raises PostmarkUnauthorized when the server token is refused."""
         by_id = {plan.id: plan for plan in planned}
-        await self._record(list(by_id.values()))
-        backoff = Backoff(
-            self.settings.notifier_backoff_initial, self.settings.notifier_backoff_max
+        if not by_id:
+            return
+        claim = claimant_name()
+        not_allowed = {
+            plan.id: "not on STAGING_ALLOWED_RECIPIENTS"
+            for plan in by_id.values()
+            if not self.settings.allowed_in_staging(plan.recipient)
+        }
+        claimed, suppressed = await self.store.record(
+            list(by_id.values()),
+            sources,
+            not_allowed=not_allowed,
+            attempt_id=uuid.uuid4().hex,
+            claim=claim,
         )
-        while True:
-            pending = await self._pending(by_id)
-            pending = await self._screen(pending)
-            pending = await self._reconcile(pending)
-            if not pending:
-                return report
-            exhausted = [p for p in pending if p.attempts >= self.settings.notifier_max_attempts]
-            if exhausted:
-                await self._give_up(exhausted, report)
-                pending = [p for p in pending if p not in exhausted]
-                if not pending:
-                    return report
-            retry = await self._attempt(pending)
-            if not retry:
-                continue  # one more round settles the rest, or finds nothing pending
-            self.metrics.retries.inc(len(pending))
-            delay = backoff.next_delay()
-            log.warning(
-                "postmark unavailable; backing off", seconds=round(delay, 2), pending=len(pending)
+        self.metrics.suppressed.inc(len(suppressed))
+        seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
+        earlier = [plan_id for plan_id in by_id if plan_id not in seen]
+        if earlier:  # recorded before: a repeat, a replay, or another notifier's
+            await self.store.keep_sources(
+                {plan_id: sources[by_id[plan_id].event_id] for plan_id in earlier}
             )
-            await asyncio.sleep(delay)
+            claimed += await self.store.claim(earlier, claim=claim)
+        await self._work(claimed, by_id, claim)
 
-    # -- steps -------------------------------------------------------------------------------
-
-    async def _record(self, planned: list[PlannedEmail]) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                pg_insert(notifications).on_conflict_do_nothing(index_elements=["id"]),
-                [
-                    {
-                        "id": plan.id,
-                        "event_id": plan.event_id,
-                        "event_type": plan.event_type,
-                        "user_id": plan.user_id,
-                        "template": plan.template,
-                        "recipient": plan.recipient,
-                    }
-                    for plan in planned
-                ],
-            )
-
-    async def _pending(self, by_id: dict[uuid.UUID, PlannedEmail]) -> list[_Pending]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(
-                    notifications.c.id, notifications.c.attempts, notifications.c.attempt_id
-                ).where(notifications.c.id.in_(list(by_id)), notifications.c.status == "pending")
-            )
-            return [_Pending(by_id[row.id], row.attempts, row.attempt_id) for row in rows]
-
-    async def _screen(self, pending: list[_Pending]) -> list[_Pending]:
-        """Suppress what must not be sent: suppressed addresses, and outside the staging
-        allowlist."""
-        if not pending:
-            return pending
-        recipients = sorted({p.plan.recipient.lower() for p in pending})
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(suppressions.c.email, suppressions.c.reason).where(
-                    suppressions.c.email.in_(recipients)
-                )
-            )
-            suppressed = {row.email: row.reason for row in rows}
-        blocked: list[tuple[_Pending, str]] = []
-        for p in pending:
-            address = p.plan.recipient.lower()
-            if address in suppressed:
-                blocked.append((p, f"suppressed: {suppressed[address]}"))
-            elif not self.settings.allowed_in_staging(address):
-                blocked.append((p, "not on STAGING_ALLOWED_RECIPIENTS"))
-        if blocked:
-            async with self.engine.begin() as conn:
-                for p, reason in blocked:
-                    await self._mark_suppressed(conn, p.plan, reason)
-        blocked_ids = {p.plan.id for p, _ in blocked}
-        return [p for p in pending if p.plan.id not in blocked_ids]
-
-    async def _reconcile(self, pending: list[_Pending]) -> list[_Pending]:
-        """Ask Postmark about earlier attempts before sending again."""
-        attempts = sorted({p.attempt_id for p in pending if p.attempt_id})
-        if not attempts:
-            return pending
-        found: dict[str, str] = {}
-        for attempt_id in attempts:
-            found.update(await self.postmark.find_sent(attempt_id))
-        if not found:
-            return pending
-        already = [(p, found[str(p.plan.id)]) for p in pending if str(p.plan.id) in found]
-        async with self.engine.begin() as conn:
-            await self._mark_all_sent(conn, [(p.plan, mid) for p, mid in already])
-        log.info("found earlier sends at Postmark; not sending again", count=len(already))
-        self.metrics.reconciled.inc(len(already))
-        return [p for p in pending if str(p.plan.id) not in found]
-
-    async def _attempt(self, pending: list[_Pending]) -> bool:
-        """Send every pending email once; True if some must be tried again."""
-        attempt_id = uuid.uuid4().hex
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(notifications)
-                .where(notifications.c.id.in_([p.plan.id for p in pending]))
-                .values(
-                    attempts=notifications.c.attempts + 1,
-                    attempt_id=attempt_id,
-                    updated_at=sa.func.now(),
-                )
-            )
-        retry = False
-        for start in range(0, len(pending), self.settings.notifier_batch_size):
-            chunk = [p.plan for p in pending[start : start + self.settings.notifier_batch_size]]
-            messages = [self._message(plan, attempt_id) for plan in chunk]
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            traces = [plan.traceparent for plan in chunk]
+    async def sweep(self, *, limit: int | None = None) -> int:
+        """Claim the pending notifications that are due (retries, waits that ended, claims
+        that expired) and work on them; return how many were claimed."""
+        claim = claimant_name()
+        rows = await self.store.claim(claim=claim, limit=limit or self.settings.notifier_batch_size)
+        plans: dict[uuid.UUID, PlannedEmail] = {}
+        unplannable: list[ClaimedRow] = []
+        for row in rows:
             try:
-                with tracer.start_as_current_span(
-                    "postmark send batch",
-                    context=context_from(next((t for t in traces if t), None)),
-                    links=links_to(traces[1:]),
-                    kind=SpanKind.CLIENT,
-                    attributes={"messaging.batch.message_count": len(chunk)},
-                ):
-                    results = await self.postmark.send_batch(messages)
-            except PostmarkUnavailable as exc:
-                retry = True
-                await self._note_error(chunk, str(exc))
-                continue
-            except RequestRejected as exc:
-                results = [Rejected(exc.error_code, str(exc))] * len(chunk)
-            self.metrics.send_latency.observe(loop.time() - started)
-            self.metrics.batches.inc()
-            async with self.engine.begin() as conn:
-                accepted = [
-                    (plan, result.message_id)
-                    for plan, result in zip(chunk, results, strict=True)
-                    if isinstance(result, Accepted)
-                ]
-                await self._mark_all_sent(conn, accepted)
-                for plan, result in zip(chunk, results, strict=True):
-                    if isinstance(result, Accepted):
-                        continue
-                    if result.error_code == INACTIVE_RECIPIENT:
-                        await self._suppress_address(conn, plan.recipient, result.message)
-                        await self._mark_suppressed(
-                            conn, plan, f"inactive at Postmark: {result.message}"
-                        )
-                    else:
-                        await self._mark_failed(
-                            conn, plan, f"ErrorCode {result.error_code}: {result.message}"
-                        )
-        return retry
+                assert row.source is not None  # the sweep claims only rows with a source
+                plans[row.id] = replan(row.source, row.id)
+            except UnreadableEvent:
+                unplannable.append(row)
+        if unplannable:
+            log.error("pending notifications cannot be planned again", count=len(unplannable))
+            await self.store.release(
+                dict.fromkeys((row.id for row in unplannable), self.settings.notifier_backoff_max),
+                claim=claim,
+                count_attempt=True,
+                error="the source record no longer plans this email",
+            )
+        await self._work([row for row in rows if row.id in plans], plans, claim)
+        return len(rows)
 
-    async def _give_up(self, exhausted: list[_Pending], report: DeliveryReport) -> None:
-        async with self.engine.begin() as conn:
-            for p in exhausted:
-                error = f"gave up after {p.attempts} attempts"
-                last = (
-                    await conn.execute(
-                        sa.select(notifications.c.last_error).where(notifications.c.id == p.plan.id)
+    # -- one round over claimed rows ----------------------------------------------------------
+
+    async def _work(
+        self, rows: list[ClaimedRow], plans: dict[uuid.UUID, PlannedEmail], claim: str
+    ) -> None:
+        if not rows:
+            return
+        blocked: list[tuple[PlannedEmail, str]] = []
+        for row in rows:
+            if row.suppressed is not None:
+                blocked.append((plans[row.id], f"suppressed: {row.suppressed}"))
+            elif not self.settings.allowed_in_staging(plans[row.id].recipient):
+                blocked.append((plans[row.id], "not on STAGING_ALLOWED_RECIPIENTS"))
+        if blocked:
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(blocked))
+        blocked_ids = {plan.id for plan, _ in blocked}
+        rows = [row for row in rows if row.id not in blocked_ids]
+
+        sendable = [row for row in rows if not row.in_doubt]
+        sendable += await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
+
+        exhausted = [
+            row
+            for row in sendable
+            if not row.started and row.attempts >= self.settings.notifier_max_attempts
+        ]
+        if exhausted:
+            await self._give_up(
+                [
+                    (
+                        row,
+                        f"gave up after {row.attempts} attempts"
+                        + (f": {row.last_error}" if row.last_error else ""),
                     )
-                ).scalar_one_or_none()
-                reason = f"{error}: {last}" if last else error
-                await self._mark_failed(conn, p.plan, reason)
-                report.gave_up.append((p.plan, reason))
+                    for row in exhausted
+                ],
+                plans,
+                claim,
+            )
+        exhausted_ids = {row.id for row in exhausted}
+        sendable = [row for row in sendable if row.id not in exhausted_ids]
+        if not sendable:
+            return
 
-    # -- messages and status changes ----------------------------------------------------------
+        attempt_id = uuid.uuid4().hex
+        started = {row.id for row in sendable if row.started}
+        begin = [row.id for row in sendable if not row.started]
+        if begin:
+            held = await self.store.start_attempt(begin, attempt_id, claim=claim)
+            begun = {row_id for row_id, reason in held.items() if reason is None}
+            self.metrics.retries.inc(len(begun))
+            started |= begun
+            late = [
+                (plans[row_id], f"suppressed: {reason}")
+                for row_id, reason in held.items()
+                if reason is not None
+            ]
+            if late:  # suppressed while its search or backoff went on
+                self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
+        to_send = [row for row in sendable if row.id in started]
+        size = self.settings.notifier_batch_size
+        for at in range(0, len(to_send), size):
+            chunk = to_send[at : at + size]
+            try:
+                await self._send(chunk, plans, attempt_id, claim)
+            except PostmarkUnauthorized:
+                # Nothing was accepted: hand every row not yet settled back, in no doubt.
+                rest = [row.id for row in to_send[at:]]
+                await self.store.release(dict.fromkeys(rest, 0.0), claim=claim)
+                raise
+
+    async def _reconcile(
+        self, rows: list[ClaimedRow], plans: dict[uuid.UUID, PlannedEmail], claim: str
+    ) -> list[ClaimedRow]:
+        """Ask Postmark about rows in doubt; return those it may be sent again."""
+        if not rows:
+            return []
+
+        async def search(row: ClaimedRow) -> str | Exception | None:
+            async with self._searches:
+                try:
+                    return await self.postmark.find_sent(str(row.id))
+                except PostmarkUnauthorized:
+                    raise
+                except (PostmarkUnavailable, RequestRejected) as exc:
+                    return exc
+
+        answers = await asyncio.gather(*(search(row) for row in rows))
+        found: list[tuple[PlannedEmail, str]] = []
+        failed: list[tuple[ClaimedRow, Exception]] = []
+        waiting: list[ClaimedRow] = []
+        again: list[ClaimedRow] = []
+        for row, answer in zip(rows, answers, strict=True):
+            if isinstance(answer, Exception):
+                failed.append((row, answer))
+            elif answer is not None:
+                found.append((plans[row.id], answer))
+            elif not row.settled:
+                waiting.append(row)
+            else:
+                again.append(row)
+        for outcome, count in (
+            ("found", len(found)),
+            ("failed", len(failed)),
+            ("not_found", len(waiting) + len(again)),
+        ):
+            if count:
+                self.metrics.searches.labels(outcome).inc(count)
+        if found:
+            moved = await self.store.mark_sent(found)
+            self.metrics.reconciled.inc(moved)
+            self.metrics.sent.inc(moved)
+            log.info("found earlier sends at Postmark; not sending again", count=moved)
+        if waiting:
+            await self.store.wait_for_settle([row.id for row in waiting], claim=claim)
+        if failed:
+            limit = self.settings.notifier_max_attempts
+            done = [(row, error) for row, error in failed if row.attempts + 1 >= limit]
+            if done:
+                await self._give_up(
+                    [
+                        (
+                            row,
+                            f"gave up: Postmark's search failed ({error}); whether an earlier "
+                            "attempt was accepted is unknown",
+                        )
+                        for row, error in done
+                    ],
+                    plans,
+                    claim,
+                )
+            retry = [row for row, error in failed if row.attempts + 1 < limit]
+            if retry:
+                await self.store.release(
+                    {row.id: self._backoff(row.attempts + 1) for row in retry},
+                    claim=claim,
+                    count_attempt=True,
+                    error=f"search failed: {failed[0][1]}",
+                )
+                log.warning("postmark search failed; backing off", pending=len(retry))
+        return again
+
+    async def _send(
+        self,
+        chunk: list[ClaimedRow],
+        plans: dict[uuid.UUID, PlannedEmail],
+        attempt_id: str,
+        claim: str,
+    ) -> None:
+        emails = [plans[row.id] for row in chunk]
+        messages = [self._message(plan, attempt_id) for plan in emails]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        traces = [plan.traceparent for plan in emails]
+        try:
+            with tracer.start_as_current_span(
+                "postmark send batch",
+                context=context_from(next((t for t in traces if t), None)),
+                links=links_to(traces[1:]),
+                kind=SpanKind.CLIENT,
+                attributes={"messaging.batch.message_count": len(emails)},
+            ):
+                results = await self.postmark.send_batch(messages)
+        except PostmarkUnavailable as exc:
+            # Ambiguous: search soon (the index may have caught up), and again after the
+            # settle window before sending. Definite: back off and send again.
+            await self.store.release(
+                {row.id: self._backoff(row.attempts) for row in chunk},
+                claim=claim,
+                ambiguous=exc.ambiguous,
+                error=str(exc),
+            )
+            log.warning(
+                "postmark unavailable; backing off",
+                ambiguous=exc.ambiguous,
+                pending=len(chunk),
+                error=str(exc)[:300],
+            )
+            return
+        except RequestRejected as exc:
+            results = [Rejected(exc.error_code, str(exc))] * len(emails)
+        self.metrics.send_latency.observe(loop.time() - started)
+        self.metrics.batches.inc()
+        accepted: list[tuple[PlannedEmail, str]] = []
+        inactive: list[tuple[PlannedEmail, str]] = []
+        refused: list[tuple[PlannedEmail, str]] = []
+        for plan, result in zip(emails, results, strict=True):
+            if isinstance(result, Accepted):
+                accepted.append((plan, result.message_id))
+            elif result.error_code == INACTIVE_RECIPIENT:
+                inactive.append((plan, f"inactive at Postmark: {result.message}"))
+            else:
+                refused.append((plan, f"ErrorCode {result.error_code}: {result.message}"))
+        self.metrics.sent.inc(await self.store.mark_sent(accepted))
+        if inactive:
+            moved = await self.store.mark_suppressed(inactive, inactive_at_postmark=True)
+            self.metrics.suppressed.inc(moved)
+        if refused:
+            self.metrics.failed.inc(await self.store.mark_failed(refused))
+
+    async def _give_up(
+        self,
+        rows: list[tuple[ClaimedRow, str]],
+        plans: dict[uuid.UUID, PlannedEmail],
+        claim: str,
+    ) -> None:
+        """Dead-letter each email's record, then mark it failed; an email whose dead letter
+        could not be written stays pending and is given up again later."""
+        written: list[tuple[PlannedEmail, str]] = []
+        for row, reason in rows:
+            plan = plans[row.id]
+            try:
+                assert row.source is not None
+                await self.dead_letters.write(
+                    row.source, reason=DELIVERY_FAILED, error=reason, notification_id=plan.id
+                )
+            except Exception as exc:
+                log.warning(
+                    "dead-letter topic unavailable; the email stays pending",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                await self.store.release(
+                    {row.id: self._backoff(row.attempts)}, claim=claim, error=reason
+                )
+                continue
+            self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
+            written.append((plan, reason))
+        self.metrics.failed.inc(await self.store.mark_failed(written))
+
+    def _backoff(self, failures: int) -> float:
+        return delay_after(
+            failures,
+            initial=self.settings.notifier_backoff_initial,
+            cap=self.settings.notifier_backoff_max,
+        )
 
     def _message(self, plan: PlannedEmail, attempt_id: str) -> dict[str, Any]:
         context = dict(plan.context)
@@ -302,89 +414,3 @@ class Delivery:
                 "attempt_id": attempt_id,
             },
         }
-
-    async def _note_error(self, chunk: list[PlannedEmail], error: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(notifications)
-                .where(notifications.c.id.in_([plan.id for plan in chunk]))
-                .values(last_error=error[:2000], updated_at=sa.func.now())
-            )
-
-    async def _transition(
-        self, conn: AsyncConnection, plan: PlannedEmail, values: dict[str, Any]
-    ) -> bool:
-        """Move a pending notification on; False if it was no longer pending."""
-        result = await conn.execute(
-            sa.update(notifications)
-            .where(notifications.c.id == plan.id, notifications.c.status == "pending")
-            .values(**values, updated_at=sa.func.now())
-            .returning(notifications.c.id)
-        )
-        return result.first() is not None
-
-    async def _mark_all_sent(
-        self,
-        conn: AsyncConnection,
-        accepted: list[tuple[PlannedEmail, str]],
-    ) -> None:
-        """Mark accepted messages sent and add their `email.sent` events: one statement for
-        the statuses and one for the events, however many messages."""
-        if not accepted:
-            return
-        moved = {
-            row.id
-            for row in await conn.execute(
-                _MARK_SENT,
-                {"ids": [plan.id for plan, _ in accepted], "mids": [mid for _, mid in accepted]},
-            )
-        }
-        await self.outbox.add_many(
-            conn,
-            [
-                events.Event(
-                    events.EmailSent(**_event_fields(plan), message_id=message_id),
-                    source=events.SOURCE_NOTIFIER,
-                )
-                for plan, message_id in accepted
-                if plan.id in moved
-            ],
-        )
-        self.metrics.sent.inc(len(moved))
-
-    async def _mark_suppressed(
-        self, conn: AsyncConnection, plan: PlannedEmail, reason: str
-    ) -> None:
-        if await self._transition(conn, plan, {"status": "suppressed", "last_error": reason}):
-            await self.outbox.add(
-                conn,
-                events.Event(
-                    events.EmailSuppressed(**_event_fields(plan), message_id=None, reason=reason),
-                    source=events.SOURCE_NOTIFIER,
-                ),
-            )
-            self.metrics.suppressed.inc()
-
-    async def _mark_failed(self, conn: AsyncConnection, plan: PlannedEmail, error: str) -> None:
-        if await self._transition(conn, plan, {"status": "failed", "last_error": error[:2000]}):
-            await self.outbox.add(
-                conn,
-                events.Event(
-                    events.EmailFailed(**_event_fields(plan), error=error[:2000]),
-                    source=events.SOURCE_NOTIFIER,
-                ),
-            )
-            self.metrics.failed.inc()
-
-    @staticmethod
-    async def _suppress_address(conn: AsyncConnection, address: str, details: str) -> None:
-        await conn.execute(
-            pg_insert(suppressions)
-            .values(
-                email=address.lower(),
-                reason="InactiveRecipient",
-                origin="Postmark",
-                details=details[:2000],
-            )
-            .on_conflict_do_nothing(index_elements=["email"])
-        )

@@ -1,13 +1,20 @@
-"""The dead-letter topic, for operators: list what is there, and replay it.
+"""The dead-letter topic: the notifier writes to it, operators list and replay what is there.
+
+A dead letter is the record that asked for an email (or a record that could not be read),
+unchanged, with `dlq_*` headers saying why. The writer waits for Kafka's acknowledgement;
+callers mark nothing final until it returns.
 
 Replaying puts each record back on the topic it came from, with its original headers. A record
-that failed delivery also puts its notification back to `pending` first (its attempt count
-reset; its last attempt id kept, so the notifier still asks Postmark before sending again).
-Replays are tracked with the consumer group `<group>-dlq-replay`: a record is replayed once,
-and `--from-beginning` replays everything again."""
+that failed delivery also puts its notification back to `pending` first, due at once (its
+attempt count reset; its doubt kept, so the notifier still searches Postmark before sending
+again). Replays are tracked with the consumer group `<group>-dlq-replay`: a record is
+replayed once, and `--from-beginning` replays everything again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +24,85 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notifier.plans import SourceRecord
+from postroom.kafka import create_missing_topics
 from postroom.models import notifications
 from postroom.settings import NotifierSettings
+
+
+class DeadLetterWriter:
+    """Writes dead letters through one producer, started on first use and started again
+    after a failure (so an unreachable broker costs a timeout, never a stuck producer)."""
+
+    def __init__(self, settings: NotifierSettings) -> None:
+        self.settings = settings
+        self.topic = settings.topic("notifier.dlq")
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def write(
+        self,
+        source: SourceRecord,
+        *,
+        reason: str,
+        error: str,
+        notification_id: uuid.UUID | None = None,
+    ) -> None:
+        headers = [
+            *((key, value.encode()) for key, value in source.headers),
+            ("dlq_reason", reason.encode()),
+            ("dlq_error", error[:1000].encode()),
+            ("dlq_topic", source.topic.encode()),
+            ("dlq_partition", str(source.partition).encode()),
+            ("dlq_offset", str(source.offset).encode()),
+        ]
+        if notification_id is not None:
+            headers.append(("dlq_notification_id", str(notification_id).encode()))
+        await self.write_raw(
+            key=source.key.encode() if source.key is not None else None,
+            value=source.value.encode(),
+            headers=headers,
+        )
+
+    async def write_raw(
+        self, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        producer = await self._started()
+        try:
+            await producer.send_and_wait(self.topic, value=value, key=key, headers=headers)
+        except BaseException:
+            await self._discard(producer)
+            raise
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._discard(self._producer)
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                s = self.settings
+                await create_missing_topics(s, [self.topic], client_id="postroom-notifier-admin")
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=s.kafka_bootstrap_servers,
+                    client_id="postroom-notifier-dlq",
+                    acks="all",
+                    enable_idempotence=s.kafka_enable_idempotence,
+                    request_timeout_ms=10_000,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+        with contextlib.suppress(Exception):
+            await producer.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +203,14 @@ async def replay(
                             notifications.c.id == uuid.UUID(notification),
                             notifications.c.status == "failed",
                         )
-                        .values(status="pending", attempts=0, updated_at=sa.func.now())
+                        .values(
+                            status="pending",
+                            attempts=0,
+                            lease_owner=None,
+                            lease_until=None,
+                            next_attempt_at=sa.func.now(),
+                            updated_at=sa.func.now(),
+                        )
                     )
             original = [(k, v) for k, v in letter.raw_headers if not k.startswith("dlq_")]
             await producer.send_and_wait(

@@ -19,12 +19,18 @@ class NotifierMetrics:
         )
         self.retries = Counter(
             "postroom_notifier_retries",
-            "Messages sent again after a transient error.",
+            "Send attempts after the first (after a transient error or a settled search).",
             registry=r,
         )
         self.reconciled = Counter(
             "postroom_notifier_reconciled",
             "Messages found already sent at Postmark after an ambiguous attempt.",
+            registry=r,
+        )
+        self.searches = Counter(
+            "postroom_notifier_searches",
+            "Searches of Postmark's sent messages for a notification in doubt, by outcome.",
+            ["outcome"],
             registry=r,
         )
         self.batches = Counter(

@@ -43,6 +43,64 @@ class PlannedEmail:
     traceparent: str | None = field(default=None, hash=False, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """The Kafka record an email came from, kept with its notification: retries re-plan the
+    email from it, and a dead letter carries it back to its topic unchanged."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    headers: tuple[tuple[str, str], ...]
+    value: str
+
+    @classmethod
+    def of(cls, record: Any) -> SourceRecord:
+        """From an aiokafka ConsumerRecord whose value is readable (JSON) text."""
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key is not None else None,
+            headers=tuple((k, v.decode(errors="replace")) for k, v in record.headers),
+            value=(record.value or b"").decode(errors="replace"),
+        )
+
+    def event(self) -> SourceEvent:
+        return read_record(dict(self.headers), self.value.encode())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key,
+            "headers": [list(pair) for pair in self.headers],
+            "value": self.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceRecord:
+        return cls(
+            topic=str(data["topic"]),
+            partition=int(data["partition"]),
+            offset=int(data["offset"]),
+            key=data.get("key"),
+            headers=tuple((str(k), str(v)) for k, v in data["headers"]),
+            value=str(data["value"]),
+        )
+
+
+def replan(source: SourceRecord, notification: uuid.UUID) -> PlannedEmail:
+    """The email `notification` stands for, planned again from the record that asked for it;
+    UnreadableEvent if that record no longer plans it."""
+    for email in plan(source.event()):
+        if email.id == notification:
+            return email
+    raise UnreadableEvent(f"the record no longer plans notification {notification}")
+
+
 def notification_id(event_id: uuid.UUID, template: str, recipient: str) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"{event_id}:{template}:{recipient.lower()}")
 

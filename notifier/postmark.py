@@ -9,16 +9,18 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import urllib3
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
 from postroom.settings import NotifierSettings
 
 BATCH_LIMIT = 500
-INVALID_REQUEST = 300
+SEARCH_PAGE = 50
 INACTIVE_RECIPIENT = 406
 BAD_TOKEN = 10
 
@@ -84,29 +86,31 @@ class Postmark:
                 results.append(Rejected(code, str(answer.get("Message", ""))))
         return results
 
-    async def find_sent(self, attempt_id: str) -> dict[str, str]:
-        """notification id -> MessageID of the messages Postmark holds for one send attempt,
-        found by the `attempt_id` Metadata every message of that attempt carried."""
-        found: dict[str, str] = {}
+    async def find_sent(self, notification_id: str) -> str | None:
+        """The MessageID of the earliest message Postmark holds for a notification, found by
+        the `notification_id` Metadata every attempt's message carried; None if it holds
+        none (which, while its search index lags, does not yet mean none was accepted)."""
+        found: list[tuple[datetime, str]] = []
         offset = 0
         while True:
             page = await self._call(
                 lambda client, at=offset: client.call(
                     "GET",
                     "/messages/outbound",
-                    count=BATCH_LIMIT,
+                    count=SEARCH_PAGE,
                     offset=at,
-                    metadata_attempt_id=attempt_id,
+                    metadata_notification_id=notification_id,
                 )
             )
             messages = page.get("Messages") or []
             for message in messages:
-                notification = (message.get("Metadata") or {}).get("notification_id")
-                if notification and message.get("MessageID"):
-                    found[str(notification)] = str(message["MessageID"])
+                metadata = message.get("Metadata") or {}
+                if metadata.get("notification_id") == notification_id and message.get("MessageID"):
+                    found.append((_received(message), str(message["MessageID"])))
             offset += len(messages)
             if not messages or offset >= int(page.get("TotalCount", 0)):
-                return found
+                break
+        return min(found)[1] if found else None
 
     async def reactivate(self, bounce_id: int) -> None:
         """Ask Postmark to let mail reach a bounced address again."""
@@ -121,11 +125,26 @@ class Postmark:
             status = exc.response.status_code if exc.response is not None else 0
             if status == 401:
                 raise PostmarkUnauthorized("Postmark answered 401 Unauthorized") from exc
+            if 400 <= status < 500 and status not in (408, 429):
+                # Refused as it stands (too large, not JSON...): sending it again changes nothing.
+                raise RequestRejected(0, f"HTTP {status}") from exc
             raise PostmarkUnavailable(f"HTTP {status}", ambiguous=status != 429) from exc
-        except requests.Timeout as exc:
+        except requests.ConnectTimeout as exc:  # no connection: the request never left
+            raise PostmarkUnavailable(f"could not connect: {exc}", ambiguous=False) from exc
+        except requests.Timeout as exc:  # sent, and no answer in time: it may have landed
             raise PostmarkUnavailable(f"timed out: {exc}", ambiguous=True) from exc
+        except requests.ConnectionError as exc:
+            raise PostmarkUnavailable(
+                f"{type(exc).__name__}: {exc}", ambiguous=not _refused(exc)
+            ) from exc
         except requests.RequestException as exc:
             raise PostmarkUnavailable(f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            # An answer postmarker cannot read (a proxy's JSON, a body of the wrong shape):
+            # whatever it was, the request reached something that may have passed it on.
+            raise PostmarkUnavailable(
+                f"unreadable answer: {type(exc).__name__}", ambiguous=True
+            ) from exc
 
     @staticmethod
     def _translate(exc: ClientError) -> Exception:
@@ -146,6 +165,39 @@ class RequestRejected(Exception):
     def __init__(self, error_code: int, message: str) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _received(message: dict[str, Any]) -> datetime:
+    """When Postmark received a message (time zones compared as times, not as text); an
+    unreadable stamp sorts last."""
+    try:
+        stamp = datetime.fromisoformat(str(message.get("ReceivedAt")))
+    except ValueError:
+        return _LATEST
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _refused(error: requests.ConnectionError) -> bool:
+    """The connection was never made (refused, unresolvable): nothing reached Postmark."""
+    cause: BaseException | None = error
+    for _ in range(10):  # a chain of causes is short; never follow a loop
+        if cause is None:
+            break
+        if isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+            return True
+        cause = cause.__cause__ or cause.__context__ or _reason(cause)
+    return False
+
+
+def _reason(error: BaseException) -> BaseException | None:
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    args = getattr(error, "args", ())
+    return next((arg for arg in args if isinstance(arg, BaseException)), None)
 
 
 def _has_response(error: BaseException | None) -> bool:

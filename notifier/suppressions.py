@@ -1,20 +1,31 @@
-"""Operators' changes to the suppression list: add a manual suppression, lift one.
+"""The suppression list: the one module that writes it (invariant 7).
 
-Lifting also asks Postmark to reactivate the address when Postmark made it inactive with a
-bounce; a spam complaint cannot be lifted (Postmark refuses to reactivate those)."""
+Rules, the same whoever suppresses or lifts (a webhook, Postmark's 406, an operator):
+- A spam complaint is final here: nothing lifts it, and no later suppression rewrites its
+  reason. A complaint replaces any other reason.
+- Otherwise the newer fact wins: each suppression and each lift carries when it happened
+  (`ChangedAt`, `BouncedAt`, or now), and a change older than the one in force changes
+  nothing. Lifts leave a mark (`suppression_lifts`) so that an old suppression arriving late
+  cannot undo a newer lift either.
+- Operators lift through `lift`, which also asks Postmark to reactivate an address a bounce
+  of ours made inactive there; a spam complaint cannot be lifted (Postmark refuses those).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier.postmark import Postmark
 from outbox_relay.outbox import OutboxWriter
 from postroom import events
-from postroom.models import bounces, suppressions
+from postroom.models import bounces, suppression_lifts, suppressions
+
+SPAM_COMPLAINT = "SpamComplaint"
 
 OPERATOR = "Operator"
 
@@ -33,19 +44,112 @@ class Lifted:
     reactivated_bounce: int | None
 
 
+async def suppress(
+    conn: AsyncConnection,
+    email: str,
+    *,
+    reason: str,
+    origin: str,
+    details: str | None,
+    at: datetime | None = None,
+) -> bool:
+    """Suppress `email` as of `at` (now if None), in the caller's transaction; False if that
+    changed nothing (already suppressed as strongly and as recently, or lifted later)."""
+    address = email.strip().lower()
+    when = sa.func.coalesce(sa.cast(at, sa.DateTime(timezone=True)), sa.func.now())
+    lifted_later = (
+        sa.select(suppression_lifts.c.email)
+        .where(suppression_lifts.c.email == address, suppression_lifts.c.changed_at > when)
+        .exists()
+    )
+    if (await conn.execute(sa.select(lifted_later))).scalar_one():
+        return False
+    existing = suppressions.c
+    excluded = pg_insert(suppressions).excluded
+    statement = (
+        pg_insert(suppressions)
+        .values(email=address, reason=reason, origin=origin, details=details, changed_at=when)
+        .on_conflict_do_update(
+            index_elements=["email"],
+            set_={
+                "reason": excluded.reason,
+                "origin": excluded.origin,
+                "details": excluded.details,
+                "changed_at": excluded.changed_at,
+            },
+            # A complaint is never rewritten; it replaces anything else; otherwise newer wins.
+            where=sa.and_(
+                existing.reason != SPAM_COMPLAINT,
+                sa.or_(
+                    excluded.reason == SPAM_COMPLAINT,
+                    existing.changed_at.is_(None),
+                    existing.changed_at < excluded.changed_at,
+                ),
+            ),
+        )
+        .returning(suppressions.c.email)
+    )
+    return (await conn.execute(statement)).first() is not None
+
+
+async def note_inactive(conn: AsyncConnection, email: str, *, details: str) -> None:
+    """Postmark refused to send to `email` (ErrorCode 406): suppress it unless it already is
+    (the reason on record, e.g. a bounce's, says more than the 406 does)."""
+    await conn.execute(
+        pg_insert(suppressions)
+        .values(
+            email=email.strip().lower(),
+            reason="InactiveRecipient",
+            origin="Postmark",
+            details=details[:2000],
+            changed_at=sa.func.now(),
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+
+
+async def unsuppress(conn: AsyncConnection, email: str, *, at: datetime | None = None) -> bool:
+    """Lift the suppression of `email` as of `at` (now if None), in the caller's transaction;
+    False if there was none to lift, it is a spam complaint, or it is newer than `at`."""
+    address = email.strip().lower()
+    when = sa.func.coalesce(sa.cast(at, sa.DateTime(timezone=True)), sa.func.now())
+    lifted = await conn.execute(
+        sa.delete(suppressions)
+        .where(
+            suppressions.c.email == address,
+            suppressions.c.reason != SPAM_COMPLAINT,
+            sa.or_(suppressions.c.changed_at.is_(None), suppressions.c.changed_at <= when),
+        )
+        .returning(suppressions.c.email)
+    )
+    if lifted.first() is None:
+        return False
+    lifts = pg_insert(suppression_lifts).values(email=address, changed_at=when)
+    await conn.execute(
+        lifts.on_conflict_do_update(
+            index_elements=["email"],
+            set_={
+                "changed_at": sa.func.greatest(
+                    suppression_lifts.c.changed_at, lifts.excluded.changed_at
+                )
+            },
+        )
+    )
+    return True
+
+
 async def add(
     engine: AsyncEngine, outbox: OutboxWriter, *, email: str, reason: str, details: str | None
 ) -> bool:
-    """Suppress `email`; False if it already was (then nothing changes)."""
+    """An operator suppresses `email`; False if it already was (then nothing changes)."""
     address = email.strip().lower()
     async with engine.begin() as conn:
-        inserted = await conn.execute(
-            pg_insert(suppressions)
-            .values(email=address, reason=reason, origin=OPERATOR, details=details)
-            .on_conflict_do_nothing(index_elements=["email"])
-            .returning(suppressions.c.email)
+        present = await conn.execute(
+            sa.select(suppressions.c.email).where(suppressions.c.email == address)
         )
-        if inserted.first() is None:
+        if present.first() is not None:
+            return False
+        if not await suppress(conn, address, reason=reason, origin=OPERATOR, details=details):
             return False
         await outbox.add(
             conn,
@@ -76,7 +180,7 @@ async def lift(
         ).first()
         if row is None:
             raise NotSuppressed(address)
-        if row.reason == "SpamComplaint":
+        if row.reason == SPAM_COMPLAINT:
             raise CannotLift(address)
         bounce = (
             await conn.execute(
@@ -93,7 +197,8 @@ async def lift(
     if bounce is not None:
         await postmark.reactivate(bounce)
     async with engine.begin() as conn:
-        await conn.execute(sa.delete(suppressions).where(suppressions.c.email == address))
+        if not await unsuppress(conn, address):
+            raise NotSuppressed(address)  # lifted, or turned into a complaint, meanwhile
         await outbox.add(
             conn,
             events.Event(

@@ -29,9 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from notifier import suppressions as suppression_list
 from outbox_relay.outbox import OutboxWriter
 from postroom import events
-from postroom.models import bounces, notifications, suppressions, webhook_receipts
+from postroom.models import bounces, notifications, webhook_receipts
 from postroom.problems import ProblemError, problem_responses
 from postroom.settings import NotifierSettings
 from postroom.web import EngineDep
@@ -103,6 +104,7 @@ class DeliveryRecord(_Message):
 class SubscriptionChangeRecord(_Message):
     RecordType: Literal["SubscriptionChange"]
     Recipient: str = Field(min_length=3, max_length=320)
+    ChangedAt: datetime | None = None
     SuppressSending: bool
     SuppressionReason: str | None = None
     Origin: str | None = None
@@ -227,9 +229,8 @@ async def _handle(
         return "duplicate"
     if isinstance(record, DeliveryRecord):
         await _delivery(conn, record, outbox)
-    else:
-        await _subscription_change(conn, record, outbox, metrics)
-    return "recorded"
+        return "recorded"
+    return await _subscription_change(conn, record, outbox, metrics)
 
 
 async def _move(
@@ -255,19 +256,6 @@ async def _move(
             .values(status=status, updated_at=sa.func.now())
         )
     return row.id, row.user_id
-
-
-async def _suppress(
-    conn: AsyncConnection, email: str, *, reason: str, origin: str, details: str | None
-) -> None:
-    await conn.execute(
-        pg_insert(suppressions)
-        .values(email=email.lower(), reason=reason, origin=origin, details=details)
-        .on_conflict_do_update(
-            index_elements=["email"],
-            set_={"reason": reason, "origin": origin, "details": details},
-        )
-    )
 
 
 async def _bounce(
@@ -305,10 +293,16 @@ async def _bounce(
     notification_id = notification_id or _uuid(record.metadata("notification_id"))
     metrics.bounces.labels(record.Type).inc()
     if record.Inactive or complaint:
-        await _suppress(
-            conn, record.Email, reason=record.Type, origin="Postmark", details=record.Details
-        )
-        metrics.suppressed.labels(record.Type).inc()
+        reason = suppression_list.SPAM_COMPLAINT if complaint else record.Type
+        if await suppression_list.suppress(
+            conn,
+            record.Email,
+            reason=reason,
+            origin="Postmark",
+            details=record.Details,
+            at=record.BouncedAt,
+        ):
+            metrics.suppressed.labels(reason).inc()
     common = {
         "email": record.Email,
         "message_id": record.MessageID,
@@ -347,7 +341,8 @@ async def _subscription_change(
     record: SubscriptionChangeRecord,
     outbox: OutboxWriter,
     metrics: WebhookMetrics,
-) -> None:
+) -> str:
+    """Suppress or lift, unless a newer change is in force; "ignored" when nothing changed."""
     common = {
         "email": record.Recipient,
         "message_id": record.MessageID,
@@ -358,18 +353,20 @@ async def _subscription_change(
     data: events.EventData
     if record.SuppressSending:
         reason = record.SuppressionReason or "ManualSuppression"
-        await _suppress(
+        if not await suppression_list.suppress(
             conn,
             record.Recipient,
             reason=reason,
             origin=record.Origin or "Postmark",
             details=None,
-        )
+            at=record.ChangedAt,
+        ):
+            return "ignored"  # already suppressed as strongly, or lifted since
         metrics.suppressed.labels(reason).inc()
         data = events.EmailSuppressed(**common, reason=reason)
     else:
-        await conn.execute(
-            sa.delete(suppressions).where(suppressions.c.email == record.Recipient.lower())
-        )
+        if not await suppression_list.unsuppress(conn, record.Recipient, at=record.ChangedAt):
+            return "ignored"  # not suppressed, a spam complaint, or suppressed since
         data = events.EmailReactivated(**common)
     await outbox.add(conn, events.Event(data, source=events.SOURCE_NOTIFIER))
+    return "recorded"

@@ -5,6 +5,14 @@ from __future__ import annotations
 import random
 
 
+def delay_after(failures: int, *, initial: float, cap: float) -> float:
+    """The wait after `failures` failures in a row (1 = the first): doubling from `initial`
+    up to `cap`, then jittered into its upper half so a fleet does not retry in step."""
+    ceiling = min(cap, initial * 2.0 ** max(0, failures - 1))
+    jitter: float = random.uniform(0, ceiling / 2)  # noqa: S311 - jitter only
+    return ceiling / 2 + jitter
+
+
 class Backoff:
     """Exponential delays with a cap and jitter, so a fleet of relays does not retry in step."""
 
@@ -14,10 +22,8 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * (2**self.failures))
         self.failures += 1
-        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter only
-        return delay
+        return delay_after(self.failures, initial=self.initial, cap=self.cap)
 
     def reset(self) -> None:
         self.failures = 0

@@ -93,8 +93,21 @@ notifications = sa.Table(
     sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'pending'")),
     sa.Column("message_id", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
-    # The Metadata value of the latest send attempt: one search finds a whole batch's fate.
+    # The newest send attempt: its id (Metadata of every message it sent), when it began, and
+    # whether it is still open (begun, no outcome recorded: in flight, or its sender died).
     sa.Column("attempt_id", sa.Text),
+    sa.Column("attempt_started_at", sa.DateTime(timezone=True)),
+    sa.Column("attempt_open", sa.Boolean, nullable=False, server_default=sa.false()),
+    # When the newest attempt whose outcome is unknown (timeout, reset, 5xx, crash) began:
+    # Postmark is searched before any resend, and "not found" counts only after the settle.
+    sa.Column("doubt_since", sa.DateTime(timezone=True)),
+    # The claim: who works on the notification, until when; and when it may next be tried.
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    # The Kafka record that asked for it (topic, partition, offset, key, headers, value): what
+    # retries re-plan the email from, and what a dead letter carries.
+    sa.Column("source", JSONB),
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
@@ -108,6 +121,12 @@ notifications = sa.Table(
 sa.Index("ix_notifications_user_id", notifications.c.user_id)
 sa.Index("ix_notifications_recipient_lower", sa.func.lower(notifications.c.recipient))
 sa.Index("ix_notifications_message_id", notifications.c.message_id)
+# The retry loop's work list: pending notifications by when they are due.
+sa.Index(
+    "ix_notifications_due",
+    notifications.c.next_attempt_at,
+    postgresql_where=notifications.c.status == "pending",
+)
 
 suppressions = sa.Table(
     "suppressions",
@@ -117,7 +136,19 @@ suppressions = sa.Table(
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("details", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    # When the fact behind it happened (a webhook's ChangedAt or BouncedAt, or when it was
+    # recorded): an older change never undoes a newer one.
+    sa.Column("changed_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("email = lower(email)", name="email_lower"),
+)
+
+# The newest lift of each address that was ever unsuppressed: a suppression older than it,
+# arriving late, changes nothing.
+suppression_lifts = sa.Table(
+    "suppression_lifts",
+    metadata,
+    sa.Column("email", sa.Text, primary_key=True),  # lower-cased
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 bounces = sa.Table(

@@ -181,6 +181,13 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     notifier_backoff_initial: float = Field(default=0.5, gt=0, description="seconds")
     notifier_backoff_max: float = Field(default=30.0, gt=0, description="seconds")
     notifier_batch_size: int = Field(default=500, ge=1, le=500)
+    # How long a claim on a notification lasts; it must outlive the longest Postmark call.
+    notifier_lease: float = Field(default=60.0, gt=0, description="seconds")
+    # How long Postmark's search may lag behind an acceptance: after an ambiguous attempt, a
+    # search that finds nothing counts as "not sent" only once this much time has passed.
+    notifier_search_settle: float = Field(default=60.0, ge=0, description="seconds")
+    # The longest the retry loop sleeps before it looks for due notifications again.
+    notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
     mail_from: str = "Postroom <hello@postroom.test>"
     postmark_server_token: SecretStr = SecretStr("")
     postmark_api_url: str = "https://api.postmarkapp.com/"
@@ -195,6 +202,16 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     @classmethod
     def _split_recipients(cls, value: object) -> object:
         return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_call(self) -> NotifierSettings:
+        if self.notifier_lease <= self.postmark_timeout:
+            raise ValueError(
+                f"NOTIFIER_LEASE ({self.notifier_lease:g} s) must be longer than "
+                f"POSTMARK_TIMEOUT ({self.postmark_timeout:g} s): a claim must outlive the "
+                "Postmark call it covers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _postmark_secrets_present(self) -> NotifierSettings:

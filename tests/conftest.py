@@ -256,6 +256,11 @@ def make_notifier_settings(
         "notifier_group_id": unique("notifier"),
         "notifier_backoff_initial": 0.05,
         "notifier_backoff_max": 0.5,
+        # Short claims and settle windows keep drills quick; the sandbox's search has no lag
+        # unless a test gives it one (then it sets a settle window longer than that lag).
+        "notifier_lease": 10.0,
+        "notifier_search_settle": 0.5,
+        "notifier_retry_interval": 0.2,
         "api_tokens": (SecretStr(API_TOKEN),),
         "email_token_secret": SecretStr(EMAIL_SECRET),
         "public_base_url": "http://testserver",

@@ -157,14 +157,16 @@ async def test_a_notifier_killed_while_postmark_holds_the_answers_sends_each_onc
         api_and_relay(database_url, kafka_bootstrap) as (api, prefix),
         sandbox_client(sandbox) as postmark,
     ):
-        # The notifier waits longer than Postmark holds the answers: it is killed while waiting.
+        # Postmark holds the answers longer than the notifier waits, and the notifier is
+        # killed while waiting; its claims expire a second after its wait would have ended.
         settings = make_notifier_settings(
             database_url,
             kafka_bootstrap,
             sandbox.url,
             prefix,
             notifier_port=free_port(),
-            postmark_timeout=60.0,
+            postmark_timeout=8.0,
+            notifier_lease=9.0,
         )
         await postmark.put("/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 20_000})
         for email in emails:
@@ -350,10 +352,17 @@ async def test_a_refused_server_token_halts_consumption_until_a_good_one_sends_t
             [sent] = await wait_until(
                 lambda: notifications(notifier, stuck, "sent"), what="the backlog", within=30
             )
+
+            async def consumed() -> str | None:
+                text = (await notifier.get("/metrics")).text
+                return text if metric(text, "postroom_notifier_events_total") else None
+
+            # The retry loop may send the pending email before the consumer has joined the
+            # group; the consumer then reads the uncommitted event and sends nothing more.
+            metrics = await wait_until(consumed, what="the consumer to catch up", within=30)
             await asyncio.sleep(0.5)  # a repeated send would have been captured by now
             stuck_messages = await captured(postmark, stuck)
             before_messages = await captured(postmark, before)
-            metrics = (await notifier.get("/metrics")).text
 
     assert ready.status_code == 503
     assert ready.headers["content-type"] == "application/problem+json"

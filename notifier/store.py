@@ -1,0 +1,476 @@
+"""The notifications table as the send-once state machine sees it: every transaction that
+moves a notification, each in one place (invariants 6 and 7).
+
+A notification is worked on only under a claim: `lease_owner` and `lease_until`. A claim is
+taken in one statement that returns the rows it got, and it is only ever taken on a pending
+row whose lease is free (never held, or expired) and that is due (`next_attempt_at`). The
+same statement reads the suppression list, so an address suppressed before the claim is
+never mailed by it.
+
+A send attempt is recorded before Postmark is called (`attempt_open`, `attempt_started_at`,
+a fresh `attempt_id`), and only by the holder of a live claim. Its outcome closes it. An
+attempt found still open when a row is claimed again was cut short (its sender died or lost
+its claim): its outcome is unknown, like a timeout's, and `doubt_since` records when it
+began. Postmark is searched before any resend of a row in doubt, and "not found" counts only
+once `settle` seconds have passed since `doubt_since`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from notifier import suppressions as suppression_list
+from notifier.plans import PlannedEmail, SourceRecord
+from outbox_relay.outbox import OutboxWriter
+from postroom import events
+
+MAX_ERROR = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A pending notification this process now holds the claim on."""
+
+    id: uuid.UUID
+    source: SourceRecord | None
+    attempts: int
+    # An earlier attempt's outcome is unknown: search Postmark before sending.
+    in_doubt: bool
+    # ...and enough time has passed since it began for "not found" to mean "not sent".
+    settled: bool
+    # The address's suppression reason, read by the claiming statement; None if not suppressed.
+    suppressed: str | None
+    last_error: str | None = None
+    # The claim also began a send attempt (a fresh row, recorded and claimed in one go).
+    started: bool = False
+
+
+def _event_fields(plan: PlannedEmail) -> dict[str, Any]:
+    return {
+        "notification_id": plan.id,
+        "email": plan.recipient,
+        "template": plan.template,
+        "user_id": plan.user_id,
+        "source_event_id": plan.event_id,
+    }
+
+
+# Fresh rows are recorded and claimed in one statement, their first attempt begun; rows the
+# suppression list or the staging allowlist blocks are recorded as suppressed instead.
+_RECORD = sa.text(
+    """
+    INSERT INTO notifications AS n (
+        id, event_id, event_type, user_id, template, recipient, source, status, last_error,
+        attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
+        next_attempt_at)
+    SELECT v.id, v.event_id, v.event_type, v.user_id, v.template, v.recipient,
+           CAST(v.source AS jsonb),
+           CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
+           blocked.reason,
+           CASE WHEN blocked.reason IS NULL THEN 1 ELSE 0 END,
+           CASE WHEN blocked.reason IS NULL THEN :attempt_id END,
+           CASE WHEN blocked.reason IS NULL THEN now() END,
+           blocked.reason IS NULL,
+           CASE WHEN blocked.reason IS NULL THEN :owner END,
+           CASE WHEN blocked.reason IS NULL THEN now() + make_interval(secs => :lease) END,
+           now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]),
+                CAST(:user_ids AS uuid[]), CAST(:templates AS text[]),
+                CAST(:recipients AS text[]), CAST(:sources AS text[]),
+                CAST(:not_allowed AS text[]))
+         AS v(id, event_id, event_type, user_id, template, recipient, source, not_allowed)
+    LEFT JOIN suppressions AS s ON s.email = lower(v.recipient)
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(v.not_allowed, 'suppressed: ' || s.reason) AS reason
+    ) AS blocked
+    ON CONFLICT (id) DO NOTHING
+    RETURNING n.id, n.status, n.last_error
+    """
+)
+
+_CLAIM = """
+    UPDATE notifications AS n
+    SET lease_owner = :owner,
+        lease_until = now() + make_interval(secs => :lease),
+        doubt_since = CASE WHEN n.attempt_open THEN n.attempt_started_at ELSE n.doubt_since END,
+        attempt_open = false,
+        updated_at = now()
+    FROM (
+        SELECT id FROM notifications
+        WHERE {which} AND status = 'pending' AND next_attempt_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        ORDER BY next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS free
+    WHERE n.id = free.id
+    RETURNING n.id, CAST(n.source AS text) AS source, n.attempts,
+              n.doubt_since IS NOT NULL AS in_doubt,
+              n.doubt_since IS NULL
+                  OR n.doubt_since + make_interval(secs => :settle) <= now() AS settled,
+              (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
+                  AS suppressed,
+              n.last_error
+    """
+_CLAIM_IDS = sa.text(_CLAIM.format(which="id = ANY(CAST(:ids AS uuid[]))"))
+# Rows recorded before their source was kept are left to the Kafka record that asked for them.
+_CLAIM_DUE = sa.text(_CLAIM.format(which="source IS NOT NULL"))
+
+# Begin an attempt on the rows a claim still holds whose address is still not suppressed
+# (read again here, the last look before the send); the others come back with their reason.
+_START = sa.text(
+    """
+    WITH held AS (
+        SELECT n.id,
+               (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
+                   AS suppressed
+        FROM notifications AS n
+        WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
+          AND n.lease_owner = :owner AND n.lease_until > now()
+        FOR UPDATE
+    ), started AS (
+        UPDATE notifications AS n
+        SET attempts = n.attempts + 1, attempt_id = :attempt_id, attempt_started_at = now(),
+            attempt_open = true, lease_until = now() + make_interval(secs => :lease),
+            updated_at = now()
+        FROM held
+        WHERE n.id = held.id AND held.suppressed IS NULL
+        RETURNING n.id
+    )
+    SELECT held.id, held.suppressed FROM held
+    """
+)
+
+_MARK_SENT = sa.text(
+    """
+    UPDATE notifications AS n
+    SET status = 'sent', message_id = v.message_id, sent_at = now(), last_error = NULL,
+        attempt_open = false, lease_owner = NULL, lease_until = NULL, updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, message_id)
+    WHERE n.id = v.id AND n.status = 'pending'
+    RETURNING n.id
+    """
+)
+
+_FINISH = sa.text(
+    """
+    UPDATE notifications AS n
+    SET status = :status, last_error = v.error, attempt_open = false, lease_owner = NULL,
+        lease_until = NULL, updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:errors AS text[])) AS v(id, error)
+    WHERE n.id = v.id AND n.status = 'pending'
+    RETURNING n.id
+    """
+)
+
+# Hand a claimed row back, due again after its delay (or, `settle`, when its settle window
+# ends). `ambiguous`: the attempt that just ended may have been accepted.
+_RELEASE = sa.text(
+    """
+    UPDATE notifications AS n
+    SET lease_owner = NULL, lease_until = NULL,
+        doubt_since = CASE WHEN :ambiguous AND n.attempt_open THEN n.attempt_started_at
+                           ELSE n.doubt_since END,
+        attempt_open = false,
+        attempts = n.attempts + :count_attempt,
+        next_attempt_at = CASE
+            WHEN CAST(:settle AS float8) IS NULL THEN now() + make_interval(secs => v.delay)
+            ELSE GREATEST(now(), n.doubt_since + make_interval(secs => CAST(:settle AS float8)))
+        END,
+        last_error = COALESCE(CAST(:error AS text), n.last_error),
+        updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:delays AS float8[])) AS v(id, delay)
+    WHERE n.id = v.id AND n.status = 'pending' AND n.lease_owner = :owner
+    """
+)
+
+_KEEP_SOURCES = sa.text(
+    """
+    UPDATE notifications AS n SET source = CAST(v.source AS jsonb)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:sources AS text[])) AS v(id, source)
+    WHERE n.id = v.id AND n.source IS NULL
+    """
+)
+
+_DUE_IN = sa.text(
+    """
+    SELECT EXTRACT(EPOCH FROM min(GREATEST(next_attempt_at, COALESCE(lease_until, now()))) - now())
+    FROM notifications WHERE status = 'pending' AND source IS NOT NULL
+    """
+)
+
+
+class NotificationStore:
+    """The send-once state machine's transactions on PostgreSQL, for one claimant."""
+
+    def __init__(
+        self, engine: AsyncEngine, outbox: OutboxWriter, *, lease: float, settle: float
+    ) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.lease = lease
+        self.settle = settle
+
+    async def record(
+        self,
+        planned: Sequence[PlannedEmail],
+        sources: dict[uuid.UUID, SourceRecord],
+        *,
+        not_allowed: dict[uuid.UUID, str],
+        attempt_id: str,
+        claim: str,
+    ) -> tuple[list[ClaimedRow], list[tuple[PlannedEmail, str]]]:
+        """Record planned emails not seen before, claiming each one that may be sent with its
+        first attempt begun. Returns the claimed rows and the (email, reason) of those
+        recorded as suppressed; emails recorded earlier are in neither."""
+        if not planned:
+            return [], []
+        by_id = {plan.id: plan for plan in planned}
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    _RECORD,
+                    {
+                        "ids": [p.id for p in planned],
+                        "event_ids": [p.event_id for p in planned],
+                        "event_types": [p.event_type for p in planned],
+                        "user_ids": [p.user_id for p in planned],
+                        "templates": [p.template for p in planned],
+                        "recipients": [p.recipient for p in planned],
+                        "sources": [json.dumps(sources[p.event_id].as_json()) for p in planned],
+                        "not_allowed": [not_allowed.get(p.id) for p in planned],
+                        "attempt_id": attempt_id,
+                        "owner": claim,
+                        "lease": self.lease,
+                    },
+                )
+            ).all()
+            suppressed = [(by_id[r.id], r.last_error) for r in rows if r.status == "suppressed"]
+            await self._announce_suppressed(conn, suppressed)
+        claimed = [
+            ClaimedRow(
+                id=r.id,
+                source=sources[by_id[r.id].event_id],
+                attempts=1,
+                in_doubt=False,
+                settled=True,
+                suppressed=None,
+                started=True,
+            )
+            for r in rows
+            if r.status == "pending"
+        ]
+        return claimed, suppressed
+
+    async def claim(
+        self, ids: Sequence[uuid.UUID] | None = None, *, claim: str, limit: int = 500
+    ) -> list[ClaimedRow]:
+        """Claim, under the name `claim`, pending rows that are due and free: those of `ids`,
+        or else the longest due that carry their source record."""
+        statement = _CLAIM_DUE if ids is None else _CLAIM_IDS
+        params: dict[str, Any] = {
+            "owner": claim,
+            "lease": self.lease,
+            "settle": self.settle,
+            "limit": limit,
+        }
+        if ids is not None:
+            if not ids:
+                return []
+            params["ids"] = list(ids)
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        return [
+            ClaimedRow(
+                id=r.id,
+                source=SourceRecord.from_json(json.loads(r.source)) if r.source else None,
+                attempts=r.attempts,
+                in_doubt=r.in_doubt,
+                settled=r.settled,
+                suppressed=r.suppressed,
+                last_error=r.last_error,
+            )
+            for r in rows
+        ]
+
+    async def start_attempt(
+        self, ids: Sequence[uuid.UUID], attempt_id: str, *, claim: str
+    ) -> dict[uuid.UUID, str | None]:
+        """Record a send attempt on the rows `claim` still holds. Returns those rows, each
+        with None (begun: send it) or the reason its address is now suppressed (not begun)."""
+        if not ids:
+            return {}
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                _START,
+                {
+                    "ids": list(ids),
+                    "attempt_id": attempt_id,
+                    "owner": claim,
+                    "lease": self.lease,
+                },
+            )
+            return {row.id: row.suppressed for row in rows}
+
+    async def mark_sent(self, accepted: Sequence[tuple[PlannedEmail, str]]) -> int:
+        """Postmark holds these messages: mark them sent, each with its `email.sent` event.
+        Returns how many moved (a row already final is left alone)."""
+        if not accepted:
+            return 0
+        async with self.engine.begin() as conn:
+            moved = {
+                row.id
+                for row in await conn.execute(
+                    _MARK_SENT,
+                    {"ids": [p.id for p, _ in accepted], "mids": [mid for _, mid in accepted]},
+                )
+            }
+            await self.outbox.add_many(
+                conn,
+                [
+                    events.Event(
+                        events.EmailSent(**_event_fields(plan), message_id=message_id),
+                        source=events.SOURCE_NOTIFIER,
+                    )
+                    for plan, message_id in accepted
+                    if plan.id in moved
+                ],
+            )
+        return len(moved)
+
+    async def mark_suppressed(
+        self, blocked: Sequence[tuple[PlannedEmail, str]], *, inactive_at_postmark: bool = False
+    ) -> int:
+        """Not sent, and never will be: a suppressed address, the staging allowlist, or
+        Postmark's 406 (`inactive_at_postmark`, which also suppresses the address)."""
+        if not blocked:
+            return 0
+        async with self.engine.begin() as conn:
+            if inactive_at_postmark:
+                for plan, reason in blocked:
+                    await suppression_list.note_inactive(conn, plan.recipient, details=reason)
+            moved = await self._finish(conn, "suppressed", blocked)
+            await self._announce_suppressed(conn, [b for b in blocked if b[0].id in moved])
+        return len(moved)
+
+    async def mark_failed(self, failed: Sequence[tuple[PlannedEmail, str]]) -> int:
+        """Refused for good, or given up: `failed`, each with its `email.failed` event."""
+        if not failed:
+            return 0
+        async with self.engine.begin() as conn:
+            moved = await self._finish(conn, "failed", failed)
+            await self.outbox.add_many(
+                conn,
+                [
+                    events.Event(
+                        events.EmailFailed(**_event_fields(plan), error=error[:MAX_ERROR]),
+                        source=events.SOURCE_NOTIFIER,
+                    )
+                    for plan, error in failed
+                    if plan.id in moved
+                ],
+            )
+        return len(moved)
+
+    async def release(
+        self,
+        delays: dict[uuid.UUID, float],
+        *,
+        claim: str,
+        ambiguous: bool = False,
+        count_attempt: bool = False,
+        error: str | None = None,
+    ) -> None:
+        """Hand rows `claim` holds back, each due again after its delay in seconds.
+        `ambiguous`: the attempt that just ended may have been accepted (a timeout, a reset,
+        a 5xx). `count_attempt`: what failed counts toward the attempts (a failed search)."""
+        await self._release(
+            delays, claim=claim, ambiguous=ambiguous, count=count_attempt, error=error
+        )
+
+    async def wait_for_settle(self, ids: Sequence[uuid.UUID], *, claim: str) -> None:
+        """Hand rows in doubt back until their settle window has passed."""
+        await self._release(dict.fromkeys(ids, 0.0), claim=claim, settle=True)
+
+    async def keep_sources(self, sources: dict[uuid.UUID, SourceRecord]) -> None:
+        """Keep the source record on rows recorded before sources were kept, so retries can
+        re-plan them."""
+        if not sources:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _KEEP_SOURCES,
+                {
+                    "ids": list(sources),
+                    "sources": [json.dumps(source.as_json()) for source in sources.values()],
+                },
+            )
+
+    async def due_in(self) -> float | None:
+        """Seconds until the next pending row may be claimed (≤ 0: now); None if none."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(_DUE_IN)).scalar_one_or_none()
+        return float(value) if value is not None else None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _release(
+        self,
+        delays: dict[uuid.UUID, float],
+        *,
+        claim: str,
+        ambiguous: bool = False,
+        count: bool = False,
+        settle: bool = False,
+        error: str | None = None,
+    ) -> None:
+        if not delays:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _RELEASE,
+                {
+                    "ids": list(delays),
+                    "delays": list(delays.values()),
+                    "ambiguous": ambiguous,
+                    "count_attempt": int(count),
+                    "settle": self.settle if settle else None,
+                    "error": error[:MAX_ERROR] if error else None,
+                    "owner": claim,
+                },
+            )
+
+    @staticmethod
+    async def _finish(
+        conn: AsyncConnection, status: str, rows: Sequence[tuple[PlannedEmail, str]]
+    ) -> set[uuid.UUID]:
+        result = await conn.execute(
+            _FINISH,
+            {
+                "status": status,
+                "ids": [plan.id for plan, _ in rows],
+                "errors": [error[:MAX_ERROR] for _, error in rows],
+            },
+        )
+        return {row.id for row in result}
+
+    async def _announce_suppressed(
+        self, conn: AsyncConnection, blocked: Sequence[tuple[PlannedEmail, str]]
+    ) -> None:
+        await self.outbox.add_many(
+            conn,
+            [
+                events.Event(
+                    events.EmailSuppressed(**_event_fields(plan), message_id=None, reason=reason),
+                    source=events.SOURCE_NOTIFIER,
+                )
+                for plan, reason in blocked
+            ],
+        )
