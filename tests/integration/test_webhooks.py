@@ -290,3 +290,71 @@ async def test_webhook_events_match_their_published_schemas(
         "email.suppressed",
         "email.reactivated",
     }
+
+
+async def suppression(db: asyncpg.Connection, email: str) -> str | None:
+    reason = await db.fetchval("SELECT reason FROM suppressions WHERE email = $1", email.lower())
+    return str(reason) if reason is not None else None
+
+
+async def test_a_subscription_change_older_than_the_suppression_lifts_nothing(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    email = "order@example.com"
+    bounce = fixture("bounce_hard", ID=501, Email=email, BouncedAt="2026-11-20T10:00:00Z")
+    assert (await hooks.post("/webhooks/postmark", json=bounce)).json() == {"status": "recorded"}
+
+    # Postmark delivers an older reactivation late: it must not undo the newer bounce.
+    stale = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=False,
+        SuppressionReason=None,
+        MessageID=None,
+        ChangedAt="2026-11-20T09:59:00Z",
+    )
+    answer = await hooks.post("/webhooks/postmark", json=stale)
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "ignored"})
+    assert await suppression(db, email) == "HardBounce"
+    assert "email.reactivated" not in [kind for kind, _ in await outbox_events(db)]
+
+    # A newer one lifts it; an older suppression arriving after that changes nothing.
+    fresh = {**stale, "ChangedAt": "2026-11-20T10:30:00Z"}
+    assert (await hooks.post("/webhooks/postmark", json=fresh)).json() == {"status": "recorded"}
+    assert await suppression(db, email) is None
+    older = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=True,
+        SuppressionReason="ManualSuppression",
+        ChangedAt="2026-11-20T10:15:00Z",
+    )
+    assert (await hooks.post("/webhooks/postmark", json=older)).json() == {"status": "ignored"}
+    assert await suppression(db, email) is None
+
+
+async def test_a_spam_complaint_is_neither_lifted_nor_rewritten_by_later_webhooks(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    complaint = fixture("spam_complaint")
+    email = complaint["Email"]
+    assert (await hooks.post("/webhooks/postmark", json=complaint)).status_code == 200
+
+    later_bounce = fixture(
+        "bounce_hard", ID=502, Email=email, BouncedAt="2099-01-01T00:00:00Z", Inactive=True
+    )
+    assert (await hooks.post("/webhooks/postmark", json=later_bounce)).status_code == 200
+    lift = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=False,
+        SuppressionReason=None,
+        MessageID=None,
+        ChangedAt="2099-01-02T00:00:00Z",
+    )
+    answer = await hooks.post("/webhooks/postmark", json=lift)
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "ignored"})
+    assert await suppression(db, email) == "SpamComplaint"
+    assert "email.reactivated" not in [kind for kind, _ in await outbox_events(db)]

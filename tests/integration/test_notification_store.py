@@ -1,0 +1,218 @@
+"""The claim statements of `notifier/store.py` on a real PostgreSQL: what the send-once
+simulation's in-memory store assumes of them (tests/unit/test_send_once_simulation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier.plans import PlannedEmail, SourceRecord, plan
+from notifier.store import NotificationStore
+from outbox_relay.outbox import OutboxWriter
+from postroom import events
+from postroom.db import create_engine
+from tests.conftest import make_api_settings, unique
+
+
+def registration(email: str) -> tuple[PlannedEmail, SourceRecord]:
+    user = uuid.uuid4()
+    data = events.UserRegistered(
+        user_id=user, version=1, email=email, name="Store", registered_at=datetime.now(UTC)
+    )
+    source = SourceRecord(
+        topic="t.user",
+        partition=0,
+        offset=0,
+        key=str(user),
+        headers=(("ce_id", str(uuid.uuid4())), ("ce_type", data.event_type)),
+        value=data.model_dump_json(),
+    )
+    [email_plan] = plan(source.event())
+    return email_plan, source
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    created = create_engine(make_api_settings(database_url), application_name="store-test")
+    try:
+        yield created
+    finally:
+        await created.dispose()
+
+
+def store_of(
+    engine: AsyncEngine, *, lease: float = 30.0, settle: float = 60.0
+) -> NotificationStore:
+    return NotificationStore(engine, OutboxWriter(shards=8), lease=lease, settle=settle)
+
+
+async def record(
+    store: NotificationStore, *emails: str, claim: str = "first"
+) -> list[PlannedEmail]:
+    plans = [registration(email) for email in emails]
+    claimed, suppressed = await store.record(
+        [p for p, _ in plans],
+        {p.event_id: s for p, s in plans},
+        not_allowed={},
+        attempt_id=uuid.uuid4().hex,
+        claim=claim,
+    )
+    assert len(claimed) + len(suppressed) == len(emails)
+    return [p for p, _ in plans]
+
+
+async def expire_leases(db: asyncpg.Connection) -> None:
+    await db.execute("UPDATE notifications SET lease_until = now() - interval '1 second'")
+
+
+async def test_a_fresh_row_is_recorded_claimed_and_its_attempt_begun_at_once(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine)
+    plans = [registration(f"{unique('fresh')}@example.com") for _ in range(3)]
+    sources = {p.event_id: s for p, s in plans}
+
+    claimed, suppressed = await store.record(
+        [p for p, _ in plans], sources, not_allowed={}, attempt_id="a1", claim="first"
+    )
+    again, again_suppressed = await store.record(
+        [p for p, _ in plans], sources, not_allowed={}, attempt_id="a2", claim="second"
+    )
+    rows = await db.fetch("SELECT * FROM notifications")
+
+    assert sorted(row.id for row in claimed) == sorted(p.id for p, _ in plans)
+    assert all(row.started and not row.in_doubt for row in claimed)
+    assert (suppressed, again, again_suppressed) == ([], [], [])
+    assert {
+        (r["lease_owner"], r["attempt_id"], r["attempts"], r["attempt_open"]) for r in rows
+    } == {("first", "a1", 1, True)}
+    assert {SourceRecord.from_json(json.loads(r["source"])) for r in rows} == set(sources.values())
+
+
+async def test_two_claimants_never_get_the_same_row(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    plans = await record(store_of(engine), *(f"{unique('race')}@example.com" for _ in range(40)))
+    await expire_leases(db)
+    ids = [p.id for p in plans]
+    one, two = store_of(engine), store_of(engine)
+
+    first, second = await asyncio.gather(one.claim(ids, claim="one"), two.claim(ids, claim="two"))
+
+    got_one, got_two = {r.id for r in first}, {r.id for r in second}
+    assert not got_one & got_two
+    assert got_one | got_two == set(ids)
+
+
+async def test_a_claim_lost_to_expiry_can_neither_begin_an_attempt_nor_release(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine)
+    [p] = await record(store, f"{unique('expiry')}@example.com", claim="old")
+    assert await store.claim([p.id], claim="other") == []  # held, and not expired
+
+    await expire_leases(db)
+    [taken] = await store.claim([p.id], claim="new")
+    begun = await store.start_attempt([p.id], "late", claim="old")
+    await store.release({p.id: 0.0}, claim="old")
+    row = await db.fetchrow("SELECT * FROM notifications WHERE id = $1", p.id)
+
+    # The first attempt was still open when the row was claimed again: its outcome is unknown.
+    assert (taken.in_doubt, taken.settled) == (True, False)
+    assert begun == {}
+    assert row is not None
+    assert (row["lease_owner"], row["attempts"], row["attempt_open"]) == ("new", 1, False)
+    assert row["doubt_since"] == row["attempt_started_at"]
+
+
+async def test_the_settle_window_counts_from_the_attempt_in_doubt(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine, settle=3600)
+    [p] = await record(store, f"{unique('settle')}@example.com")
+    await store.release({p.id: 0.0}, claim="first", ambiguous=True, error="timed out")
+
+    [in_doubt] = await store.claim([p.id], claim="second")
+    await store.wait_for_settle([p.id], claim="second")
+    waiting = await store.claim([p.id], claim="third")
+    due_at, doubt = await db.fetchrow(
+        "SELECT next_attempt_at, doubt_since FROM notifications WHERE id = $1", p.id
+    )
+    # Two hours later (the clock moved by moving the row back):
+    await db.execute(
+        "UPDATE notifications SET doubt_since = now() - interval '2 hours', next_attempt_at = now()"
+    )
+    [settled] = await store.claim(None, claim="fourth")
+
+    assert (in_doubt.in_doubt, in_doubt.settled) == (True, False)
+    assert waiting == []
+    assert (due_at - doubt).total_seconds() == pytest.approx(3600)
+    assert (settled.id, settled.in_doubt, settled.settled) == (p.id, True, True)
+
+
+async def test_a_definite_refusal_leaves_no_doubt_and_backs_off(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine)
+    [p] = await record(store, f"{unique('throttled')}@example.com")
+    await store.release({p.id: 30.0}, claim="first", error="429")
+
+    row = await db.fetchrow("SELECT * FROM notifications WHERE id = $1", p.id)
+    early = await store.claim([p.id], claim="second")
+
+    assert row is not None
+    assert (row["doubt_since"], row["attempt_open"], row["lease_owner"]) == (None, False, None)
+    assert early == []  # due in 30 s
+    assert 0 < (await store.due_in() or 0) <= 30
+
+
+async def test_an_address_suppressed_after_the_claim_gets_no_attempt(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine)
+    email = f"{unique('late')}@example.com"
+    [p] = await record(store, email)
+    await expire_leases(db)
+    [claimed] = await store.claim([p.id], claim="second")
+    await db.execute(
+        "INSERT INTO suppressions (email, reason, origin) VALUES ($1, 'HardBounce', 'Postmark')",
+        email.lower(),
+    )
+
+    held = await store.start_attempt([p.id], "a2", claim="second")
+    attempts = await db.fetchval("SELECT attempts FROM notifications WHERE id = $1", p.id)
+
+    assert claimed.suppressed is None
+    assert held == {p.id: "HardBounce"}
+    assert attempts == 1  # the recorded first attempt only
+
+
+async def test_a_suppressed_address_is_recorded_suppressed_and_announced(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    email = f"{unique('blocked')}@example.com"
+    await db.execute(
+        "INSERT INTO suppressions (email, reason, origin) VALUES ($1, 'SpamComplaint', 'Postmark')",
+        email.lower(),
+    )
+    store = store_of(engine)
+    p, source = registration(email)
+
+    claimed, suppressed = await store.record(
+        [p], {p.event_id: source}, not_allowed={}, attempt_id="a1", claim="first"
+    )
+    row = await db.fetchrow("SELECT status, attempts, last_error FROM notifications")
+    kinds = [r["event_type"] for r in await db.fetch("SELECT event_type FROM outbox")]
+
+    assert claimed == []
+    assert suppressed == [(p, "suppressed: SpamComplaint")]
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("suppressed", 0)
+    assert kinds == ["email.suppressed"]
