@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
@@ -51,6 +51,14 @@ class NotificationOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    next_attempt_at: datetime = Field(
+        description="When a pending notification is tried next (after a backoff, or at the "
+        "end of its settle window)."
+    )
+    doubt_since: datetime | None = Field(
+        description="When the newest attempt whose outcome is unknown began (a timeout, a "
+        "5xx, a crash): Postmark is searched before any resend."
+    )
 
 
 class NotificationList(BaseModel):
