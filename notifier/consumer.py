@@ -43,6 +43,9 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+# The lag gauge is a reading for dashboards: once a second is enough.
+_LAG_INTERVAL = 1.0
+
 HALT_REASON = (
     "Postmark refused the server token (401 / ErrorCode 10): set a valid "
     "POSTMARK_SERVER_TOKEN and restart; nothing was marked failed"
@@ -85,6 +88,7 @@ class Consumer:
         self.state = State.STARTING
         self.halt_reason = ""
         self._stopping = asyncio.Event()
+        self._lag_updated = float("-inf")
         self.topic = settings.topic("user")
 
     def stop(self) -> None:
@@ -163,31 +167,33 @@ class Consumer:
                 continue
             async with ownership.busy:
                 items = [(tp, records) for tp, records in batches.items() if tp in ownership.owned]
-                outcomes = await asyncio.gather(
-                    *(self._process(records) for _, records in items), return_exceptions=True
-                )
-                offsets: dict[TopicPartition, int] = {}
                 trouble = False
-                for (tp, records), outcome in zip(items, outcomes, strict=True):
-                    if isinstance(outcome, PostmarkUnauthorized):
-                        self.halt(outcome)
-                        return
-                    if isinstance(outcome, BaseException):
-                        trouble = True
-                        log.warning(
-                            "batch not settled; will read it again",
-                            partition=tp.partition,
-                            error=f"{type(outcome).__name__}: {outcome}",
-                        )
+                try:
+                    # One batch for every partition fetched: one transaction to record, one
+                    # Postmark call, one to mark sent, one commit, however the records spread.
+                    await self._process([record for _, records in items for record in records])
+                except PostmarkUnauthorized as exc:
+                    self.halt(exc)
+                    return
+                except Exception as exc:  # any failure: read the records again, later
+                    trouble = True
+                    log.warning(
+                        "batch not settled; will read it again",
+                        partitions=sorted(tp.partition for tp, _ in items),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    for tp, records in items:
                         with contextlib.suppress(KafkaError):  # no longer ours: fine
                             consumer.seek(tp, records[0].offset)
-                    else:
-                        offsets[tp] = records[-1].offset + 1
-                if offsets:
-                    try:
-                        await consumer.commit(offsets)
-                    except KafkaError as exc:  # the group moved on; the new owner re-reads
-                        log.warning("offsets not committed", error=f"{type(exc).__name__}: {exc}")
+                else:
+                    offsets = {tp: records[-1].offset + 1 for tp, records in items}
+                    if offsets:
+                        try:
+                            await consumer.commit(offsets)
+                        except KafkaError as exc:  # the group moved on; the new owner re-reads
+                            log.warning(
+                                "offsets not committed", error=f"{type(exc).__name__}: {exc}"
+                            )
             await self._update_lag(consumer)
             if trouble:
                 with contextlib.suppress(TimeoutError):
@@ -196,8 +202,8 @@ class Consumer:
                 backoff.reset()
 
     async def _process(self, records: Sequence[Record]) -> None:
-        """Settle one partition's records, in order: plan their emails and hand them to
-        delivery; unreadable records go to the dead-letter topic."""
+        """Settle a batch of records (each partition's in order): plan their emails and hand
+        them to delivery; unreadable records go to the dead-letter topic."""
         planned: list[PlannedEmail] = []
         sources: dict[Any, SourceRecord] = {}
         for record in records:
@@ -239,6 +245,10 @@ class Consumer:
         )
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._lag_updated < _LAG_INTERVAL:
+            return
+        self._lag_updated = now
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is None:

@@ -27,7 +27,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -95,6 +95,8 @@ class Delivery:
         self.metrics = metrics
         self.renderer = Renderer()
         self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
+        # Called when rows were handed back to wait: the retry loop looks at its clock again.
+        self.on_hand_back: Callable[[], None] = lambda: None
 
     async def intake(
         self, planned: Sequence[PlannedEmail], sources: dict[uuid.UUID, SourceRecord]
@@ -149,6 +151,7 @@ class Delivery:
                 count_attempt=True,
                 error="the source record no longer plans this email",
             )
+            self.on_hand_back()
         await self._work([row for row in rows if row.id in plans], plans, claim)
         return len(rows)
 
@@ -221,6 +224,7 @@ class Delivery:
                 # Nothing was accepted: hand every row not yet settled back, in no doubt.
                 rest = [row.id for row in to_send[at:]]
                 await self.store.release(dict.fromkeys(rest, 0.0), claim=claim)
+                self.on_hand_back()
                 raise
 
     async def _reconcile(
@@ -267,6 +271,7 @@ class Delivery:
             log.info("found earlier sends at Postmark; not sending again", count=moved)
         if waiting:
             await self.store.wait_for_settle([row.id for row in waiting], claim=claim)
+            self.on_hand_back()
         if failed:
             limit = self.settings.notifier_max_attempts
             done = [(row, error) for row, error in failed if row.attempts + 1 >= limit]
@@ -291,6 +296,7 @@ class Delivery:
                     count_attempt=True,
                     error=f"search failed: {failed[0][1]}",
                 )
+                self.on_hand_back()
                 log.warning("postmark search failed; backing off", pending=len(retry))
         return again
 
@@ -324,6 +330,7 @@ class Delivery:
                 ambiguous=exc.ambiguous,
                 error=str(exc),
             )
+            self.on_hand_back()
             log.warning(
                 "postmark unavailable; backing off",
                 ambiguous=exc.ambiguous,
@@ -368,7 +375,7 @@ class Delivery:
                 await self.dead_letters.write(
                     row.source, reason=DELIVERY_FAILED, error=reason, notification_id=plan.id
                 )
-            except Exception as exc:
+            except Exception as exc:  # any failure: the email stays pending
                 log.warning(
                     "dead-letter topic unavailable; the email stays pending",
                     error=f"{type(exc).__name__}: {exc}"[:300],
@@ -376,6 +383,7 @@ class Delivery:
                 await self.store.release(
                     {row.id: self._backoff(row.attempts)}, claim=claim, error=reason
                 )
+                self.on_hand_back()
                 continue
             self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
             written.append((plan, reason))

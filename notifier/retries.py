@@ -41,9 +41,15 @@ class RetryLoop:
         self._halt = halt
         self._halted = halted
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something was handed back to wait: look again at when the next row is due."""
+        self._wake.set()
 
     async def run(self) -> None:
         backoff = Backoff(
@@ -57,7 +63,7 @@ class RetryLoop:
             except PostmarkUnauthorized as exc:
                 self._halt(exc)
                 return
-            except Exception as exc:
+            except Exception as exc:  # the loop outlives any one round
                 wait = backoff.next_delay()
                 log.warning(
                     "retry round failed; backing off",
@@ -66,7 +72,8 @@ class RetryLoop:
                 )
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), wait)
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
 
     async def _idle_wait(self) -> float:
         """How long to sleep: until the next row is due, at most the retry interval."""

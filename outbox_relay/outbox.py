@@ -12,6 +12,7 @@ Invariants (DESIGN 1-2):
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,31 @@ def _insert_statement(*, notify: bool) -> sa.Select[Any]:
 
 
 _INSERT = {True: _insert_statement(notify=True), False: _insert_statement(notify=False)}
+
+# Many rows in one statement: WITH ORDINALITY keeps the identity values in the order given.
+_INSERT_MANY_SQL = """
+    WITH inserted AS (
+        INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers,
+                            shard)
+        SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.event_type,
+               CAST(v.payload AS jsonb), CAST(v.headers AS jsonb), v.shard
+        FROM unnest(CAST(:event_ids AS uuid[]), CAST(:aggregate_types AS text[]),
+                    CAST(:aggregate_ids AS text[]), CAST(:event_types AS text[]),
+                    CAST(:payloads AS text[]), CAST(:headers AS text[]),
+                    CAST(:shards AS int[]))
+             WITH ORDINALITY
+             AS v(event_id, aggregate_type, aggregate_id, event_type, payload, headers, shard, n)
+        ORDER BY v.n
+        RETURNING id
+    )
+    SELECT count(*) {notify} FROM inserted
+"""
+_INSERT_MANY = {
+    True: sa.text(
+        _INSERT_MANY_SQL.format(notify=f", pg_notify('{NOTIFY_CHANNEL}', '') AS notified")
+    ),
+    False: sa.text(_INSERT_MANY_SQL.format(notify="")),
+}
 
 
 def _row(event: Event, shards: int) -> dict[str, Any]:
@@ -98,14 +124,22 @@ class OutboxWriter:
         return await add_event(conn, event, shards=self.shards, notify=self.notify)
 
     async def add_many(self, conn: AsyncConnection, batch: Sequence[Event]) -> None:
-        """Add several events to the caller's transaction in one round of statements, in the
-        order given; one NOTIFY for them all."""
+        """Add several events to the caller's transaction in one statement, in the order
+        given; one NOTIFY for them all."""
         if not batch:
             return
         if not conn.in_transaction():
             raise RuntimeError("add_many needs the caller's open transaction")
-        await conn.execute(sa.insert(outbox), [_row(event, self.shards) for event in batch])
-        if self.notify:
-            await conn.execute(
-                sa.select(sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal("")))
-            )
+        rows = [_row(event, self.shards) for event in batch]
+        await conn.execute(
+            _INSERT_MANY[self.notify],
+            {
+                "event_ids": [row["event_id"] for row in rows],
+                "aggregate_types": [row["aggregate_type"] for row in rows],
+                "aggregate_ids": [row["aggregate_id"] for row in rows],
+                "event_types": [row["event_type"] for row in rows],
+                "payloads": [json.dumps(row["payload"]) for row in rows],
+                "headers": [json.dumps(row["headers"]) for row in rows],
+                "shards": [row["shard"] for row in rows],
+            },
+        )

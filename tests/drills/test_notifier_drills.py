@@ -281,12 +281,13 @@ async def test_retries_back_off_while_postmark_is_down_and_the_email_goes_out_on
 ) -> None:
     email = address("backoff")
     outage = 2.0
-    # Plenty of attempts: this drill is about the pace of retries, not giving up.
+    # Plenty of attempts: this drill is about the pace of retries, not giving up. Postmark
+    # throttles (429): a definite refusal, so nothing waits for a settle window, only backoff.
     async with running_stack(
         database_url, kafka_bootstrap, sandbox, notifier_max_attempts=50
     ) as stack:
         await stack.wait_consuming()
-        await stack.sandbox.put("/api/faults", json={"error_rate": 1.0, "error_status": 503})
+        await stack.sandbox.put("/api/faults", json={"error_rate": 1.0, "error_status": 429})
         calls_before = (await sandbox_stats(stack.sandbox))["calls"]
         await register(stack.api, email)
         call_times: list[float] = []
