@@ -142,9 +142,8 @@ class Consumer:
             # (SIGKILL) holds its partitions for this long before another takes them.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
-            # How long an idle fetch waits at the broker: bounds the pickup delay of a new
-            # event where the broker does not answer a waiting fetch as soon as data arrives.
-            fetch_max_wait_ms=100,
+            # See NOTIFIER_FETCH_WAIT: the pickup delay of a lone event on some brokers.
+            fetch_max_wait_ms=int(s.notifier_fetch_wait * 1000),
         )
         ownership = _Ownership()
         consumer.subscribe([self.topic], listener=ownership)

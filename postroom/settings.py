@@ -186,6 +186,10 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     # How long Postmark's search may lag behind an acceptance: after an ambiguous attempt, a
     # search that finds nothing counts as "not sent" only once this much time has passed.
     notifier_search_settle: float = Field(default=60.0, ge=0, description="seconds")
+    # How long the broker may hold an idle fetch. Kafka answers it as soon as a record
+    # arrives; some Kafka-compatible brokers (Tansu) hold it to about half this, so it bounds
+    # how long an email arriving alone waits to be read, at the price of idle fetches.
+    notifier_fetch_wait: float = Field(default=0.1, gt=0, le=30, description="seconds")
     # The longest the retry loop sleeps before it looks for due notifications again.
     notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
     mail_from: str = "Postroom <hello@postroom.test>"
