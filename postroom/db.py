@@ -20,6 +20,8 @@ def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEn
         pool_size=settings.database_pool_size,
         max_overflow=0,
         pool_timeout=settings.database_connect_timeout,
+        # A failed statement's error must not carry its parameters (emails, names) into logs.
+        hide_parameters=True,
         connect_args={
             "timeout": settings.database_connect_timeout,
             "server_settings": {"application_name": application_name},

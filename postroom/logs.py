@@ -22,7 +22,12 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        # Plain tracebacks: a rich one shows local variables, which hold emails and tokens.
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[

@@ -36,6 +36,11 @@ def assert_problem(answer: httpx.Response, status: int, slug: str) -> dict[str, 
         ({"email": "ada@example.com"}, "name"),
         ({"email": "ada@example.com", "name": "Ada", "is_admin": True}, "is_admin"),
         ({"email": 42, "name": "Ada"}, "email"),
+        # PostgreSQL refuses NUL in text: a 422 naming the field, never a 500.
+        ({"email": "ada@example.com", "name": "a\u0000b"}, "name"),
+        ({"email": "ada@example.com", "name": "Ada\nBcc: x@example.com"}, "name"),
+        ({"email": "ada@example.com", "name": "Ada\u001b[31m"}, "name"),
+        ({"email": "ada\u0000@example.com", "name": "Ada"}, "email"),
     ],
 )
 async def test_invalid_bodies_are_422_with_the_field_named(
@@ -142,3 +147,24 @@ async def test_validation_errors_name_the_field_not_the_validator(
     assert problem["errors"] == [
         {"loc": ["body", "email"], "msg": problem["errors"][0]["msg"], "type": "value_error"}  # type: ignore[index]
     ]
+
+
+@pytest.mark.parametrize(
+    "name", ["a\u0000b", "tab\there", "bell\u0007"], ids=["nul", "tab", "bell"]
+)
+async def test_a_patch_with_control_characters_in_the_name_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, name: str
+) -> None:
+    created = await client.post("/v1/users", json={"email": "nul@example.com", "name": "Ada"})
+    assert created.status_code == 201
+    user = created.json()
+    outbox_before = await db.fetchval("SELECT count(*) FROM outbox")
+
+    answer = await client.patch(f"/v1/users/{user['id']}", json={"name": name})
+
+    problem = assert_problem(answer, 422, "validation-error")
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert [error["loc"][-1] for error in errors] == ["name"]
+    assert await db.fetchval("SELECT name FROM users") == "Ada"
+    assert await db.fetchval("SELECT count(*) FROM outbox") == outbox_before

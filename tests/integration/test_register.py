@@ -1,13 +1,20 @@
 """Registering a user commits the user row and its event together, or neither."""
 
 import asyncio
+import io
 import json
+import logging
+import sys
 import uuid
+from collections.abc import Iterator
 
 import asyncpg
 import httpx
+import pytest
+import structlog
 
 from outbox_relay.outbox import NOTIFY_CHANNEL, shard_of
+from postroom.logs import configure_logging
 
 
 async def counts(db: asyncpg.Connection) -> tuple[int, int]:
@@ -141,3 +148,48 @@ def _dsn_of(db: asyncpg.Connection) -> str:
     params = db._params
     addr = db._addr
     return f"postgresql://{params.user}@{addr[0]}:{addr[1]}/{params.database}"
+
+
+@pytest.fixture(params=["json", "console"])
+def production_logs(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[io.StringIO]:
+    """Logging as the processes configure it (JSON, or readable in development), into a
+    buffer the test reads; the test run's own logging is put back afterwards."""
+    buffer = io.StringIO()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure_logging("info", json=request.param == "json")
+    # Loggers must not keep this buffer after the test: no caching on first use.
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_an_unexpected_database_error_logs_no_personal_data(
+    client: httpx.AsyncClient, db: asyncpg.Connection, production_logs: io.StringIO
+) -> None:
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'users refuses this row'; END $$;
+        CREATE TRIGGER refuse_users BEFORE INSERT ON users
+        FOR EACH ROW EXECUTE FUNCTION refuse_user();
+        """
+    )
+
+    answer = await client.post(
+        "/v1/users", json={"email": "private.person@example.com", "name": "Private Person"}
+    )
+    logged = production_logs.getvalue()
+
+    assert answer.status_code == 500
+    assert "users refuses this row" in logged  # the error is logged...
+    assert "private.person@example.com" not in logged  # ...its data is not
+    assert "Private Person" not in logged
