@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
 
 def _no_control_characters(value: str) -> str:
     """Names are shown in emails and pages: no NUL (PostgreSQL refuses it in text), no line
@@ -24,7 +26,8 @@ Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_no_control_characters),
-    Field(examples=["Ada Lovelace"]),
+    # The same rule, published for clients (Unicode category Cc: U+0000-U+001F, U+007F-U+009F).
+    Field(examples=["Ada Lovelace"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
 ]
 
 

@@ -77,6 +77,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             retries.stop()
             await asyncio.gather(*tasks)
             await dead_letters.stop()
+            postmark.close()
             await engine.dispose()
 
     app = FastAPI(

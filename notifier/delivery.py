@@ -41,7 +41,6 @@ from notifier.postmark import (
     MessageResult,
     PostmarkUnauthorized,
     PostmarkUnavailable,
-    Rejected,
     RequestRejected,
 )
 from notifier.rendering import Renderer
@@ -55,6 +54,8 @@ log = structlog.get_logger("postroom.notifier")
 
 SEARCH_CONCURRENCY = 8
 DELIVERY_FAILED = "delivery-failed"
+# Longest wait for the dead-letter topic to acknowledge one record.
+DEAD_LETTER_TIMEOUT = 15.0
 
 
 class Mailer(Protocol):
@@ -101,34 +102,44 @@ class Delivery:
     async def intake(
         self, planned: Sequence[PlannedEmail], sources: dict[uuid.UUID, SourceRecord]
     ) -> None:
-        """Record the emails a batch of records asks for and make one attempt at each that
-        is ready; what is left pending is the retry loop's (`sweep`). `sources` maps event
-        id to its record. Raises PostmarkUnauthorized when the server token is refused."""
+        """Record the emails a batch of records asks for and send each new one that may be
+        sent, a Postmark batch at a time; what is left pending is the retry loop's. `sources`
+        maps event id to its record. Raises PostmarkUnauthorized when the token is refused."""
         by_id = {plan.id: plan for plan in planned}
         if not by_id:
             return
         claim = claimant_name()
-        not_allowed = {
-            plan.id: "not on STAGING_ALLOWED_RECIPIENTS"
-            for plan in by_id.values()
-            if not self.settings.allowed_in_staging(plan.recipient)
-        }
-        claimed, suppressed = await self.store.record(
-            list(by_id.values()),
-            sources,
-            not_allowed=not_allowed,
-            attempt_id=uuid.uuid4().hex,
-            claim=claim,
-        )
-        self.metrics.suppressed.inc(len(suppressed))
-        seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
-        earlier = [plan_id for plan_id in by_id if plan_id not in seen]
-        if earlier:  # recorded before: a repeat, a replay, or another notifier's
+        fresh = list(by_id.values())
+        earlier: list[uuid.UUID] = []
+        size = self.settings.notifier_batch_size
+        for at in range(0, len(fresh), size):
+            chunk = fresh[at : at + size]
+            attempt_id = uuid.uuid4().hex
+            # Recorded, claimed, screened and begun in one statement, then sent at once:
+            # nothing else happens between this claim and the Postmark call.
+            claimed, suppressed = await self.store.record(
+                chunk,
+                sources,
+                not_allowed={
+                    plan.id: "not on STAGING_ALLOWED_RECIPIENTS"
+                    for plan in chunk
+                    if not self.settings.allowed_in_staging(plan.recipient)
+                },
+                attempt_id=attempt_id,
+                claim=claim,
+            )
+            self.metrics.suppressed.inc(len(suppressed))
+            seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
+            earlier += [plan.id for plan in chunk if plan.id not in seen]
+            await self._send(claimed, by_id, attempt_id, claim)
+        if earlier:
+            # Recorded before (a repeat, a replay, another notifier's): the retry loop works
+            # on whichever of them are pending and due. Rows recorded before sources were
+            # kept get theirs now, so it can.
             await self.store.keep_sources(
                 {plan_id: sources[by_id[plan_id].event_id] for plan_id in earlier}
             )
-            claimed += await self.store.claim(earlier, claim=claim)
-        await self._work(claimed, by_id, claim)
+            self.on_hand_back()
 
     async def sweep(self, *, limit: int | None = None) -> int:
         """Claim the pending notifications that are due (retries, waits that ended, claims
@@ -136,22 +147,16 @@ class Delivery:
         claim = claimant_name()
         rows = await self.store.claim(claim=claim, limit=limit or self.settings.notifier_batch_size)
         plans: dict[uuid.UUID, PlannedEmail] = {}
-        unplannable: list[ClaimedRow] = []
+        unplannable: list[tuple[ClaimedRow, str]] = []
         for row in rows:
             try:
                 assert row.source is not None  # the sweep claims only rows with a source
                 plans[row.id] = replan(row.source, row.id)
-            except UnreadableEvent:
-                unplannable.append(row)
+            except UnreadableEvent as exc:
+                unplannable.append((row, f"gave up: cannot plan the email again: {exc}"))
         if unplannable:
             log.error("pending notifications cannot be planned again", count=len(unplannable))
-            await self.store.release(
-                dict.fromkeys((row.id for row in unplannable), self.settings.notifier_backoff_max),
-                claim=claim,
-                count_attempt=True,
-                error="the source record no longer plans this email",
-            )
-            self.on_hand_back()
+            await self._give_up(unplannable, plans, claim)
         await self._work([row for row in rows if row.id in plans], plans, claim)
         return len(rows)
 
@@ -162,25 +167,22 @@ class Delivery:
     ) -> None:
         if not rows:
             return
-        blocked: list[tuple[PlannedEmail, str]] = []
+        blocked: list[tuple[uuid.UUID, str]] = []
         for row in rows:
             if row.suppressed is not None:
-                blocked.append((plans[row.id], f"suppressed: {row.suppressed}"))
+                blocked.append((row.id, f"suppressed: {row.suppressed}"))
             elif not self.settings.allowed_in_staging(plans[row.id].recipient):
-                blocked.append((plans[row.id], "not on STAGING_ALLOWED_RECIPIENTS"))
+                blocked.append((row.id, "not on STAGING_ALLOWED_RECIPIENTS"))
         if blocked:
             self.metrics.suppressed.inc(await self.store.mark_suppressed(blocked))
-        blocked_ids = {plan.id for plan, _ in blocked}
+        blocked_ids = {row_id for row_id, _ in blocked}
         rows = [row for row in rows if row.id not in blocked_ids]
 
         sendable = [row for row in rows if not row.in_doubt]
         sendable += await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
 
-        exhausted = [
-            row
-            for row in sendable
-            if not row.started and row.attempts >= self.settings.notifier_max_attempts
-        ]
+        limit = self.settings.notifier_max_attempts
+        exhausted = [row for row in sendable if row.attempts >= limit]
         if exhausted:
             await self._give_up(
                 [
@@ -194,38 +196,26 @@ class Delivery:
                 plans,
                 claim,
             )
-        exhausted_ids = {row.id for row in exhausted}
-        sendable = [row for row in sendable if row.id not in exhausted_ids]
-        if not sendable:
-            return
+        sendable = [row for row in sendable if row.attempts < limit]
 
-        attempt_id = uuid.uuid4().hex
-        started = {row.id for row in sendable if row.started}
-        begin = [row.id for row in sendable if not row.started]
-        if begin:
-            held = await self.store.start_attempt(begin, attempt_id, claim=claim)
-            begun = {row_id for row_id, reason in held.items() if reason is None}
-            self.metrics.retries.inc(len(begun))
-            started |= begun
+        size = self.settings.notifier_batch_size
+        for at in range(0, len(sendable), size):
+            chunk = sendable[at : at + size]
+            # Begun right before its call, so the claim, the suppression list and the
+            # attempt's start are all checked and stamped as late as they can be.
+            attempt_id = uuid.uuid4().hex
+            ids = [row.id for row in chunk]
+            held = await self.store.start_attempt(ids, attempt_id, claim=claim)
             late = [
-                (plans[row_id], f"suppressed: {reason}")
+                (row_id, f"suppressed: {reason}")
                 for row_id, reason in held.items()
                 if reason is not None
             ]
             if late:  # suppressed while its search or backoff went on
                 self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
-        to_send = [row for row in sendable if row.id in started]
-        size = self.settings.notifier_batch_size
-        for at in range(0, len(to_send), size):
-            chunk = to_send[at : at + size]
-            try:
-                await self._send(chunk, plans, attempt_id, claim)
-            except PostmarkUnauthorized:
-                # Nothing was accepted: hand every row not yet settled back, in no doubt.
-                rest = [row.id for row in to_send[at:]]
-                await self.store.release(dict.fromkeys(rest, 0.0), claim=claim)
-                self.on_hand_back()
-                raise
+            begun = [row for row in chunk if row.id in held and held[row.id] is None]
+            self.metrics.retries.inc(len(begun))
+            await self._send(begun, plans, attempt_id, claim)
 
     async def _reconcile(
         self, rows: list[ClaimedRow], plans: dict[uuid.UUID, PlannedEmail], claim: str
@@ -244,7 +234,7 @@ class Delivery:
                     return exc
 
         answers = await asyncio.gather(*(search(row) for row in rows))
-        found: list[tuple[PlannedEmail, str]] = []
+        found: list[tuple[uuid.UUID, str]] = []
         failed: list[tuple[ClaimedRow, Exception]] = []
         waiting: list[ClaimedRow] = []
         again: list[ClaimedRow] = []
@@ -252,7 +242,7 @@ class Delivery:
             if isinstance(answer, Exception):
                 failed.append((row, answer))
             elif answer is not None:
-                found.append((plans[row.id], answer))
+                found.append((row.id, answer))
             elif not row.settled:
                 waiting.append(row)
             else:
@@ -307,6 +297,9 @@ class Delivery:
         attempt_id: str,
         claim: str,
     ) -> None:
+        """One Postmark batch call for rows whose attempt was just begun, and its outcome."""
+        if not chunk:
+            return
         emails = [plans[row.id] for row in chunk]
         messages = [self._message(plan, attempt_id) for plan in emails]
         loop = asyncio.get_running_loop()
@@ -321,37 +314,42 @@ class Delivery:
                 attributes={"messaging.batch.message_count": len(emails)},
             ):
                 results = await self.postmark.send_batch(messages)
-        except PostmarkUnavailable as exc:
+        except PostmarkUnauthorized:
+            # Nothing was accepted: hand the rows back, in no doubt, and stop.
+            await self.store.release({row.id: 0.0 for row in chunk}, claim=claim)
+            self.on_hand_back()
+            raise
+        except (PostmarkUnavailable, RequestRejected) as exc:
             # Ambiguous: search soon (the index may have caught up), and again after the
-            # settle window before sending. Definite: back off and send again.
+            # settle window before sending. Definite (429, a refused connection, the whole
+            # request refused as it stands): back off and try again, up to the attempts.
+            ambiguous = isinstance(exc, PostmarkUnavailable) and exc.ambiguous
             await self.store.release(
                 {row.id: self._backoff(row.attempts) for row in chunk},
                 claim=claim,
-                ambiguous=exc.ambiguous,
+                ambiguous=ambiguous,
                 error=str(exc),
             )
             self.on_hand_back()
             log.warning(
-                "postmark unavailable; backing off",
-                ambiguous=exc.ambiguous,
+                "postmark did not take the batch; backing off",
+                ambiguous=ambiguous,
                 pending=len(chunk),
                 error=str(exc)[:300],
             )
             return
-        except RequestRejected as exc:
-            results = [Rejected(exc.error_code, str(exc))] * len(emails)
         self.metrics.send_latency.observe(loop.time() - started)
         self.metrics.batches.inc()
-        accepted: list[tuple[PlannedEmail, str]] = []
-        inactive: list[tuple[PlannedEmail, str]] = []
-        refused: list[tuple[PlannedEmail, str]] = []
+        accepted: list[tuple[uuid.UUID, str]] = []
+        inactive: list[tuple[uuid.UUID, str]] = []
+        refused: list[tuple[uuid.UUID, str]] = []
         for plan, result in zip(emails, results, strict=True):
             if isinstance(result, Accepted):
-                accepted.append((plan, result.message_id))
+                accepted.append((plan.id, result.message_id))
             elif result.error_code == INACTIVE_RECIPIENT:
-                inactive.append((plan, f"inactive at Postmark: {result.message}"))
+                inactive.append((plan.id, f"inactive at Postmark: {result.message}"))
             else:
-                refused.append((plan, f"ErrorCode {result.error_code}: {result.message}"))
+                refused.append((plan.id, f"ErrorCode {result.error_code}: {result.message}"))
         self.metrics.sent.inc(await self.store.mark_sent(accepted))
         if inactive:
             moved = await self.store.mark_suppressed(inactive, inactive_at_postmark=True)
@@ -365,29 +363,34 @@ class Delivery:
         plans: dict[uuid.UUID, PlannedEmail],
         claim: str,
     ) -> None:
-        """Dead-letter each email's record, then mark it failed; an email whose dead letter
-        could not be written stays pending and is given up again later."""
-        written: list[tuple[PlannedEmail, str]] = []
-        for row, reason in rows:
-            plan = plans[row.id]
+        """Dead-letter each email's record, then mark it failed. If the dead-letter topic is
+        out of reach the emails stay pending and are given up again later."""
+        written: list[tuple[ClaimedRow, str]] = []
+        for at, (row, reason) in enumerate(rows):
             try:
                 assert row.source is not None
-                await self.dead_letters.write(
-                    row.source, reason=DELIVERY_FAILED, error=reason, notification_id=plan.id
-                )
-            except Exception as exc:  # any failure: the email stays pending
+                async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
+                    await self.dead_letters.write(
+                        row.source, reason=DELIVERY_FAILED, error=reason, notification_id=row.id
+                    )
+            except Exception as exc:  # any failure: this one and the rest stay pending
                 log.warning(
-                    "dead-letter topic unavailable; the email stays pending",
+                    "dead-letter topic unavailable; emails stay pending",
+                    pending=len(rows) - at,
                     error=f"{type(exc).__name__}: {exc}"[:300],
                 )
                 await self.store.release(
-                    {row.id: self._backoff(row.attempts)}, claim=claim, error=reason
+                    {r.id: self._backoff(r.attempts) for r, _ in rows[at:]},
+                    claim=claim,
+                    error=reason,
                 )
                 self.on_hand_back()
-                continue
+                break
             self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
-            written.append((plan, reason))
-        self.metrics.failed.inc(await self.store.mark_failed(written))
+            written.append((row, reason))
+        if written:
+            failed = [(row.id, reason) for row, reason in written]
+            self.metrics.failed.inc(await self.store.mark_failed(failed))
 
     def _backoff(self, failures: int) -> float:
         return delay_after(

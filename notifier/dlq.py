@@ -25,7 +25,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import SourceRecord
-from postroom.kafka import create_missing_topics
 from postroom.models import notifications
 from postroom.settings import NotifierSettings
 
@@ -81,8 +80,9 @@ class DeadLetterWriter:
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
+                # The topic is created at start by the consumer, not here: a broker out of
+                # reach would cost an admin client's timeout on every retry.
                 s = self.settings
-                await create_missing_topics(s, [self.topic], client_id="postroom-notifier-admin")
                 producer = AIOKafkaProducer(
                     bootstrap_servers=s.kafka_bootstrap_servers,
                     client_id="postroom-notifier-dlq",

@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -52,13 +52,38 @@ class ClaimedRow:
     started: bool = False
 
 
-def _event_fields(plan: PlannedEmail) -> dict[str, Any]:
+class _Fields(Protocol):
+    """What an `email.*` event says of its notification: a planned email or a moved row."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def event_id(self) -> uuid.UUID: ...
+    @property
+    def user_id(self) -> uuid.UUID | None: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    user_id: uuid.UUID | None
+    template: str
+    recipient: str
+    reason: str | None
+
+
+def _event_fields(row: _Fields) -> dict[str, Any]:
     return {
-        "notification_id": plan.id,
-        "email": plan.recipient,
-        "template": plan.template,
-        "user_id": plan.user_id,
-        "source_event_id": plan.event_id,
+        "notification_id": row.id,
+        "email": row.recipient,
+        "template": row.template,
+        "user_id": row.user_id,
+        "source_event_id": row.event_id,
     }
 
 
@@ -71,7 +96,7 @@ _RECORD = sa.text(
         attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
         next_attempt_at)
     SELECT v.id, v.event_id, v.event_type, v.user_id, v.template, v.recipient,
-           CAST(v.source AS jsonb),
+           CASE WHEN blocked.reason IS NULL THEN CAST(v.source AS jsonb) END,
            CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
            blocked.reason,
            CASE WHEN blocked.reason IS NULL THEN 1 ELSE 0 END,
@@ -152,10 +177,11 @@ _MARK_SENT = sa.text(
     """
     UPDATE notifications AS n
     SET status = 'sent', message_id = v.message_id, sent_at = now(), last_error = NULL,
-        attempt_open = false, lease_owner = NULL, lease_until = NULL, updated_at = now()
+        attempt_open = false, lease_owner = NULL, lease_until = NULL, source = NULL,
+        updated_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, message_id)
     WHERE n.id = v.id AND n.status = 'pending'
-    RETURNING n.id
+    RETURNING n.id, n.event_id, n.user_id, n.template, n.recipient, n.message_id
     """
 )
 
@@ -163,10 +189,10 @@ _FINISH = sa.text(
     """
     UPDATE notifications AS n
     SET status = :status, last_error = v.error, attempt_open = false, lease_owner = NULL,
-        lease_until = NULL, updated_at = now()
+        lease_until = NULL, source = NULL, updated_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:errors AS text[])) AS v(id, error)
     WHERE n.id = v.id AND n.status = 'pending'
-    RETURNING n.id
+    RETURNING n.id, n.event_id, n.user_id, n.template, n.recipient, n.last_error
     """
 )
 
@@ -253,7 +279,13 @@ class NotificationStore:
                 )
             ).all()
             suppressed = [(by_id[r.id], r.last_error) for r in rows if r.status == "suppressed"]
-            await self._announce_suppressed(conn, suppressed)
+            await self._announce_suppressed(
+                conn,
+                [
+                    _Finished(p.id, p.event_id, p.user_id, p.template, p.recipient, reason)
+                    for p, reason in suppressed
+                ],
+            )
         claimed = [
             ClaimedRow(
                 id=r.id,
@@ -319,49 +351,51 @@ class NotificationStore:
             )
             return {row.id: row.suppressed for row in rows}
 
-    async def mark_sent(self, accepted: Sequence[tuple[PlannedEmail, str]]) -> int:
-        """Postmark holds these messages: mark them sent, each with its `email.sent` event.
-        Returns how many moved (a row already final is left alone)."""
+    async def mark_sent(self, accepted: Sequence[tuple[uuid.UUID, str]]) -> int:
+        """Postmark holds these messages (notification id, MessageID): mark them sent, each
+        with its `email.sent` event. Returns how many moved (a final row is left alone)."""
         if not accepted:
             return 0
         async with self.engine.begin() as conn:
-            moved = {
-                row.id
-                for row in await conn.execute(
+            moved = (
+                await conn.execute(
                     _MARK_SENT,
-                    {"ids": [p.id for p, _ in accepted], "mids": [mid for _, mid in accepted]},
+                    {"ids": [i for i, _ in accepted], "mids": [mid for _, mid in accepted]},
                 )
-            }
+            ).all()
             await self.outbox.add_many(
                 conn,
                 [
                     events.Event(
-                        events.EmailSent(**_event_fields(plan), message_id=message_id),
+                        events.EmailSent(**_event_fields(row), message_id=row.message_id),
                         source=events.SOURCE_NOTIFIER,
                     )
-                    for plan, message_id in accepted
-                    if plan.id in moved
+                    for row in moved
                 ],
             )
         return len(moved)
 
     async def mark_suppressed(
-        self, blocked: Sequence[tuple[PlannedEmail, str]], *, inactive_at_postmark: bool = False
+        self, blocked: Sequence[tuple[uuid.UUID, str]], *, inactive_at_postmark: bool = False
     ) -> int:
-        """Not sent, and never will be: a suppressed address, the staging allowlist, or
-        Postmark's 406 (`inactive_at_postmark`, which also suppresses the address)."""
+        """Not sent, and never will be (notification id, reason): a suppressed address, the
+        staging allowlist, or Postmark's 406 (`inactive_at_postmark`, which also suppresses
+        the address)."""
         if not blocked:
             return 0
         async with self.engine.begin() as conn:
-            if inactive_at_postmark:
-                for plan, reason in blocked:
-                    await suppression_list.note_inactive(conn, plan.recipient, details=reason)
             moved = await self._finish(conn, "suppressed", blocked)
-            await self._announce_suppressed(conn, [b for b in blocked if b[0].id in moved])
+            if inactive_at_postmark:
+                for row in moved:
+                    await suppression_list.note_inactive(
+                        conn, row.recipient, details=row.reason or ""
+                    )
+            await self._announce_suppressed(conn, moved)
         return len(moved)
 
-    async def mark_failed(self, failed: Sequence[tuple[PlannedEmail, str]]) -> int:
-        """Refused for good, or given up: `failed`, each with its `email.failed` event."""
+    async def mark_failed(self, failed: Sequence[tuple[uuid.UUID, str]]) -> int:
+        """Refused for good, or given up (notification id, reason): `failed`, each with its
+        `email.failed` event."""
         if not failed:
             return 0
         async with self.engine.begin() as conn:
@@ -370,11 +404,10 @@ class NotificationStore:
                 conn,
                 [
                     events.Event(
-                        events.EmailFailed(**_event_fields(plan), error=error[:MAX_ERROR]),
+                        events.EmailFailed(**_event_fields(row), error=row.reason),
                         source=events.SOURCE_NOTIFIER,
                     )
-                    for plan, error in failed
-                    if plan.id in moved
+                    for row in moved
                 ],
             )
         return len(moved)
@@ -449,28 +482,33 @@ class NotificationStore:
 
     @staticmethod
     async def _finish(
-        conn: AsyncConnection, status: str, rows: Sequence[tuple[PlannedEmail, str]]
-    ) -> set[uuid.UUID]:
+        conn: AsyncConnection, status: str, rows: Sequence[tuple[uuid.UUID, str]]
+    ) -> list[_Finished]:
         result = await conn.execute(
             _FINISH,
             {
                 "status": status,
-                "ids": [plan.id for plan, _ in rows],
+                "ids": [row_id for row_id, _ in rows],
                 "errors": [error[:MAX_ERROR] for _, error in rows],
             },
         )
-        return {row.id for row in result}
+        return [
+            _Finished(r.id, r.event_id, r.user_id, r.template, r.recipient, r.last_error)
+            for r in result
+        ]
 
     async def _announce_suppressed(
-        self, conn: AsyncConnection, blocked: Sequence[tuple[PlannedEmail, str]]
+        self, conn: AsyncConnection, blocked: Sequence[_Finished]
     ) -> None:
         await self.outbox.add_many(
             conn,
             [
                 events.Event(
-                    events.EmailSuppressed(**_event_fields(plan), message_id=None, reason=reason),
+                    events.EmailSuppressed(
+                        **_event_fields(row), message_id=None, reason=row.reason or ""
+                    ),
                     source=events.SOURCE_NOTIFIER,
                 )
-                for plan, reason in blocked
+                for row in blocked
             ],
         )

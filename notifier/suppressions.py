@@ -4,9 +4,10 @@ Rules, the same whoever suppresses or lifts (a webhook, Postmark's 406, an opera
 - A spam complaint is final here: nothing lifts it, and no later suppression rewrites its
   reason. A complaint replaces any other reason.
 - Otherwise the newer fact wins: each suppression and each lift carries when it happened
-  (`ChangedAt`, `BouncedAt`, or now), and a change older than the one in force changes
-  nothing. Lifts leave a mark (`suppression_lifts`) so that an old suppression arriving late
-  cannot undo a newer lift either.
+  (`ChangedAt`, `BouncedAt`, or now; never later than now), and a change older than the one
+  in force changes nothing. Every lift leaves a mark (`suppression_lifts`) so that an old
+  suppression arriving late cannot undo a newer lift either (a complaint still can).
+- Changes to one address are applied one at a time (a transaction-scoped advisory lock).
 - Operators lift through `lift`, which also asks Postmark to reactivate an address a bounce
   of ours made inactive there; a spam complaint cannot be lifted (Postmark refuses those).
 """
@@ -26,6 +27,8 @@ from postroom import events
 from postroom.models import bounces, suppression_lifts, suppressions
 
 SPAM_COMPLAINT = "SpamComplaint"
+# The first key of the suppression list's advisory locks (the second: a hash of the address).
+_LOCK_CLASS = 0x5350
 
 OPERATOR = "Operator"
 
@@ -44,6 +47,22 @@ class Lifted:
     reactivated_bounce: int | None
 
 
+def _as_of(at: datetime | None) -> sa.ColumnElement[datetime]:
+    """When a change happened: the webhook's time, or now; never in the future (a clock that
+    is off, or an odd date, must not make a change outrank every later one)."""
+    return sa.func.least(
+        sa.func.coalesce(sa.cast(at, sa.DateTime(timezone=True)), sa.func.now()), sa.func.now()
+    )
+
+
+async def _lock(conn: AsyncConnection, address: str) -> None:
+    """One writer per address at a time, until the caller's transaction ends: webhooks for
+    one address that arrive together are applied one after the other."""
+    await conn.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(_LOCK_CLASS, sa.func.hashtext(address)))
+    )
+
+
 async def suppress(
     conn: AsyncConnection,
     email: str,
@@ -54,16 +73,19 @@ async def suppress(
     at: datetime | None = None,
 ) -> bool:
     """Suppress `email` as of `at` (now if None), in the caller's transaction; False if that
-    changed nothing (already suppressed as strongly and as recently, or lifted later)."""
+    changed nothing (already suppressed as strongly and as recently, or lifted later). A
+    spam complaint always takes effect."""
     address = email.strip().lower()
-    when = sa.func.coalesce(sa.cast(at, sa.DateTime(timezone=True)), sa.func.now())
-    lifted_later = (
-        sa.select(suppression_lifts.c.email)
-        .where(suppression_lifts.c.email == address, suppression_lifts.c.changed_at > when)
-        .exists()
-    )
-    if (await conn.execute(sa.select(lifted_later))).scalar_one():
-        return False
+    await _lock(conn, address)
+    when = _as_of(at)
+    if reason != SPAM_COMPLAINT:
+        lifted_later = (
+            sa.select(suppression_lifts.c.email)
+            .where(suppression_lifts.c.email == address, suppression_lifts.c.changed_at > when)
+            .exists()
+        )
+        if (await conn.execute(sa.select(lifted_later))).scalar_one():
+            return False
     existing = suppressions.c
     excluded = pg_insert(suppressions).excluded
     statement = (
@@ -95,10 +117,12 @@ async def suppress(
 async def note_inactive(conn: AsyncConnection, email: str, *, details: str) -> None:
     """Postmark refused to send to `email` (ErrorCode 406): suppress it unless it already is
     (the reason on record, e.g. a bounce's, says more than the 406 does)."""
+    address = email.strip().lower()
+    await _lock(conn, address)
     await conn.execute(
         pg_insert(suppressions)
         .values(
-            email=email.strip().lower(),
+            email=address,
             reason="InactiveRecipient",
             origin="Postmark",
             details=details[:2000],
@@ -110,9 +134,12 @@ async def note_inactive(conn: AsyncConnection, email: str, *, details: str) -> N
 
 async def unsuppress(conn: AsyncConnection, email: str, *, at: datetime | None = None) -> bool:
     """Lift the suppression of `email` as of `at` (now if None), in the caller's transaction;
-    False if there was none to lift, it is a spam complaint, or it is newer than `at`."""
+    False if there was none to lift, it is a spam complaint, or it is newer than `at`. The
+    lift is remembered either way, so a suppression older than it, arriving late, is not
+    applied."""
     address = email.strip().lower()
-    when = sa.func.coalesce(sa.cast(at, sa.DateTime(timezone=True)), sa.func.now())
+    await _lock(conn, address)
+    when = _as_of(at)
     lifted = await conn.execute(
         sa.delete(suppressions)
         .where(
@@ -122,8 +149,6 @@ async def unsuppress(conn: AsyncConnection, email: str, *, at: datetime | None =
         )
         .returning(suppressions.c.email)
     )
-    if lifted.first() is None:
-        return False
     lifts = pg_insert(suppression_lifts).values(email=address, changed_at=when)
     await conn.execute(
         lifts.on_conflict_do_update(
@@ -135,7 +160,7 @@ async def unsuppress(conn: AsyncConnection, email: str, *, at: datetime | None =
             },
         )
     )
-    return True
+    return lifted.first() is not None
 
 
 async def add(

@@ -215,6 +215,14 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
                 f"POSTMARK_TIMEOUT ({self.postmark_timeout:g} s): a claim must outlive the "
                 "Postmark call it covers"
             )
+        # A request may reach Postmark up to POSTMARK_TIMEOUT after its attempt began, and
+        # its search lags after that: a shorter window resends what was accepted. Development
+        # and tests talk to the sandbox, whose search lags only when told to.
+        if self.app_env != "development" and self.notifier_search_settle <= self.postmark_timeout:
+            raise ValueError(
+                f"NOTIFIER_SEARCH_SETTLE ({self.notifier_search_settle:g} s) must be longer "
+                f"than POSTMARK_TIMEOUT ({self.postmark_timeout:g} s) plus Postmark's search lag"
+            )
         return self
 
     @model_validator(mode="after")

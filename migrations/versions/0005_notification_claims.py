@@ -59,12 +59,16 @@ def upgrade() -> None:
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("email", name=op.f("pk_suppression_lifts")),
     )
-    op.create_index(
-        "ix_notifications_due",
-        "notifications",
-        ["next_attempt_at"],
-        postgresql_where=sa.text("status = 'pending'"),
-    )
+    # Built without blocking writes to a table the webhooks keep updating (outside the
+    # migration's transaction, as CREATE INDEX CONCURRENTLY must be).
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_notifications_due",
+            "notifications",
+            ["next_attempt_at"],
+            postgresql_where=sa.text("status = 'pending'"),
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:

@@ -169,6 +169,7 @@ async def test_staging_sends_only_to_the_allowlist(
         sandbox,
         app_env="staging",
         staging_allowed_recipients=(allowed,),
+        notifier_search_settle=6.0,  # outside development: longer than POSTMARK_TIMEOUT
     ) as stack:
         await stack.api.post("/v1/users", json={"email": other, "name": "Other"})
         await stack.api.post("/v1/users", json={"email": allowed, "name": "Allowed"})

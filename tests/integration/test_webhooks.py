@@ -358,3 +358,55 @@ async def test_a_spam_complaint_is_neither_lifted_nor_rewritten_by_later_webhook
     assert (answer.status_code, answer.json()) == (200, {"status": "ignored"})
     assert await suppression(db, email) == "SpamComplaint"
     assert "email.reactivated" not in [kind for kind, _ in await outbox_events(db)]
+
+
+async def test_out_of_order_webhooks_end_in_the_state_of_the_newest(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    email = "late-order@example.com"
+    lift = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=False,
+        SuppressionReason=None,
+        MessageID=None,
+        ChangedAt="2026-11-20T12:10:00Z",
+    )
+    older = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=True,
+        SuppressionReason="ManualSuppression",
+        ChangedAt="2026-11-20T12:00:00Z",
+    )
+    # The lift arrives first (nothing to lift yet), then the older suppression.
+    assert (await hooks.post("/webhooks/postmark", json=lift)).json() == {"status": "ignored"}
+    assert (await hooks.post("/webhooks/postmark", json=older)).json() == {"status": "ignored"}
+    assert await suppression(db, email) is None
+
+    # A spam complaint dated between the two still suppresses, for good.
+    complaint = fixture("spam_complaint", ID=503, Email=email, BouncedAt="2026-11-20T12:05:00Z")
+    assert (await hooks.post("/webhooks/postmark", json=complaint)).status_code == 200
+    assert await suppression(db, email) == "SpamComplaint"
+
+
+async def test_a_suppression_dated_in_the_future_counts_as_now(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    email = "future@example.com"
+    future = fixture(
+        "subscription_change",
+        Recipient=email,
+        SuppressSending=True,
+        SuppressionReason="ManualSuppression",
+        ChangedAt="9999-12-31T00:00:00Z",
+    )
+    assert (await hooks.post("/webhooks/postmark", json=future)).json() == {"status": "recorded"}
+    changed_at = await db.fetchval("SELECT changed_at FROM suppressions WHERE email = $1", email)
+    lift = {**future, "SuppressSending": False, "SuppressionReason": None, "ChangedAt": None}
+
+    answer = await hooks.post("/webhooks/postmark", json=lift)
+
+    assert changed_at.year < 9999
+    assert answer.json() == {"status": "recorded"}
+    assert await suppression(db, email) is None

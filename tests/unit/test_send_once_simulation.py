@@ -100,7 +100,7 @@ class World:
 @dataclass
 class Row:
     plan: PlannedEmail
-    source: SourceRecord
+    source: SourceRecord | None
     status: str = "pending"
     attempts: int = 0
     attempt_id: str | None = None
@@ -117,11 +117,18 @@ class Row:
 class MemoryStore:
     """`NotificationStore` over a dict and a fake clock: the same rules as its statements."""
 
-    def __init__(self, world: World, rows: dict[uuid.UUID, Row], suppressed: dict[str, float]):
+    def __init__(
+        self,
+        world: World,
+        rows: dict[uuid.UUID, Row],
+        suppressed: dict[str, float],
+        attempt_started: dict[str, float],
+    ):
         self.world = world
         self.rows = rows
         self.suppressed = suppressed  # address -> when it was suppressed
         self.attempts_begun: list[tuple[uuid.UUID, float]] = []
+        self.attempt_started = attempt_started  # attempt id -> when it began
 
     @property
     def now(self) -> float:
@@ -166,13 +173,14 @@ class MemoryStore:
                 f"suppressed: {r}" if (r := self._reason(p.recipient)) else None
             )
             if reason:
-                row.status, row.last_error = "suppressed", reason
+                row.status, row.last_error, row.source = "suppressed", reason, None
                 suppressed.append((p, reason))
                 continue
             row.attempts, row.attempt_id = 1, attempt_id
             row.attempt_started_at, row.attempt_open = self.now, True
             row.lease_owner, row.lease_until = claim, self.now + LEASE
             self.attempts_begun.append((p.id, self.now))
+            self.attempt_started[attempt_id] = self.now
             claimed.append(self._claimed(row, started=True))
         return claimed, suppressed
 
@@ -183,7 +191,7 @@ class MemoryStore:
         candidates = [
             row
             for row in self.rows.values()
-            if (ids is None or row.plan.id in ids)
+            if (row.plan.id in ids if ids is not None else row.source is not None)
             and row.status == "pending"
             and row.next_attempt_at <= self.now
             and self._free(row)
@@ -215,13 +223,14 @@ class MemoryStore:
                 row.attempt_id, row.attempt_started_at = attempt_id, self.now
                 row.attempt_open, row.lease_until = True, self.now + LEASE
                 self.attempts_begun.append((row_id, self.now))
+                self.attempt_started[attempt_id] = self.now
         return held
 
-    async def mark_sent(self, accepted: Sequence[tuple[PlannedEmail, str]]) -> int:
+    async def mark_sent(self, accepted: Sequence[tuple[uuid.UUID, str]]) -> int:
         await self.world.step("mark_sent")
         moved = 0
-        for p, message_id in accepted:
-            row = self.rows[p.id]
+        for row_id, message_id in accepted:
+            row = self.rows[row_id]
             if row.status == "pending":
                 row.status, row.message_id = "sent", message_id
                 self._finish(row)
@@ -229,12 +238,12 @@ class MemoryStore:
         return moved
 
     async def mark_suppressed(
-        self, blocked: Sequence[tuple[PlannedEmail, str]], *, inactive_at_postmark: bool = False
+        self, blocked: Sequence[tuple[uuid.UUID, str]], *, inactive_at_postmark: bool = False
     ) -> int:
         await self.world.step("mark_suppressed")
         return self._final("suppressed", blocked)
 
-    async def mark_failed(self, failed: Sequence[tuple[PlannedEmail, str]]) -> int:
+    async def mark_failed(self, failed: Sequence[tuple[uuid.UUID, str]]) -> int:
         await self.world.step("mark_failed")
         return self._final("failed", failed)
 
@@ -274,10 +283,10 @@ class MemoryStore:
     async def keep_sources(self, sources: dict[uuid.UUID, SourceRecord]) -> None:
         await self.world.step("keep_sources")
 
-    def _final(self, status: str, rows: Sequence[tuple[PlannedEmail, str]]) -> int:
+    def _final(self, status: str, rows: Sequence[tuple[uuid.UUID, str]]) -> int:
         moved = 0
-        for p, error in rows:
-            row = self.rows[p.id]
+        for row_id, error in rows:
+            row = self.rows[row_id]
             if row.status == "pending":
                 row.status, row.last_error = status, error
                 self._finish(row)
@@ -288,6 +297,7 @@ class MemoryStore:
     def _finish(row: Row) -> None:
         row.attempt_open = False
         row.lease_owner = row.lease_until = None
+        row.source = None
 
 
 @dataclass
@@ -301,14 +311,19 @@ class Acceptance:
 class FakePostmark:
     """Postmark as `notifier.postmark.Postmark` shows it, with faults while `faulty`."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, attempt_started: dict[str, float]) -> None:
         self.world = world
+        self.attempt_started = attempt_started
         self.faulty = True
         self.accepted: list[Acceptance] = []
         self.lag: dict[str, float] = {}  # message id -> searchable after
 
     async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]:
-        sent_at = self.world.clock.now
+        # Every message belongs to an attempt recorded before the call...
+        attempt_id = messages[0]["Metadata"]["attempt_id"]
+        assert attempt_id in self.attempt_started, "a send without a recorded attempt"
+        # ...and reaches Postmark within TIMEOUT of that attempt's start, or never.
+        sent_at = self.attempt_started[attempt_id]
         await self.world.step("postmark request")
         rng = self.world.rng
         fault = rng.choice(
@@ -414,7 +429,8 @@ async def run_schedule(seed: int) -> None:
     world = World(rng=rng)
     rows: dict[uuid.UUID, Row] = {}
     suppressed: dict[str, float] = {}
-    postmark = FakePostmark(world)
+    attempt_started: dict[str, float] = {}
+    postmark = FakePostmark(world, attempt_started)
     dead_letters = FakeDeadLetters(world)
     settings = make_notifier_settings(
         "postgresql://sim@127.0.0.1/sim",
@@ -427,6 +443,7 @@ async def run_schedule(seed: int) -> None:
         notifier_max_attempts=MAX_ATTEMPTS,
         notifier_backoff_initial=0.2,
         notifier_backoff_max=2.0,
+        notifier_batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
     records = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
@@ -435,7 +452,7 @@ async def run_schedule(seed: int) -> None:
     stores: list[MemoryStore] = []
 
     def new_delivery() -> Delivery:
-        store = MemoryStore(world, rows, suppressed)
+        store = MemoryStore(world, rows, suppressed, attempt_started)
         stores.append(store)
         return Delivery(
             settings,
@@ -448,8 +465,10 @@ async def run_schedule(seed: int) -> None:
     async def notifier(name: str, delivery: Delivery, intake: bool) -> None:
         CURRENT_WORKER.set(name)
         if intake:  # this notifier read the records (again, after a rebalance or a crash)
-            for record, plans in planned:
-                await delivery.intake(plans, {record.event().event_id: record})
+            await delivery.intake(
+                [p for _, plans in planned for p in plans],
+                {record.event().event_id: record for record, _ in planned},
+            )
         while True:
             await delivery.sweep()
 
@@ -584,7 +603,7 @@ def test_send_once_holds_over_many_schedules() -> None:
             try:
                 await run_schedule(seed)
             except AssertionError as exc:
-                failures.append(f"seed {seed}: {exc}")
+                failures.append(f"seed {seed}: {str(exc)[:2000]}")
                 if len(failures) >= 5:
                     return
 

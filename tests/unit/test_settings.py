@@ -146,3 +146,19 @@ def test_the_staging_allowlist_takes_addresses_and_domains() -> None:
     assert not settings.allowed_in_staging("someone@example.com")
     production = NotifierSettings(app_env="production", **NOTIFIER_GOOD)
     assert production.allowed_in_staging("someone@example.com")
+
+
+def test_a_claim_must_outlive_the_postmark_call_it_covers() -> None:
+    with pytest.raises(ValueError, match=r"NOTIFIER_LEASE .* must be longer than POSTMARK_TIMEOUT"):
+        NotifierSettings(
+            app_env="production", notifier_lease=10, postmark_timeout=10, **NOTIFIER_GOOD
+        )
+    assert NotifierSettings(app_env="production", **NOTIFIER_GOOD).notifier_lease == 60
+
+
+def test_outside_development_the_settle_window_must_outlast_a_call() -> None:
+    with pytest.raises(ValueError, match="NOTIFIER_SEARCH_SETTLE"):
+        NotifierSettings(app_env="production", notifier_search_settle=5, **NOTIFIER_GOOD)
+    short = NotifierSettings(app_env="development", notifier_search_settle=0.5, **NOTIFIER_GOOD)
+    assert short.notifier_search_settle == 0.5  # the sandbox's search does not lag
+    assert NotifierSettings(app_env="production", **NOTIFIER_GOOD).notifier_search_settle == 60
