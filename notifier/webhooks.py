@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -68,6 +68,64 @@ class WebhookMetrics:
         )
 
 
+# Postmark's bodies are a few levels deep; anything much deeper is not one of them.
+MAX_DEPTH = 32
+_INT4 = range(-(2**31), 2**31)
+RECORD_TYPES = frozenset(
+    {"Bounce", "SpamComplaint", "Delivery", "SubscriptionChange", "Open", "Click"}
+)
+# Postmark's bounce types (its documentation's list): the metric's label values.
+BOUNCE_TYPES = frozenset(
+    {
+        "HardBounce", "Transient", "Unsubscribe", "Subscribe", "AutoResponder", "AddressChange",
+        "DnsError", "SpamNotification", "OpenRelayTest", "Unknown", "SoftBounce",
+        "VirusNotification", "ChallengeVerification", "BadEmailAddress", "SpamComplaint",
+        "ManuallyDeactivated", "Unconfirmed", "Blocked", "SMTPApiError", "InboundError",
+        "DMARCPolicy", "TemplateRenderingFailed", "ManualSuppression",
+    }
+)  # fmt: skip
+
+
+def label(value: str, known: frozenset[str]) -> str:
+    """A metric label value: one of a known few, else `other` (labels are never raw input)."""
+    return value if value in known else "other"
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _without_nul(value: Any) -> Any:
+    """The body with every NUL character (which PostgreSQL refuses in text and JSON) replaced
+    by U+FFFD, in keys and values; the rest unchanged."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def _storable_time(value: datetime | None) -> datetime | None:
+    """A time PostgreSQL and Python can both hold in UTC, or None (the raw copy keeps it)."""
+    if value is None:
+        return None
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+    return value
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     record_type: str = Field(alias="RecordType")
@@ -94,11 +152,29 @@ class BounceRecord(_Message):
     BouncedAt: datetime | None = None
     Details: str | None = None
 
+    @field_validator("TypeCode")
+    @classmethod
+    def _type_code_fits(cls, value: int | None) -> int | None:
+        # Routing uses Type, not TypeCode; one beyond the column's range stays in the raw copy.
+        return value if value is None or value in _INT4 else None
+
+    @field_validator("BouncedAt")
+    @classmethod
+    def _bounced_at_storable(cls, value: datetime | None) -> datetime | None:
+        return _storable_time(value)
+
 
 class DeliveryRecord(_Message):
     RecordType: Literal["Delivery"]
     Recipient: str = Field(min_length=3, max_length=320)
     DeliveredAt: datetime
+
+    @field_validator("DeliveredAt")
+    @classmethod
+    def _delivered_at_storable(cls, value: datetime) -> datetime:
+        if _storable_time(value) is None:
+            raise ValueError("DeliveredAt is out of range")
+        return value
 
 
 class SubscriptionChangeRecord(_Message):
@@ -106,6 +182,12 @@ class SubscriptionChangeRecord(_Message):
     Recipient: str = Field(min_length=3, max_length=320)
     ChangedAt: datetime | None = None
     SuppressSending: bool
+
+    @field_validator("ChangedAt")
+    @classmethod
+    def _changed_at_storable(cls, value: datetime | None) -> datetime | None:
+        return _storable_time(value)
+
     SuppressionReason: str | None = None
     Origin: str | None = None
 
@@ -164,12 +246,16 @@ def build_router(
         raw = await request.body()
         try:
             body = json.loads(raw)
+            if _depth(body) > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            body = _without_nul(body)
             record = _Record.model_validate(body)
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, RecursionError, ValidationError) as exc:
             log.warning("webhook refused", reason=_why(exc), size=len(raw))
             raise ProblemError(
                 400, "invalid-webhook", "The body is not a Postmark webhook."
             ) from None
+        record_type = label(record.record_type, RECORD_TYPES)
         digest = hashlib.sha256(
             json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
@@ -177,19 +263,19 @@ def build_router(
             async with engine.begin() as conn:
                 outcome = await _handle(conn, record.record_type, body, digest, outbox, metrics)
         except ValidationError as exc:
-            metrics.received.labels(record.record_type, "invalid").inc()
+            metrics.received.labels(record_type, "invalid").inc()
             log.warning(
                 "webhook refused",
-                record_type=record.record_type,
+                record_type=record_type,
                 reason=_why(exc),
                 size=len(raw),
             )
             raise ProblemError(
                 400,
                 "invalid-webhook",
-                f"The {record.record_type} body lacks what that record type needs.",
+                f"The {record_type} body lacks what that record type needs.",
             ) from None
-        metrics.received.labels(record.record_type, outcome).inc()
+        metrics.received.labels(record_type, outcome).inc()
         return WebhookAnswer(status=outcome)
 
     return router
@@ -291,7 +377,7 @@ async def _bounce(
         return "duplicate"  # the notification had already moved on the first delivery
     user_id = user_id or _uuid(record.metadata("user_id"))
     notification_id = notification_id or _uuid(record.metadata("notification_id"))
-    metrics.bounces.labels(record.Type).inc()
+    metrics.bounces.labels(label(record.Type, BOUNCE_TYPES)).inc()
     if record.Inactive or complaint:
         reason = suppression_list.SPAM_COMPLAINT if complaint else record.Type
         if await suppression_list.suppress(
@@ -302,7 +388,7 @@ async def _bounce(
             details=record.Details,
             at=record.BouncedAt,
         ):
-            metrics.suppressed.labels(reason).inc()
+            metrics.suppressed.labels(label(reason, BOUNCE_TYPES)).inc()
     common = {
         "email": record.Email,
         "message_id": record.MessageID,
@@ -362,7 +448,7 @@ async def _subscription_change(
             at=record.ChangedAt,
         ):
             return "ignored"  # already suppressed as strongly, or lifted since
-        metrics.suppressed.labels(reason).inc()
+        metrics.suppressed.labels(label(reason, BOUNCE_TYPES)).inc()
         data = events.EmailSuppressed(**common, reason=reason)
     else:
         if not await suppression_list.unsuppress(conn, record.Recipient, at=record.ChangedAt):

@@ -200,7 +200,8 @@ async def test_other_record_types_are_acknowledged_and_ignored(
     assert (answer.status_code, answer.json()) == (200, {"status": "ignored"})
     assert await outbox_events(db) == []
     metrics = (await hooks.get("/metrics")).text
-    assert f'record_type="{record_type}"' in metrics
+    shown = record_type if record_type in ("Open", "Click") else "other"
+    assert f'record_type="{shown}"' in metrics
 
 
 @pytest.mark.parametrize(
@@ -410,3 +411,105 @@ async def test_a_suppression_dated_in_the_future_counts_as_now(
     assert changed_at.year < 9999
     assert answer.json() == {"status": "recorded"}
     assert await suppression(db, email) is None
+
+
+@pytest.mark.parametrize("field", ["Details", "Email", "Metadata", "Description"])
+async def test_a_nul_anywhere_in_a_bounce_is_stored_not_a_500(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection, field: str
+) -> None:
+    email = f"nul-{field.lower()}@example.com"
+    body = fixture("bounce_hard", ID=600 + len(field), Email=email)
+    if field == "Metadata":
+        body["Metadata"] = {"note\u0000key": "a\u0000b", "notification_id": "x\u0000"}
+    elif field == "Email":
+        body["Email"] = "nul\u0000" + email
+    else:
+        body[field] = "diagnostic \u0000 from the MTA"
+
+    answer = await hooks.post("/webhooks/postmark", json=body)
+    stored = await db.fetchrow("SELECT email, details, raw FROM bounces")
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "recorded"})
+    assert stored is not None
+    assert "\u0000" not in stored["raw"]
+    assert "\\u0000" not in stored["raw"]
+    assert "\ufffd" in stored["raw"]  # the NUL is replaced, visibly, in the raw copy
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 1  # still suppressed
+
+
+async def test_numbers_and_dates_out_of_range_are_stored_as_far_as_they_can_be(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = fixture(
+        "bounce_hard",
+        ID=700,
+        Email="odd@example.com",
+        TypeCode=2**40,
+        BouncedAt="0001-01-01T00:00:00+14:00",
+    )
+
+    answer = await hooks.post("/webhooks/postmark", json=body)
+    stored = await db.fetchrow("SELECT type_code, bounced_at, raw FROM bounces")
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "recorded"})
+    assert stored is not None
+    assert (stored["type_code"], stored["bounced_at"]) == (None, None)
+    raw = json.loads(stored["raw"])
+    assert (raw["TypeCode"], raw["BouncedAt"]) == (2**40, "0001-01-01T00:00:00+14:00")
+    assert await suppression(db, "odd@example.com") == "HardBounce"
+
+
+async def test_an_odd_date_on_a_delivery_or_subscription_change_is_never_a_500(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    delivery = fixture("delivery", DeliveredAt="9999-12-31T23:00:00-05:00")
+    change = fixture(
+        "subscription_change",
+        Recipient="odd-change@example.com",
+        ChangedAt="0001-01-01T00:00:00+14:00",
+    )
+
+    refused = await hooks.post("/webhooks/postmark", json=delivery)
+    recorded = await hooks.post("/webhooks/postmark", json=change)
+
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert recorded.json() == {"status": "recorded"}
+    assert await suppression(db, "odd-change@example.com") == "ManualSuppression"
+
+
+async def test_deeply_nested_bodies_are_refused_with_a_400(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000  # 400 KB, past the JSON parser's recursion limit
+    nested = fixture("bounce_hard", ID=800)
+    nested["Metadata"] = {"x": json.loads("[" * 40 + "]" * 40)}
+
+    answers = [
+        await hooks.post(
+            "/webhooks/postmark", content=deep, headers={"content-type": "application/json"}
+        ),
+        await hooks.post("/webhooks/postmark", json=nested),
+    ]
+
+    assert [a.status_code for a in answers] == [400, 400]
+    assert {a.json()["type"] for a in answers} == {"urn:postroom:problem:invalid-webhook"}
+    assert await db.fetchval("SELECT count(*) FROM bounces") == 0
+
+
+async def test_unknown_record_types_are_counted_under_one_label(
+    hooks: httpx.AsyncClient, notifier_app: FastAPI
+) -> None:
+    long_type = "X" * 100_000
+    answer = await hooks.post("/webhooks/postmark", json={"RecordType": long_type})
+    bounce = fixture("bounce_hard", ID=900, Email="weird@example.com", Type="Z" * 100)
+    await hooks.post("/webhooks/postmark", json=bounce)
+
+    async with client_of(notifier_app, None) as anonymous:
+        metrics = (await anonymous.get("/metrics")).text
+
+    assert answer.json() == {"status": "ignored"}
+    assert "XXXX" not in metrics
+    assert "ZZZZ" not in metrics
+    assert 'postroom_notifier_webhooks_total{outcome="ignored",record_type="other"} 1.0' in metrics
+    assert 'postroom_notifier_bounces_total{type="other"} 1.0' in metrics
