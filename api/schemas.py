@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-
-
-def _no_control_characters(value: str) -> str:
-    """Names are shown in emails and pages: no NUL (PostgreSQL refuses it in text), no line
-    breaks, no other control characters."""
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise ValueError("must not contain control characters")
-    return value
-
+from postroom.text import NO_CONTROL_CHARACTERS, refuse_control_characters
 
 # RFC 5321 caps a forward path at 256 octets including the angle brackets.
 Email = Annotated[EmailStr, Field(max_length=254, examples=["ada@example.com"])]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_control_characters),
+    AfterValidator(refuse_control_characters),
     # The same rule, published for clients (Unicode category Cc: U+0000-U+001F, U+007F-U+009F).
     Field(examples=["Ada Lovelace"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
 ]

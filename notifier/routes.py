@@ -16,6 +16,7 @@ from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, Request
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.settings import NotifierSettings
+from postroom.text import NO_CONTROL_CHARACTERS
 from postroom.web import (
     METRICS_RESPONSES,
     EngineDep,
@@ -91,7 +92,7 @@ async def list_notifications(
     _: PrincipalDep,
     engine: EngineDep,
     user_id: uuid.UUID | None = None,
-    email: Annotated[str | None, Query(max_length=320)] = None,
+    email: Annotated[str | None, Query(max_length=320, pattern=NO_CONTROL_CHARACTERS)] = None,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Any:
@@ -158,8 +159,12 @@ async def list_suppressions(
 class SuppressionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: EmailStr
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "ManualSuppression"
-    details: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    reason: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)
+    ] = "ManualSuppression"
+    details: (
+        Annotated[str, StringConstraints(max_length=2000, pattern=NO_CONTROL_CHARACTERS)] | None
+    ) = None
 
 
 @router.post(
@@ -208,7 +213,7 @@ async def add_suppression(
     responses=problem_responses(401, 404, 409, 422, 502, 503),
 )
 async def lift_suppression(
-    email: Annotated[str, Path(min_length=3, max_length=320)],
+    email: Annotated[str, Path(min_length=3, max_length=320, pattern=NO_CONTROL_CHARACTERS)],
     request: Request,
     _: PrincipalDep,
     engine: EngineDep,

@@ -214,3 +214,30 @@ async def test_a_misspelt_filter_is_an_error_not_an_unfiltered_list(
     assert (await notifier.get("/v1/notifications", params={"email": "a@example.com"})).json() == {
         "items": []
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "field"),
+    [
+        ("POST", "/v1/suppressions", {"email": "a@example.com", "details": "a\u0000b"}, "details"),
+        ("POST", "/v1/suppressions", {"email": "a@example.com", "reason": "x\u0000"}, "reason"),
+        ("DELETE", "/v1/suppressions/a%00b@example.com", None, "email"),
+        ("GET", "/v1/notifications?email=a%00", None, "email"),
+    ],
+    ids=["details", "reason", "lift", "search"],
+)
+async def test_a_nul_in_an_operator_request_is_a_422_naming_the_field(
+    notifier: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    method: str,
+    url: str,
+    body: dict[str, str] | None,
+    field: str,
+) -> None:
+    answer = await notifier.request(method, url, json=body)
+
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert [error["loc"][-1] for error in answer.json()["errors"]] == [field]
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert await event_types(db) == []
