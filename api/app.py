@@ -13,6 +13,7 @@ from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.settings import ApiSettings
+from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers
 
 
@@ -28,6 +29,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await app.state.engine.dispose()
 
     app = FastAPI(
+        telemetry={"exclude": is_probe},
         title="Postroom API",
         version="1.0.0",
         summary="User accounts whose every change is committed with the event that announces it.",

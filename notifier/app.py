@@ -22,6 +22,7 @@ from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.settings import NotifierSettings
+from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers
 
 
@@ -81,6 +82,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             await engine.dispose()
 
     app = FastAPI(
+        telemetry={"exclude": is_probe},
         title="Postroom notifier",
         version="1.0.0",
         summary="Emails that follow from user events, sent once through Postmark.",

@@ -9,14 +9,54 @@ here is a no-op and no header is written."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import Span, SpanProcessor
 from opentelemetry.trace import Link
 
 tracer = trace.get_tracer("postroom")
+
+
+# Query parameters whose values are credentials (the verification link's signed token).
+SECRET_QUERY_PARAMETERS = frozenset({"token"})
+# Health probes and scrapes: called every few seconds, worth no span.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def is_probe(scope: Mapping[str, Any]) -> bool:
+    """FastAPI's telemetry `exclude`: no span for health probes and metric scrapes."""
+    return scope.get("path") in PROBES
+
+
+def redacted_query(query: str) -> str:
+    """A query string with the values of secret parameters replaced."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(
+        [(key, "REDACTED" if key in SECRET_QUERY_PARAMETERS else value) for key, value in pairs]
+    )
+
+
+class RedactSecrets(SpanProcessor):
+    """Rewrites, as a span starts, every attribute that would carry a secret query value
+    (`url.query`, and the older `http.target` and `http.url`), before anything exports it."""
+
+    _ATTRIBUTES = ("url.query", "http.target", "http.url", "url.full")
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        attributes = span.attributes or {}
+        for name in self._ATTRIBUTES:
+            value = attributes.get(name)
+            if not isinstance(value, str):
+                continue
+            if name == "url.query":
+                span.set_attribute(name, redacted_query(value))
+            elif "?" in value:
+                head, _, query = value.partition("?")
+                span.set_attribute(name, f"{head}?{redacted_query(query)}")
 
 
 def configure_tracing(service_name: str) -> bool:
@@ -30,6 +70,7 @@ def configure_tracing(service_name: str) -> bool:
 
     name = os.environ.get("OTEL_SERVICE_NAME", service_name)
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(RedactSecrets())  # first: before any exporter sees a span
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return True

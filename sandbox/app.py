@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from postroom.tracing import is_probe
 from sandbox import control, inbox, postmark_api
 from sandbox.service import Sandbox
 from sandbox.settings import SandboxSettings
@@ -46,6 +47,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
             await sandbox.webhooks.close()
 
     app = FastAPI(
+        telemetry={"exclude": is_probe},
         title="Postroom Postmark sandbox",
         version="1.0.0",
         summary="A Postmark-compatible API that captures mail, with a dev inbox and faults.",

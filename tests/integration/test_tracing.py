@@ -5,16 +5,20 @@ it around the Postmark call."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import asyncpg
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import Sandbox, unique
+from postroom import tokens
+from postroom.tracing import RedactSecrets
+from tests.conftest import EMAIL_SECRET, Sandbox, unique
 from tests.kafka_tools import read_topic
 from tests.stack import running_stack
 
@@ -28,6 +32,7 @@ CALLER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
+    provider.add_span_processor(RedactSecrets())  # as configure_tracing installs it
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # once per process: later tests just record too
     yield exporter
@@ -65,3 +70,25 @@ async def test_a_registration_is_one_trace_from_request_to_postmark(
     request = by_id[writer.parent.span_id] if writer.parent else None
     assert request is not None
     assert request.name == "POST /v1/users"
+
+
+async def test_no_span_holds_a_verification_token_and_probes_make_none(
+    spans: InMemorySpanExporter, client: httpx.AsyncClient
+) -> None:
+    email = f"{unique('token')}@example.com"
+    created = await client.post("/v1/users", json={"email": email, "name": "T"})
+    token = tokens.issue_token(EMAIL_SECRET, user_id=uuid.UUID(created.json()["id"]), email=email)
+    spans.clear()
+
+    page = await client.get("/verify-email", params={"token": token, "lang": "en"})
+    probes = [(await client.get(path)).status_code for path in ("/healthz", "/readyz", "/metrics")]
+    finished = spans.get_finished_spans()
+
+    assert page.status_code == 200
+    assert probes == [200, 200, 200]
+    assert [span.name for span in finished if span.kind.name == "SERVER"] == ["GET /verify-email"]
+    [server] = [span for span in finished if span.kind.name == "SERVER"]
+    assert (server.attributes or {}).get("url.query") == "token=REDACTED&lang=en"
+    everything = repr([(span.name, dict(span.attributes or {}), span.events) for span in finished])
+    assert token not in everything
+    assert token.split(".")[0] not in everything  # not even the signed payload
