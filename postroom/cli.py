@@ -63,6 +63,7 @@ def _serve(
     SIGTERM and Ctrl-C end the app's lifespan, which stops its work gracefully."""
     import uvicorn
 
+    from postroom.http_limits import BoundedHeadProtocol
     from postroom.logs import configure_logging
     from postroom.tracing import configure_tracing
 
@@ -77,6 +78,7 @@ def _serve(
         log_level="warning",
         server_header=False,
         timeout_graceful_shutdown=grace,
+        http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
     )
 
 
