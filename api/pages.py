@@ -1,10 +1,17 @@
-"""The plain HTML pages a person sees after clicking a verification link."""
+"""The plain HTML pages of a verification link: the confirmation (one button), then the outcome."""
 
 from __future__ import annotations
 
 from html import escape
 
 from fastapi.responses import HTMLResponse
+
+_CONFIRM_TITLE = "Verify your email address"
+_CONFIRM = """<p>Verify that {email} is your address.</p>
+<form method="post" action="verify-email">
+<input type="hidden" name="token" value="{token}">
+<button type="submit">Verify {email}</button>
+</form>"""
 
 _MESSAGES = {
     200: ("Email verified", "Thank you: {email} is now verified. You can close this page."),
@@ -35,16 +42,33 @@ _TEMPLATE = """<!doctype html>
 <body>
 <main>
 <h1>{title}</h1>
-<p>{message}</p>
+{content}
 </main>
 </body>
 </html>
 """
 
 
+# The URL carries the token: keep it out of caches and of other sites' Referer headers; the
+# page runs no script and its one form posts back here.
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+}
+
+
+def confirmation_page(*, token: str, email: str) -> HTMLResponse:
+    """What a verification link opens: the address, and one button that verifies it. The
+    GET changes nothing, so mail gateways that open links verify nobody."""
+    content = _CONFIRM.format(email=escape(email), token=escape(token, quote=True))
+    body = _TEMPLATE.format(title=escape(_CONFIRM_TITLE), content=content)
+    return HTMLResponse(body, status_code=200, headers=_HEADERS)
+
+
 def verification_page(status: int, *, email: str = "") -> HTMLResponse:
+    """The outcome: verified, or why not."""
     title, message = _MESSAGES[status]
-    body = _TEMPLATE.format(title=escape(title), message=escape(message.format(email=email)))
-    # The URL carries the token: keep it out of caches and of other sites' Referer headers.
-    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    return HTMLResponse(body, status_code=status, headers=headers)
+    content = f"<p>{escape(message.format(email=email))}</p>"
+    body = _TEMPLATE.format(title=escape(title), content=content)
+    return HTMLResponse(body, status_code=status, headers=_HEADERS)

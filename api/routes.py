@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -185,6 +186,7 @@ async def verify_email(
 
 
 _HTML = {"text/html": {"schema": {"type": "string"}}}
+MAX_TOKEN = 1024
 
 
 @public_router.get(
@@ -192,7 +194,7 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
     response_class=HTMLResponse,
     tags=["users"],
     responses={
-        200: {"content": _HTML, "description": "Verified"},
+        200: {"content": _HTML, "description": "The address, and a button that verifies it"},
         400: {"content": _HTML, "description": "Missing or invalid token"},
         410: {"content": _HTML, "description": "Expired or superseded link"},
         503: {"content": _HTML, "description": "Database unavailable"},
@@ -205,11 +207,60 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
     },
 )
 async def verify_email_page(
+    request: Request, engine: EngineDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The page a verification link opens: says which address the link verifies and offers
+    one button. Nothing changes on a GET, so link-scanning mail gateways verify nobody."""
+    token = request.query_params.get("token")
+    if not token or len(token) > MAX_TOKEN:
+        return pages.verification_page(400)
+    try:
+        claim = _claim_from(token, settings)
+        async with engine.connect() as conn:
+            user = await use_cases.claimed_user(conn, claim=claim)
+    except ProblemError as problem:
+        return pages.verification_page(problem.status)
+    except Exception as exc:
+        if is_unavailable(exc):
+            return pages.verification_page(503)
+        raise
+    return pages.confirmation_page(token=token, email=user.email)
+
+
+@public_router.post(
+    "/verify-email",
+    response_class=HTMLResponse,
+    tags=["users"],
+    responses={
+        200: {"content": _HTML, "description": "Verified"},
+        400: {"content": _HTML, "description": "Missing or invalid token"},
+        410: {"content": _HTML, "description": "Expired or superseded link"},
+        503: {"content": _HTML, "description": "Database unavailable"},
+        **problem_responses(413),
+    },
+    # Read by hand, like the page that posts it.
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
+                }
+            },
+        }
+    },
+)
+async def verify_email_button(
     request: Request, engine: EngineDep, settings: SettingsDep, outbox: OutboxDep
 ) -> HTMLResponse:
-    """The page a verification link opens: verifies, then says so in plain HTML."""
-    token = request.query_params.get("token")
-    if not token or len(token) > 1024:
+    """The confirmation page's button: verifies the address, then says so."""
+    try:
+        fields = parse_qs((await request.body()).decode("latin-1"), max_num_fields=4)
+    except ValueError:  # more fields than a form of one
+        return pages.verification_page(400)
+    given = fields.get("token")
+    token = given[0] if given else None
+    if not token or len(token) > MAX_TOKEN:
         return pages.verification_page(400)
     try:
         claim = _claim_from(token, settings)

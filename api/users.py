@@ -177,13 +177,13 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: Outb
     )
 
 
-async def verify_email(
-    conn: AsyncConnection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
+async def claimed_user(
+    conn: AsyncConnection, *, claim: tokens.VerificationClaim, lock: bool = False
 ) -> UserRow:
-    """Mark the claimed address verified; 410 when the user or that address is gone.
-    Verifying an already verified address again answers the same and writes nothing."""
-    statement = sa.select(*_COLUMNS).where(users.c.id == claim.user_id).with_for_update()
-    current = (await conn.execute(statement)).one_or_none()
+    """The user a verification token names, if it still has the token's address; else 410.
+    Reads only (the page a link opens shows it before anything changes)."""
+    statement = sa.select(*_COLUMNS).where(users.c.id == claim.user_id)
+    current = (await conn.execute(statement.with_for_update() if lock else statement)).first()
     if current is None or current.email.lower() != claim.email.lower():
         raise ProblemError(
             410,
@@ -191,6 +191,15 @@ async def verify_email(
             "This link is for an address the account no longer has, or a deleted account.",
             title="Verification link no longer valid",
         )
+    return current
+
+
+async def verify_email(
+    conn: AsyncConnection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
+) -> UserRow:
+    """Mark the claimed address verified; 410 when the user or that address is gone.
+    Verifying an already verified address again answers the same and writes nothing."""
+    current = await claimed_user(conn, claim=claim, lock=True)
     if current.email_verified_at is not None:
         return current
     row = (

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -172,7 +173,14 @@ def test_dev_runs_the_stack_and_keeps_its_data(tmp_path: Path) -> None:
         assert mail[0]["Subject"].startswith("Welcome")
         link = next(w for w in mail[0]["TextBody"].split() if "/verify-email?token=" in w)
         assert link.startswith(base)
-        assert httpx.get(link).status_code == 200
+        opened = httpx.get(link)  # the page: the address and a button; nothing changes yet
+        assert opened.status_code == 200
+        assert "Verify ada@example.com" in opened.text
+        pressed = httpx.post(
+            f"{base}/verify-email", data={"token": parse_qs(urlsplit(link).query)["token"][0]}
+        )
+        assert pressed.status_code == 200
+        assert "is now verified" in pressed.text
         verified = httpx.get(
             f"{base}/v1/users/{created.json()['id']}",
             headers={"Authorization": f"Bearer {token}"},

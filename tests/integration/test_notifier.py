@@ -58,6 +58,12 @@ async def test_registering_sends_one_welcome_email_whose_link_verifies(
         token = parse_qs(urlsplit(link).query)["token"][0]
         page = await stack.api.get("/verify-email", params={"token": token})
         assert page.status_code == 200
+        pressed = await stack.api.post(
+            "/verify-email",
+            data={"token": token},
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert pressed.status_code == 200
         user = await stack.api.get(f"/v1/users/{user_id}")
         assert user.json()["email_verified"] is True
 

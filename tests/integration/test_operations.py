@@ -29,6 +29,7 @@ async def test_openapi_lists_every_answer_a_route_gives(app: FastAPI) -> None:
         ("/v1/users/{user_id}", "delete"): {"204", "401", "404", "422", "503"},
         ("/v1/email-verifications", "post"): {"200", "400", "410", "413", "422", "503"},
         ("/verify-email", "get"): {"200", "400", "410", "503"},
+        ("/verify-email", "post"): {"200", "400", "410", "413", "503"},
     }
     for (path, method), statuses in expected.items():
         assert set(paths[path][method]["responses"]) == statuses, (path, method)

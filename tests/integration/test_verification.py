@@ -1,9 +1,12 @@
 """Email verification with signed, expiring tokens bound to one address."""
 
+import html
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
@@ -112,18 +115,63 @@ async def test_a_tampered_token_is_400(client: httpx.AsyncClient, db: asyncpg.Co
     assert await event_types(db) == ["user.registered"]
 
 
-async def test_the_link_page_verifies_and_says_so(
+async def test_the_link_page_changes_nothing_and_its_button_verifies(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     user = await register(client)
+    token = token_for(user)
 
-    page = await client.get("/verify-email", params={"token": token_for(user)})
+    # A mail gateway that opens every link, twice: nothing is verified.
+    pages = [await client.get("/verify-email", params={"token": token}) for _ in range(2)]
+    events_after_get = await event_types(db)
+    verified_after_get = await db.fetchval("SELECT email_verified_at FROM users")
+    form = pages[0].text
+    action = re.search(r'<form method="post" action="([^"]+)"', form)
+    hidden = re.search(r'<input type="hidden" name="token" value="([^"]+)"', form)
+    assert action is not None
+    assert hidden is not None
 
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    assert "ada@example.com is now verified" in page.text
-    assert page.headers["cache-control"] == "no-store"
+    # The person presses the button: the form posts the token back.
+    done = await client.post(
+        f"/{action.group(1)}",
+        content=urlencode({"token": html.unescape(hidden.group(1))}),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+
+    assert [page.status_code for page in pages] == [200, 200]
+    assert pages[0].headers["content-type"].startswith("text/html")
+    assert "Verify ada@example.com" in form
+    assert pages[0].headers["cache-control"] == "no-store"
+    assert "form-action 'self'" in pages[0].headers["content-security-policy"]
+    assert events_after_get == ["user.registered"]
+    assert verified_after_get is None
+    assert done.status_code == 200
+    assert "ada@example.com is now verified" in done.text
     assert await event_types(db) == ["user.registered", "user.email_verified"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "phrase"),
+    [
+        ("", 400, "not valid"),
+        ("token=garbage", 400, "not valid"),
+        ("token=" + "x" * 5000, 400, "not valid"),
+        ("a=1&b=2&c=3&d=4&e=5&token=x", 400, "not valid"),
+    ],
+    ids=["empty", "garbage", "long", "many-fields"],
+)
+async def test_the_button_explains_bad_posts_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, body: str, status: int, phrase: str
+) -> None:
+    await register(client)
+    answer = await client.post(
+        "/verify-email",
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == status
+    assert phrase in answer.text
+    assert await event_types(db) == ["user.registered"]
 
 
 @pytest.mark.parametrize(
