@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postroom.tracing import is_probe
 from sandbox import control, inbox, postmark_api
-from sandbox.service import Sandbox
+from sandbox.service import OperatorDep, Sandbox
 from sandbox.settings import SandboxSettings
 
 
@@ -58,7 +58,8 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     # The Postmark routes come first: `/messages/outbound` must not be read as an inbox page.
     app.include_router(postmark_api.router)
     app.include_router(control.router)
-    app.include_router(inbox.router)
+    app.include_router(control.operator_router, dependencies=[OperatorDep])
+    app.include_router(inbox.router, dependencies=[OperatorDep])
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     return app

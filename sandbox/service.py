@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import time
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from sandbox.bounces import BOUNCE_TYPE_NAMES, Bounce, bounce_type_for, delivery_json, new_bounce
 from sandbox.faults import FaultInjector
@@ -101,3 +103,29 @@ def get_sandbox(request: Request) -> Sandbox:
 
 
 SandboxDep = Annotated[Sandbox, Depends(get_sandbox)]
+
+
+def require_operator(request: Request) -> None:
+    """Outside development, the capture API and the inbox pages (which show every
+    verification link) answer only to the server token: in the X-Postmark-Server-Token
+    header, or as the password of HTTP basic auth (a browser asks for it)."""
+    sandbox = get_sandbox(request)
+    if sandbox.settings.app_env == "development":
+        return
+    expected = sandbox.settings.postmark_server_token.get_secret_value().encode()
+    given = request.headers.get("x-postmark-server-token", "")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if not given and scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(credentials, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            given = ""
+    if not (given and hmac.compare_digest(given.encode(), expected)):
+        raise HTTPException(
+            401,
+            "The sandbox's pages and API need the server token outside development.",
+            headers={"WWW-Authenticate": 'Basic realm="postroom-sandbox"'},
+        )
+
+
+OperatorDep = Depends(require_operator)

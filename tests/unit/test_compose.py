@@ -132,3 +132,14 @@ def test_the_notifier_sends_to_the_sandbox_and_hears_its_webhooks(config: dict[s
     assert notifier["depends_on"]["sandbox"] == {"condition": "service_healthy"}
     assert notifier["depends_on"]["kafka"] == {"condition": "service_healthy"}
     assert "8001/readyz" in " ".join(notifier["healthcheck"]["test"])
+
+
+def test_the_sandbox_and_its_inbox_are_published_on_loopback_only(
+    config: dict[str, Any],
+) -> None:
+    sandbox = config["services"]["sandbox"]
+    ports = [str(port) for port in sandbox["ports"]]
+    assert ports
+    assert all(port.startswith("127.0.0.1:") for port in ports), ports
+    # Outside development the sandbox's pages and capture API need its token.
+    assert sandbox["environment"]["APP_ENV"] == "production"
