@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from outbox_relay.outbox import OutboxWriter
 from postroom import events, tokens
 from postroom.db import unique_violation
+from postroom.erasure import erase_user
 from postroom.models import USERS_EMAIL_INDEX, users
 from postroom.problems import ProblemError
 
@@ -163,6 +164,7 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: Outb
     row = (await conn.execute(statement)).one_or_none()
     if row is None:
         raise _not_found()
+    await erase_user(conn, user_id=row.id, email=row.email)
     await outbox.add(
         conn,
         events.Event(

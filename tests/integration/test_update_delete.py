@@ -167,3 +167,54 @@ async def test_read_returns_the_user(client: httpx.AsyncClient) -> None:
     answer = await client.get(f"/v1/users/{user['id']}")
     assert answer.status_code == 200
     assert answer.json() == user
+
+
+async def test_a_deleted_user_is_erased_and_a_replayed_creation_shows_nothing_of_them(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = {"email": "Erase.Me@example.com", "name": "Erase Me"}
+    key = {"Idempotency-Key": f"create-{uuid.uuid4()}"}
+    created = await client.post("/v1/users", json=body, headers=key)
+    user_id = uuid.UUID(created.json()["id"])
+    # What the notifier and Postmark's webhooks had stored about the address by then.
+    sent_id = uuid.uuid4()
+    await db.execute(
+        """
+        INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
+                                   status, message_id, attempts, last_error, source)
+        VALUES ($1, $2, 'user.registered', $3, 'welcome', 'Erase.Me@example.com', 'failed',
+                'm-1', 1, 'ErrorCode 300: Invalid ''To'' address: Erase.Me@example.com',
+                '{"value": "Erase Me"}')
+        """,
+        sent_id,
+        uuid.uuid4(),
+        user_id,
+    )
+    await db.execute(
+        """
+        INSERT INTO bounces (id, record_type, type, email, message_id, inactive, can_activate,
+                             details, raw)
+        VALUES (42, 'Bounce', 'HardBounce', 'erase.me@example.com', 'm-1', true, true,
+                'smtp; 550 erase.me@example.com unknown', '{"Email": "erase.me@example.com"}')
+        """
+    )
+
+    deleted = await client.delete(f"/v1/users/{user_id}")
+    replayed = await client.post("/v1/users", json=body, headers=key)
+    notification = await db.fetchrow("SELECT * FROM notifications WHERE id = $1", sent_id)
+    bounce = await db.fetchrow("SELECT email, details, raw FROM bounces WHERE id = 42")
+    stored = await db.fetch("SELECT response_body::text AS body FROM idempotency_keys")
+
+    assert deleted.status_code == 204
+    assert replayed.status_code == 410
+    assert replayed.headers["content-type"] == "application/problem+json"
+    assert replayed.json()["type"] == "urn:postroom:problem:user-deleted"
+    for text in (replayed.text, *(row["body"] for row in stored)):
+        assert "erase" not in text.lower()
+    assert await db.fetchval("SELECT count(*) FROM users") == 0  # not created again
+    assert notification is not None
+    assert (notification["recipient"], notification["source"]) == ("", None)
+    assert "erase.me" not in notification["last_error"].lower()
+    assert notification["user_id"] == user_id  # the pseudonymous id stays for operators
+    assert bounce is not None
+    assert (bounce["email"], bounce["details"], json.loads(bounce["raw"])) == ("", None, {})
