@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,8 @@ from api.routes import public_router, users_router
 from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
+from postroom.models import idempotency_keys
+from postroom.retention import Pruner, Retention
 from postroom.settings import ApiSettings
 from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers
@@ -23,9 +26,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = create_engine(settings, application_name="postroom-api")
+        # Expired idempotency keys (and the answers they keep) go.
+        pruner = Pruner(
+            app.state.engine,
+            [Retention(idempotency_keys.c.created_at, settings.idempotency_key_ttl)],
+            interval=settings.prune_interval,
+        )
+        pruning = asyncio.create_task(pruner.run(), name="prune")
         try:
             yield
         finally:
+            pruner.stop()
+            await pruning
             await app.state.engine.dispose()
 
     app = FastAPI(

@@ -21,6 +21,8 @@ from notifier.webhooks import WebhookMetrics, build_router
 from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
+from postroom.models import webhook_receipts
+from postroom.retention import Pruner, Retention
 from postroom.settings import NotifierSettings
 from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers
@@ -63,19 +65,23 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
         app.state.postmark = postmark
         app.state.delivery = delivery
         app.state.consumer = consumer
-        tasks = (
-            [
+        pruner = Pruner(
+            engine,
+            [Retention(webhook_receipts.c.received_at, settings.webhook_receipt_retention)],
+            interval=settings.prune_interval,
+        )
+        tasks = [asyncio.create_task(pruner.run(), name="prune")]
+        if consume:
+            tasks += [
                 asyncio.create_task(consumer.run(), name="consumer"),
                 asyncio.create_task(retries.run(), name="retries"),
             ]
-            if consume
-            else []
-        )
         try:
             yield
         finally:
             consumer.stop()
             retries.stop()
+            pruner.stop()
             await asyncio.gather(*tasks)
             await dead_letters.stop()
             postmark.close()

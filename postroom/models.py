@@ -177,3 +177,9 @@ webhook_receipts = sa.Table(
     sa.Column("record_type", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
 )
+# Pruning finds old receipts by time without a per-row index to maintain.
+sa.Index(
+    "ix_webhook_receipts_received_at_brin",
+    webhook_receipts.c.received_at,
+    postgresql_using="brin",
+)

@@ -109,6 +109,8 @@ class HttpServiceSettings(CommonSettings):
     email_token_secret: SecretStr = SecretStr("")
     public_base_url: str = "http://127.0.0.1:8000"
     access_log: bool = False
+    # How often the process deletes what it keeps only for a while (see postroom/retention.py).
+    prune_interval: float = Field(default=300.0, gt=0, description="seconds")
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -190,6 +192,8 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     # arrives; some Kafka-compatible brokers (Tansu) hold it to about half this, so it bounds
     # how long an email arriving alone waits to be read, at the price of idle fetches.
     notifier_fetch_wait: float = Field(default=0.1, gt=0, le=30, description="seconds")
+    # Webhook receipts recognise Postmark's re-posts (up to ~10.5 hours); then they go.
+    webhook_receipt_retention: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
     # The longest the retry loop sleeps before it looks for due notifications again.
     notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
     mail_from: str = "Postroom <hello@postroom.test>"
