@@ -29,6 +29,12 @@ class RelayMetrics:
             ["shard"],
             registry=r,
         )
+        self.stray_shards = Gauge(
+            "postroom_relay_stray_shards",
+            "Shards at or past RELAY_SHARDS holding unpublished rows (a writer with another "
+            "RELAY_SHARDS); the relays cover them, but the setting should be the same everywhere.",
+            registry=r,
+        )
         self.oldest_pending_age = Gauge(
             "postroom_relay_oldest_pending_age_seconds",
             "Age of the oldest unpublished row in owned shards.",

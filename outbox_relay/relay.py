@@ -95,6 +95,9 @@ class Relay:
         self._next_rebalance = 0.0
         self._next_gauges = 0.0
         self._next_prune = 0.0
+        # Shards at or past RELAY_SHARDS that hold unpublished rows (written by a process with
+        # a larger RELAY_SHARDS): each is covered by the owner of shard (s mod RELAY_SHARDS).
+        self._strays: frozenset[int] = frozenset()
         self._log = log.bind(relay=self.relay_id)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -156,6 +159,13 @@ class Relay:
                     # sent again (at-least-once), so the relay need not wait for the WAL
                     # flush of each mark.
                     "synchronous_commit": "off",
+                    # This connection holds the shard locks. If this host vanishes without
+                    # closing it, the server notices within about a minute and lets the
+                    # locks go, instead of keeping a half-open connection for hours.
+                    "tcp_keepalives_idle": "30",
+                    "tcp_keepalives_interval": "10",
+                    "tcp_keepalives_count": "3",
+                    "tcp_user_timeout": "60000",
                 },
             )
             if self.settings.outbox_notify:
@@ -229,20 +239,49 @@ class Relay:
             self.metrics.shards_owned.set(len(self.ownership.owned))
             self._next_rebalance = now + self.settings.relay_rebalance_interval
         if now >= self._next_gauges:
+            await self._find_strays(conn)
             await self._refresh_gauges(conn)
             self._next_gauges = now + _GAUGE_INTERVAL
         if now >= self._next_prune and self.settings.outbox_retention > 0 and self.ownership.owned:
             pruned = await claims.prune(
                 conn,
-                shards=sorted(self.ownership.owned),
+                shards=self._covered(),
                 older_than=self.settings.outbox_retention,
             )
             if pruned:
                 self._log.info("pruned published rows", rows=pruned)
             self._next_prune = now + self.settings.outbox_prune_interval
 
+    def _covered(self) -> list[int]:
+        """The shards this relay publishes: those it owns, and the stray shards that fall to
+        them (a stray shard s goes with shard s mod RELAY_SHARDS, under that shard's lock)."""
+        shards = self.settings.relay_shards
+        owned = self.ownership.owned
+        return sorted(owned | {s for s in self._strays if s % shards in owned})
+
+    async def _find_strays(self, conn: asyncpg.Connection) -> None:
+        shards = self.settings.relay_shards
+        rows = await conn.fetch(
+            """
+            SELECT DISTINCT shard FROM outbox
+            WHERE shard >= $1 AND published_at IS NULL AND parked_at IS NULL
+            """,
+            shards,
+        )
+        strays = frozenset(int(row["shard"]) for row in rows)
+        if strays - self._strays:
+            self._log.error(
+                "outbox rows in shards beyond RELAY_SHARDS; publishing them with the shard "
+                "they fall to. Set RELAY_SHARDS alike in every process",
+                relay_shards=shards,
+                stray_shards=sorted(strays),
+                writers_shards_at_least=max(strays) + 1,
+            )
+        self._strays = strays
+        self.metrics.stray_shards.set(len(strays))
+
     async def _refresh_gauges(self, conn: asyncpg.Connection) -> None:
-        owned = sorted(self.ownership.owned)
+        owned = self._covered()
         rows = await conn.fetch(
             """
             SELECT shard, count(*) AS pending,
@@ -265,7 +304,7 @@ class Relay:
     async def _cycle(self) -> CycleOutcome:
         conn = self._conn
         assert conn is not None
-        owned = sorted(self.ownership.owned)
+        owned = self._covered()
         outcome = CycleOutcome()
         if not owned:
             return outcome

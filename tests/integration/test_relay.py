@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -287,3 +288,63 @@ async def test_claims_skip_published_rows_by_index_not_by_reading_them(
     rows = await claims.claim(db, shards=list(range(8)), per_shard=125)
     assert len(rows) == 1000
     assert min(r.id for r in rows) == 19001
+
+
+async def test_rows_written_with_more_shards_than_the_relay_knows_are_still_published(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    """Writers with RELAY_SHARDS=16, a relay with 8: rows in shards 8-15 are covered by the
+    owners of shards 0-7, counted, and reported; none is left unpublished unnoticed."""
+    writers = make_api_settings(database_url, relay_shards=16)
+    relay_settings = make_relay_settings(database_url, kafka_bootstrap, relay_shards=8)
+    api = create_app(writers)
+    async with (
+        LifespanManager(api),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api),
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as http,
+    ):
+        for n in range(40):
+            created = await http.post(
+                "/v1/users", json={"email": f"wide{n}@example.com", "name": "W"}
+            )
+            assert created.status_code == 201
+    shards = {row["shard"] for row in await db.fetch("SELECT shard FROM outbox")}
+    assert any(shard >= 8 for shard in shards), shards  # the drill needs stray shards
+
+    async with running(relay_settings) as relay:
+        await wait_published(db, 40)
+        strays = relay.metrics.stray_shards._value.get()
+        records = await read_topic(kafka_bootstrap, relay_settings.topic("user"), expect=40)
+
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+    assert len({record.key for record in records}) == 40
+    assert strays == len({shard for shard in shards if shard >= 8})
+
+
+async def test_the_connection_holding_the_shard_locks_is_kept_alive_by_the_server(
+    database_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, str] = {}
+    real_connect = asyncpg.connect
+
+    async def connect_and_look(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        conn = await real_connect(*args, **kwargs)
+        for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+            seen[name] = await conn.fetchval(f"SHOW {name}")
+        return conn
+
+    monkeypatch.setattr("outbox_relay.relay.asyncpg.connect", connect_and_look)
+    async with running(make_relay_settings(database_url, kafka_bootstrap)) as relay:
+        async with asyncio.timeout(20):
+            while not relay.ready:
+                await asyncio.sleep(0.02)
+
+    # What the server applies to the relay's own connection, over TCP.
+    assert seen == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
