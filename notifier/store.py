@@ -75,6 +75,13 @@ class _Finished:
     template: str
     recipient: str
     reason: str | None
+    event_type: str = ""
+
+
+async def _erase_after_goodbyes(conn: AsyncConnection, moved: Sequence[Any]) -> None:
+    users = {row.user_id for row in moved if row.event_type == "user.deleted" and row.user_id}
+    if users:
+        await conn.execute(_ERASE_FINISHED, {"users": list(users)})
 
 
 def _event_fields(row: _Fields) -> dict[str, Any]:
@@ -173,26 +180,40 @@ _START = sa.text(
     """
 )
 
-_MARK_SENT = sa.text(
-    """
+# A final status erases the recipient of a goodbye (its user is deleted): the `email.*`
+# event still names the address (the one read before the update), the table keeps only ids.
+_FINAL = """
     UPDATE notifications AS n
-    SET status = 'sent', message_id = v.message_id, sent_at = now(), last_error = NULL,
-        attempt_open = false, lease_owner = NULL, lease_until = NULL, source = NULL,
-        updated_at = now()
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, message_id)
+    SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
+        source = NULL, updated_at = now(),
+        recipient = CASE WHEN n.event_type = 'user.deleted' THEN '' ELSE n.recipient END
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
+         LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'
-    RETURNING n.id, n.event_id, n.user_id, n.template, n.recipient, n.message_id
+    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, before.recipient,
+              {returned}
     """
+
+_MARK_SENT = sa.text(
+    _FINAL.format(
+        values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
+        detail="mids",
+        returned="n.message_id",
+    )
 )
 
 _FINISH = sa.text(
+    _FINAL.format(
+        values="status = :status, last_error = v.detail", detail="errors", returned="n.last_error"
+    )
+)
+
+# Once a deleted user's goodbye is final, what else of theirs is final loses its recipient
+# too (an email still pending at the deletion, finished since).
+_ERASE_FINISHED = sa.text(
     """
-    UPDATE notifications AS n
-    SET status = :status, last_error = v.error, attempt_open = false, lease_owner = NULL,
-        lease_until = NULL, source = NULL, updated_at = now()
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:errors AS text[])) AS v(id, error)
-    WHERE n.id = v.id AND n.status = 'pending'
-    RETURNING n.id, n.event_id, n.user_id, n.template, n.recipient, n.last_error
+    UPDATE notifications SET recipient = '', source = NULL
+    WHERE user_id = ANY(CAST(:users AS uuid[])) AND status <> 'pending' AND recipient <> ''
     """
 )
 
@@ -373,6 +394,7 @@ class NotificationStore:
                     for row in moved
                 ],
             )
+            await _erase_after_goodbyes(conn, moved)
         return len(moved)
 
     async def mark_suppressed(
@@ -391,6 +413,7 @@ class NotificationStore:
                         conn, row.recipient, details=row.reason or ""
                     )
             await self._announce_suppressed(conn, moved)
+            await _erase_after_goodbyes(conn, moved)
         return len(moved)
 
     async def mark_failed(self, failed: Sequence[tuple[uuid.UUID, str]]) -> int:
@@ -410,6 +433,7 @@ class NotificationStore:
                     for row in moved
                 ],
             )
+            await _erase_after_goodbyes(conn, moved)
         return len(moved)
 
     async def release(
@@ -493,7 +517,9 @@ class NotificationStore:
             },
         )
         return [
-            _Finished(r.id, r.event_id, r.user_id, r.template, r.recipient, r.last_error)
+            _Finished(
+                r.id, r.event_id, r.user_id, r.template, r.recipient, r.last_error, r.event_type
+            )
             for r in result
         ]
 

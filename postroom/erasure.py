@@ -5,8 +5,9 @@ user id, notification ids, bounce ids, MessageIDs).
 - Stored idempotency answers that show the user become a 410 problem: a replay of the
   request that created them says the user is gone, and shows nothing of them.
 - Notifications that reached a final status lose their recipient, their source record and
-  any mention of the address in their error. Pending ones (the goodbye, which the deletion
-  itself asks for) keep what their sending needs.
+  any mention of the address in their error. Pending ones (and the goodbye, which the
+  deletion itself asks for) keep what their sending needs; the notifier erases them when the
+  goodbye is final (`notifier/store.py`).
 - Bounces of the address lose their raw body, details and address.
 Kept: the suppression list (so the address is never mailed again), and what is already on
 Kafka, until the topics' retention removes it (docs/operations.md)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from html import unescape
@@ -140,17 +141,26 @@ async def test_inactive_recipients_are_suppressed_and_never_sent_to(
         first = await stack.api.post("/v1/users", json={"email": email, "name": "Bouncy"})
         await stack.wait_status(email, "sent")
         # The sandbox bounced it and marked the address inactive; the goodbye meets a 406.
-        assert (await stack.api.delete(f"/v1/users/{first.json()['id']}")).status_code == 204
-        [suppressed] = await stack.wait_status(email, "suppressed")
+        user_id = first.json()["id"]
+        assert (await stack.api.delete(f"/v1/users/{user_id}")).status_code == 204
+        deadline = time.monotonic() + 20
+        while not (goodbyes := await stack.notifications(user_id=user_id, status="suppressed")):
+            assert time.monotonic() < deadline, "the goodbye never settled"
+            await asyncio.sleep(0.05)
+        [suppressed] = goodbyes
         assert suppressed["template"] == "goodbye"
         assert "inactive" in suppressed["last_error"].lower()
+        # The user is deleted: once final, their notifications keep ids, not the address.
+        erased = await stack.notifications(user_id=user_id)
+        assert {n["recipient"] for n in erased} == {""}
         listed = (await stack.notifier.get("/v1/suppressions")).json()["items"]
         assert [s["email"] for s in listed] == [email]
 
         calls_before = (await stack.sandbox.get("/api/stats")).json()["calls"]
         again = await stack.api.post("/v1/users", json={"email": email, "name": "Again"})
         assert again.status_code == 201
-        await stack.wait_status(email, "suppressed", count=2)
+        [again_suppressed] = await stack.wait_status(email, "suppressed")
+        assert again_suppressed["template"] == "welcome"
         assert (await stack.sandbox.get("/api/stats")).json()["calls"] == calls_before
         assert len(await stack.messages(email)) == 1  # only the first welcome ever went out
 
