@@ -102,7 +102,9 @@ _RECORD = sa.text(
         id, event_id, event_type, user_id, template, recipient, source, status, last_error,
         attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
         next_attempt_at)
-    SELECT v.id, v.event_id, v.event_type, v.user_id, v.template, v.recipient,
+    SELECT v.id, v.event_id, v.event_type, v.user_id, v.template,
+           CASE WHEN blocked.reason IS NOT NULL AND v.event_type = 'user.deleted' THEN ''
+                ELSE v.recipient END,
            CASE WHEN blocked.reason IS NULL THEN CAST(v.source AS jsonb) END,
            CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
            blocked.reason,
@@ -186,7 +188,7 @@ _FINAL = """
     UPDATE notifications AS n
     SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
         source = NULL, updated_at = now(),
-        recipient = CASE WHEN n.event_type = 'user.deleted' THEN '' ELSE n.recipient END
+        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'
@@ -194,8 +196,14 @@ _FINAL = """
               {returned}
     """
 
+# The user is deleted: this is the goodbye, or the user's goodbye is already final.
+_GONE = """(n.event_type = 'user.deleted' OR EXISTS (
+        SELECT 1 FROM notifications AS g
+        WHERE g.user_id = n.user_id AND g.event_type = 'user.deleted' AND g.status <> 'pending'))"""
+
 _MARK_SENT = sa.text(
     _FINAL.format(
+        gone=_GONE,
         values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
         detail="mids",
         returned="n.message_id",
@@ -204,7 +212,12 @@ _MARK_SENT = sa.text(
 
 _FINISH = sa.text(
     _FINAL.format(
-        values="status = :status, last_error = v.detail", detail="errors", returned="n.last_error"
+        gone=_GONE,
+        # Its error (Postmark's 406 names the address) loses the address too.
+        values=f"status = :status, last_error = CASE WHEN {_GONE} "
+        "THEN replace(v.detail, before.recipient, '[erased]') ELSE v.detail END",
+        detail="errors",
+        returned="n.last_error",
     )
 )
 
@@ -212,7 +225,8 @@ _FINISH = sa.text(
 # too (an email still pending at the deletion, finished since).
 _ERASE_FINISHED = sa.text(
     """
-    UPDATE notifications SET recipient = '', source = NULL
+    UPDATE notifications
+    SET recipient = '', source = NULL, last_error = replace(last_error, recipient, '[erased]')
     WHERE user_id = ANY(CAST(:users AS uuid[])) AND status <> 'pending' AND recipient <> ''
     """
 )
@@ -300,13 +314,14 @@ class NotificationStore:
                 )
             ).all()
             suppressed = [(by_id[r.id], r.last_error) for r in rows if r.status == "suppressed"]
-            await self._announce_suppressed(
-                conn,
-                [
-                    _Finished(p.id, p.event_id, p.user_id, p.template, p.recipient, reason)
-                    for p, reason in suppressed
-                ],
-            )
+            finished = [
+                _Finished(
+                    p.id, p.event_id, p.user_id, p.template, p.recipient, reason, p.event_type
+                )
+                for p, reason in suppressed
+            ]
+            await self._announce_suppressed(conn, finished)
+            await _erase_after_goodbyes(conn, finished)
         claimed = [
             ClaimedRow(
                 id=r.id,

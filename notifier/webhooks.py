@@ -103,11 +103,17 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _refuse_constant(name: str) -> Any:
+    """json.loads takes NaN and Infinity, which JSON (and PostgreSQL's jsonb) does not."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _without_nul(value: Any) -> Any:
-    """The body with every NUL character (which PostgreSQL refuses in text and JSON) replaced
-    by U+FFFD, in keys and values; the rest unchanged."""
+    """The body with every NUL character and lone surrogate (which PostgreSQL refuses in text
+    and JSON) replaced by U+FFFD, in keys and values; the rest unchanged."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        cleaned = value.replace("\x00", "\ufffd")
+        return cleaned.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, dict):
         return {_without_nul(key): _without_nul(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -245,7 +251,7 @@ def build_router(
             raise ProblemError(415, "unsupported-media-type", "Send the webhook as JSON.")
         raw = await request.body()
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_refuse_constant)
             if _depth(body) > MAX_DEPTH:
                 raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             body = _without_nul(body)

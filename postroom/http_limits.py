@@ -60,6 +60,20 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if not self._refused and self._in_head and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse()
 
+    # Once refused, the rest of what the parser reads in the same chunk is ignored: there is
+    # no request cycle for it.
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
@@ -68,6 +82,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._parsed = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
         self._fields += 1
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
         super().on_header(name, value)

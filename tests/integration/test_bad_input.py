@@ -1,5 +1,6 @@
 """Bad input gets the right 4xx problem and writes nothing."""
 
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -41,12 +42,16 @@ def assert_problem(answer: httpx.Response, status: int, slug: str) -> dict[str, 
         ({"email": "ada@example.com", "name": "Ada\nBcc: x@example.com"}, "name"),
         ({"email": "ada@example.com", "name": "Ada\u001b[31m"}, "name"),
         ({"email": "ada\u0000@example.com", "name": "Ada"}, "email"),
+        ({"email": "ada@example.com", "name": "lone \ud800 surrogate"}, "name"),
     ],
 )
 async def test_invalid_bodies_are_422_with_the_field_named(
     client: httpx.AsyncClient, db: asyncpg.Connection, body: dict[str, object], field: str
 ) -> None:
-    answer = await client.post("/v1/users", json=body)
+    # json.dumps escapes what UTF-8 cannot carry (lone surrogates) as \udXXX, as a client may.
+    answer = await client.post(
+        "/v1/users", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
 
     problem = assert_problem(answer, 422, "validation-error")
     errors = problem["errors"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -112,3 +113,15 @@ async def test_processes_started_by_the_command_bound_heads_too(sandbox: Sandbox
         await exchange(port, request("/healthz", [("x-big", "a" * 100_000)]))
     )
     assert status == 431
+
+
+async def test_a_refused_head_with_a_body_in_the_same_packet_logs_no_error(
+    api_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    many = [(f"x-h{n}", "1") for n in range(MAX_HEADER_FIELDS + 1)]
+    head = request("/v1/users", [*many, ("content-length", "2")], method="POST")
+
+    status, _ = status_and_body(await exchange(api_port, head + b"{}", chunk=1 << 20))
+
+    assert status == 431
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -216,3 +216,55 @@ async def test_a_suppressed_address_is_recorded_suppressed_and_announced(
     assert row is not None
     assert (row["status"], row["attempts"]) == ("suppressed", 0)
     assert kinds == ["email.suppressed"]
+
+
+async def test_a_deleted_users_goodbye_erases_their_addresses_however_it_ends(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """The goodbye to a suppressed address is recorded suppressed at once; that final status
+    erases it and every other final notification of the user; one pending then (a welcome
+    still retrying) is erased when it ends."""
+    email = f"{unique('gone')}@example.com"
+    store = store_of(engine)
+    welcome, welcome_source = registration(email)
+    await store.record(
+        [welcome], {welcome.event_id: welcome_source}, not_allowed={}, attempt_id="a", claim="c"
+    )
+    await db.execute(
+        "INSERT INTO suppressions (email, reason, origin) VALUES ($1, 'HardBounce', 'Postmark')",
+        email.lower(),
+    )
+    data = events.UserDeleted(
+        user_id=welcome.user_id, version=2, email=email, name="Gone", deleted_at=datetime.now(UTC)
+    )
+    source = SourceRecord(
+        topic="t.user",
+        partition=0,
+        offset=1,
+        key=str(welcome.user_id),
+        headers=(("ce_id", str(uuid.uuid4())), ("ce_type", data.event_type)),
+        value=data.model_dump_json(),
+    )
+    [goodbye] = plan(source.event())
+
+    _, suppressed = await store.record(
+        [goodbye], {goodbye.event_id: source}, not_allowed={}, attempt_id="b", claim="c"
+    )
+    pending_recipient = await db.fetchval(
+        "SELECT recipient FROM notifications WHERE id = $1", welcome.id
+    )
+    await store.mark_failed([(welcome.id, f"ErrorCode 300: bad address {email}")])
+    rows = {
+        r["template"]: (r["recipient"], r["last_error"])
+        for r in await db.fetch("SELECT template, recipient, last_error FROM notifications")
+    }
+    announced = [
+        json.loads(r["payload"])["email"]
+        for r in await db.fetch("SELECT payload::text FROM outbox ORDER BY id")
+    ]
+
+    assert [plan_.id for plan_, _ in suppressed] == [goodbye.id]
+    assert pending_recipient == email  # still needed to send it
+    assert rows["goodbye"][0] == ""
+    assert rows["welcome"] == ("", "ErrorCode 300: bad address [erased]")
+    assert announced == [email, email]  # the events still name the address

@@ -513,3 +513,24 @@ async def test_unknown_record_types_are_counted_under_one_label(
     assert "ZZZZ" not in metrics
     assert 'postroom_notifier_webhooks_total{outcome="ignored",record_type="other"} 1.0' in metrics
     assert 'postroom_notifier_bounces_total{type="other"} 1.0' in metrics
+
+
+async def test_json_that_postgresql_cannot_hold_is_refused_or_cleaned_never_a_500(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    nan = b'{"RecordType": "Bounce", "ID": 1, "Type": "HardBounce", "Email": "a@b.co", "X": NaN}'
+    lone = fixture("bounce_hard", ID=950, Email="lone\ud800@example.com", Details="x\udc00y")
+
+    refused = await hooks.post(
+        "/webhooks/postmark", content=nan, headers={"content-type": "application/json"}
+    )
+    stored = await hooks.post(  # json.dumps escapes the lone surrogates as \udXXX
+        "/webhooks/postmark",
+        content=json.dumps(lone).encode(),
+        headers={"content-type": "application/json"},
+    )
+
+    assert refused.status_code == 400
+    assert stored.json() == {"status": "recorded"}
+    raw = await db.fetchval("SELECT raw::text FROM bounces WHERE id = 950")
+    assert "\ufffd" in raw
