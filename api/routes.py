@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -212,19 +213,13 @@ async def verify_email_page(
     """The page a verification link opens: says which address the link verifies and offers
     one button. Nothing changes on a GET, so link-scanning mail gateways verify nobody."""
     token = request.query_params.get("token")
-    if not token or len(token) > MAX_TOKEN:
-        return pages.verification_page(400)
-    try:
-        claim = _claim_from(token, settings)
+
+    async def confirm(claim: tokens.VerificationClaim) -> HTMLResponse:
         async with engine.connect() as conn:
             user = await use_cases.claimed_user(conn, claim=claim)
-    except ProblemError as problem:
-        return pages.verification_page(problem.status)
-    except Exception as exc:
-        if is_unavailable(exc):
-            return pages.verification_page(503)
-        raise
-    return pages.confirmation_page(token=token, email=user.email)
+        return pages.confirmation_page(token=token or "", email=user.email)
+
+    return await _verification_page(token, settings, confirm)
 
 
 @public_router.post(
@@ -259,20 +254,32 @@ async def verify_email_button(
     except ValueError:  # more fields than a form of one
         return pages.verification_page(400)
     given = fields.get("token")
-    token = given[0] if given else None
+
+    async def verify(claim: tokens.VerificationClaim) -> HTMLResponse:
+        async with engine.begin() as conn:
+            row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
+        return pages.verification_page(200, email=row.email)
+
+    return await _verification_page(given[0] if given else None, settings, verify)
+
+
+async def _verification_page(
+    token: str | None,
+    settings: SettingsDep,
+    work: Callable[[tokens.VerificationClaim], Awaitable[HTMLResponse]],
+) -> HTMLResponse:
+    """Both verification pages: `work` on the token's claim, or the page that says why not
+    (400 bad token, 410 expired or superseded, 503 database away)."""
     if not token or len(token) > MAX_TOKEN:
         return pages.verification_page(400)
     try:
-        claim = _claim_from(token, settings)
-        async with engine.begin() as conn:
-            row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
+        return await work(_claim_from(token, settings))
     except ProblemError as problem:
         return pages.verification_page(problem.status)
     except Exception as exc:
         if is_unavailable(exc):
             return pages.verification_page(503)
         raise
-    return pages.verification_page(200, email=row.email)
 
 
 @public_router.get("/healthz", response_model=Health, tags=["operations"])

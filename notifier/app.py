@@ -60,7 +60,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             halt=consumer.halt,
             halted=lambda: consumer.state is State.HALTED,
         )
-        delivery.on_hand_back = retries.wake
+        store.on_hand_back = retries.wake
         app.state.engine = engine
         app.state.postmark = postmark
         app.state.delivery = delivery

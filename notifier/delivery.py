@@ -27,7 +27,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -96,8 +96,6 @@ class Delivery:
         self.metrics = metrics
         self.renderer = Renderer()
         self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
-        # Called when rows were handed back to wait: the retry loop looks at its clock again.
-        self.on_hand_back: Callable[[], None] = lambda: None
 
     async def intake(
         self, planned: Sequence[PlannedEmail], sources: dict[uuid.UUID, SourceRecord]
@@ -139,7 +137,6 @@ class Delivery:
             await self.store.keep_sources(
                 {plan_id: sources[by_id[plan_id].event_id] for plan_id in earlier}
             )
-            self.on_hand_back()
 
     async def sweep(self, *, limit: int | None = None) -> int:
         """Claim the pending notifications that are due (retries, waits that ended, claims
@@ -261,7 +258,6 @@ class Delivery:
             log.info("found earlier sends at Postmark; not sending again", count=moved)
         if waiting:
             await self.store.wait_for_settle([row.id for row in waiting], claim=claim)
-            self.on_hand_back()
         if failed:
             limit = self.settings.notifier_max_attempts
             done = [(row, error) for row, error in failed if row.attempts + 1 >= limit]
@@ -286,7 +282,6 @@ class Delivery:
                     count_attempt=True,
                     error=f"search failed: {failed[0][1]}",
                 )
-                self.on_hand_back()
                 log.warning("postmark search failed; backing off", pending=len(retry))
         return again
 
@@ -317,7 +312,6 @@ class Delivery:
         except PostmarkUnauthorized:
             # Nothing was accepted: hand the rows back, in no doubt, and stop.
             await self.store.release({row.id: 0.0 for row in chunk}, claim=claim)
-            self.on_hand_back()
             raise
         except (PostmarkUnavailable, RequestRejected) as exc:
             # Ambiguous: search soon (the index may have caught up), and again after the
@@ -330,7 +324,6 @@ class Delivery:
                 ambiguous=ambiguous,
                 error=str(exc),
             )
-            self.on_hand_back()
             log.warning(
                 "postmark did not take the batch; backing off",
                 ambiguous=ambiguous,
@@ -384,7 +377,6 @@ class Delivery:
                     claim=claim,
                     error=reason,
                 )
-                self.on_hand_back()
                 break
             self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
             written.append((row, reason))

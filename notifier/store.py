@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -278,6 +278,9 @@ class NotificationStore:
         self.outbox = outbox
         self.lease = lease
         self.settle = settle
+        # Called whenever rows are handed back to wait (or become retryable): the retry loop
+        # looks at its clock again.
+        self.on_hand_back: Callable[[], None] = lambda: None
 
     async def record(
         self,
@@ -484,6 +487,7 @@ class NotificationStore:
                     "sources": [json.dumps(source.as_json()) for source in sources.values()],
                 },
             )
+        self.on_hand_back()
 
     async def due_in(self) -> float | None:
         """Seconds until the next pending row may be claimed (≤ 0: now); None if none."""
@@ -518,6 +522,7 @@ class NotificationStore:
                     "owner": claim,
                 },
             )
+        self.on_hand_back()
 
     @staticmethod
     async def _finish(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
 import time
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from sandbox.bounces import BOUNCE_TYPE_NAMES, Bounce, bounce_type_for, delivery_json, new_bounce
 from sandbox.faults import FaultInjector
@@ -105,7 +105,12 @@ def get_sandbox(request: Request) -> Sandbox:
 SandboxDep = Annotated[Sandbox, Depends(get_sandbox)]
 
 
-def require_operator(request: Request) -> None:
+_basic = HTTPBasic(auto_error=False)
+
+
+def require_operator(
+    request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> None:
     """Outside development, the capture API and the inbox pages (which show every
     verification link) answer only to the server token: in the X-Postmark-Server-Token
     header, or as the password of HTTP basic auth (a browser asks for it)."""
@@ -113,13 +118,9 @@ def require_operator(request: Request) -> None:
     if sandbox.settings.app_env == "development":
         return
     expected = sandbox.settings.postmark_server_token.get_secret_value().encode()
-    given = request.headers.get("x-postmark-server-token", "")
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if not given and scheme.lower() == "basic":
-        try:
-            given = base64.b64decode(credentials, validate=True).decode().partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            given = ""
+    given = request.headers.get("x-postmark-server-token") or (
+        credentials.password if credentials else ""
+    )
     if not (given and hmac.compare_digest(given.encode(), expected)):
         raise HTTPException(
             401,
