@@ -1,4 +1,5 @@
-# One image for every Postroom process; the compose file picks the process by command.
+# One image for every Postroom process; the command picks it (`python -m <process>`, as in
+# compose), and `postroom migrate` applies the migrations.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,9 +18,9 @@ WORKDIR /app
 
 # Dependencies first, against stub packages, so a code change does not re-download them.
 COPY pyproject.toml constraints.txt README.md ./
-RUN mkdir postroom api outbox_relay notifier sandbox \
+RUN mkdir postroom api outbox_relay notifier sandbox postroom_cli \
     && touch postroom/__init__.py api/__init__.py outbox_relay/__init__.py \
-       notifier/__init__.py sandbox/__init__.py \
+       notifier/__init__.py sandbox/__init__.py postroom_cli/__init__.py \
     && pip install -c constraints.txt -e .
 
 # Editable on purpose: `postroom migrate` finds alembic.ini and migrations/ next to the package.
@@ -30,6 +31,7 @@ COPY api/ api/
 COPY outbox_relay/ outbox_relay/
 COPY notifier/ notifier/
 COPY sandbox/ sandbox/
+COPY postroom_cli/ postroom_cli/
 
 USER postroom
 
@@ -39,5 +41,4 @@ EXPOSE 8000 8001 8002 8025
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${API_PORT:-8000}/healthz', timeout=2)"
 
-ENTRYPOINT ["postroom"]
-CMD ["api"]
+CMD ["python", "-m", "api"]

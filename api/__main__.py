@@ -1,5 +1,6 @@
-"""`python -m api`: the same as `postroom api`."""
+"""`python -m api`: run the REST API."""
 
-from postroom.cli import main
+from api.app import main
 
-main(["api"])
+if __name__ == "__main__":
+    main()

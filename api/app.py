@@ -9,15 +9,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api.routes import public_router, users_router
-from outbox_relay.outbox import OutboxWriter
+from api.routes import handle_refusal, pages_router, users_router
+from api.settings import ApiSettings
+from api.users import Refused
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import idempotency_keys
+from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
-from postroom.settings import ApiSettings
+from postroom.serve import serve
 from postroom.tracing import is_probe
-from postroom.web import include_routers, install_problem_handlers
+from postroom.web import (
+    database_ready,
+    include_routers,
+    install_problem_handlers,
+    operations_router,
+)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -50,9 +57,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
     app.state.registry = CollectorRegistry()
-    include_routers(app, [users_router, public_router])
+    include_routers(app, [users_router, pages_router, operations_router(database_ready)])
     install_problem_handlers(app)
+    app.add_exception_handler(Refused, handle_refusal)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, registry=app.state.registry, access_log=settings.access_log)
     return app
+
+
+def main() -> None:
+    """Run the api process (`python -m api`)."""
+    serve(
+        "api",
+        ApiSettings,
+        create_app,
+        address=lambda s: (s.api_host, s.api_port),
+    )

@@ -114,8 +114,9 @@ class Guard:
     ) -> Guard:
         return cls(principal, key, request_fingerprint(method, path, body), ttl)
 
-    async def replay(self, conn: AsyncConnection) -> StoredAnswer | None:
-        """The stored answer to replay, or None after claiming the key for this request."""
+    async def claim_or_replay(self, conn: AsyncConnection) -> StoredAnswer | None:
+        """Claim the key for this request (None: go on), or the answer stored for it by the
+        first request (replay it)."""
         if self.key is None:
             return None
         return await claim(

@@ -1,4 +1,4 @@
-"""The `/v1` routes, the verification page and the operational endpoints."""
+"""The `/v1` routes and the verification pages."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from api import idempotency, pages
 from api import users as use_cases
-from api.deps import EngineDep, OutboxDep, PrincipalDep, SettingsDep
 from api.schemas import EmailVerificationRequest, UserCreate, UserOut, UserPatch
+from api.settings import ApiSettings
 from postroom import tokens
 from postroom.db import is_unavailable
-from postroom.problems import ProblemError, problem_responses
-from postroom.web import METRICS_RESPONSES, Health, database_problem, prometheus
+from postroom.problems import ProblemError, handle_problem, problem_responses
+from postroom.web import EngineDep, OutboxDep, PrincipalDep, get_settings
 
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -30,8 +31,33 @@ IdempotencyKey = Annotated[
     ),
 ]
 
+# The use cases' refusals, as the problems this API answers them with.
+REFUSALS: dict[type[use_cases.Refused], ProblemError] = {
+    use_cases.UserNotFound: ProblemError(
+        404, "user-not-found", "No user has this id.", title="User not found"
+    ),
+    use_cases.EmailTaken: ProblemError(
+        409,
+        "email-taken",
+        "Another user already has this email address.",
+        title="Email address taken",
+    ),
+    use_cases.LinkSuperseded: ProblemError(
+        410,
+        "token-superseded",
+        "This link is for an address the account no longer has, or a deleted account.",
+        title="Verification link no longer valid",
+    ),
+}
+
+
+async def handle_refusal(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, use_cases.Refused)
+    return await handle_problem(request, REFUSALS[type(exc)])
+
+
 users_router = APIRouter(prefix="/v1", tags=["users"])
-public_router = APIRouter()
+pages_router = APIRouter()
 
 
 def _replay(answer: idempotency.StoredAnswer) -> JSONResponse:
@@ -71,7 +97,7 @@ async def create_user(
         ttl=settings.idempotency_key_ttl,
     )
     async with engine.begin() as conn:
-        if (stored := await guard.replay(conn)) is not None:
+        if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
         row = await use_cases.register_user(conn, email=body.email, name=body.name, outbox=outbox)
         user = UserOut.from_row(row)
@@ -178,7 +204,7 @@ async def verify_email(
         ttl=settings.idempotency_key_ttl,
     )
     async with engine.begin() as conn:
-        if (stored := await guard.replay(conn)) is not None:
+        if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
         row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
         user = UserOut.from_row(row)
@@ -190,7 +216,7 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
 MAX_TOKEN = 1024
 
 
-@public_router.get(
+@pages_router.get(
     "/verify-email",
     response_class=HTMLResponse,
     tags=["users"],
@@ -222,7 +248,7 @@ async def verify_email_page(
     return await _verification_page(token, settings, confirm)
 
 
-@public_router.post(
+@pages_router.post(
     "/verify-email",
     response_class=HTMLResponse,
     tags=["users"],
@@ -276,33 +302,9 @@ async def _verification_page(
         return await work(_claim_from(token, settings))
     except ProblemError as problem:
         return pages.verification_page(problem.status)
+    except use_cases.Refused as refusal:
+        return pages.verification_page(REFUSALS[type(refusal)].status)
     except Exception as exc:
         if is_unavailable(exc):
             return pages.verification_page(503)
         raise
-
-
-@public_router.get("/healthz", response_model=Health, tags=["operations"])
-async def healthz() -> Health:
-    """Liveness: the process answers."""
-    return Health(status="ok")
-
-
-@public_router.get(
-    "/readyz", response_model=Health, tags=["operations"], responses=problem_responses(503)
-)
-async def readyz(engine: EngineDep, settings: SettingsDep) -> Any:
-    """Readiness: the database answers."""
-    problem = await database_problem(engine, within=settings.database_connect_timeout)
-    return problem or Health(status="ready")
-
-
-@public_router.get(
-    "/metrics",
-    response_class=PlainTextResponse,
-    tags=["operations"],
-    responses=METRICS_RESPONSES,
-)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this process."""
-    return prometheus(request)

@@ -15,12 +15,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox_relay.outbox import OutboxWriter
 from postroom import events, tokens
 from postroom.db import unique_violation
 from postroom.erasure import erase_user
 from postroom.models import USERS_EMAIL_INDEX, users
-from postroom.problems import ProblemError
+from postroom.outbox import OutboxWriter
 
 UserRow: TypeAlias = sa.Row[*tuple[Any, ...]]
 
@@ -44,17 +43,21 @@ _REGISTER = (
 )
 
 
-def _email_taken() -> ProblemError:
-    return ProblemError(
-        409,
-        "email-taken",
-        "Another user already has this email address.",
-        title="Email address taken",
-    )
+class Refused(Exception):
+    """A use case refused the change; nothing was written. The HTTP layer answers each kind
+    with its problem (api/routes.py)."""
 
 
-def _not_found() -> ProblemError:
-    return ProblemError(404, "user-not-found", "No user has this id.", title="User not found")
+class UserNotFound(Refused):
+    """No user has this id."""
+
+
+class EmailTaken(Refused):
+    """Another user already has this address."""
+
+
+class LinkSuperseded(Refused):
+    """The verification link names an address the user no longer has, or a deleted user."""
 
 
 async def register_user(
@@ -65,7 +68,7 @@ async def register_user(
         await conn.execute(_REGISTER, {"id": uuid.uuid4(), "email": email, "name": name})
     ).one_or_none()
     if row is None:
-        raise _email_taken()
+        raise EmailTaken()
     await outbox.add(
         conn,
         events.Event(
@@ -84,7 +87,7 @@ async def register_user(
 async def get_user(conn: AsyncConnection, *, user_id: uuid.UUID) -> UserRow:
     row = (await conn.execute(sa.select(*_COLUMNS).where(users.c.id == user_id))).one_or_none()
     if row is None:
-        raise _not_found()
+        raise UserNotFound()
     return row
 
 
@@ -92,7 +95,7 @@ async def _lock_user(conn: AsyncConnection, user_id: uuid.UUID) -> UserRow:
     statement = sa.select(*_COLUMNS).where(users.c.id == user_id).with_for_update()
     row = (await conn.execute(statement)).one_or_none()
     if row is None:
-        raise _not_found()
+        raise UserNotFound()
     return row
 
 
@@ -127,7 +130,7 @@ async def update_user(
         row = (await conn.execute(statement)).one()
     except IntegrityError as exc:
         if unique_violation(exc) == USERS_EMAIL_INDEX:
-            raise _email_taken() from exc
+            raise EmailTaken() from exc
         raise
     changed = [field for field in ("name", "email") if field in changes]
     await outbox.add(
@@ -163,7 +166,7 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: Outb
     statement = sa.delete(users).where(users.c.id == user_id).returning(*_COLUMNS)
     row = (await conn.execute(statement)).one_or_none()
     if row is None:
-        raise _not_found()
+        raise UserNotFound()
     await erase_user(conn, user_id=row.id, email=row.email)
     await outbox.add(
         conn,
@@ -182,24 +185,19 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: Outb
 async def claimed_user(
     conn: AsyncConnection, *, claim: tokens.VerificationClaim, lock: bool = False
 ) -> UserRow:
-    """The user a verification token names, if it still has the token's address; else 410.
+    """The user a verification token names, if it still has the token's address.
     Reads only (the page a link opens shows it before anything changes)."""
     statement = sa.select(*_COLUMNS).where(users.c.id == claim.user_id)
     current = (await conn.execute(statement.with_for_update() if lock else statement)).first()
     if current is None or current.email.lower() != claim.email.lower():
-        raise ProblemError(
-            410,
-            "token-superseded",
-            "This link is for an address the account no longer has, or a deleted account.",
-            title="Verification link no longer valid",
-        )
+        raise LinkSuperseded()
     return current
 
 
 async def verify_email(
     conn: AsyncConnection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
 ) -> UserRow:
-    """Mark the claimed address verified; 410 when the user or that address is gone.
+    """Mark the claimed address verified (LinkSuperseded when the user or that address is gone).
     Verifying an already verified address again answers the same and writes nothing."""
     current = await claimed_user(conn, claim=claim, lock=True)
     if current.email_verified_at is not None:

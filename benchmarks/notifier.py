@@ -59,10 +59,10 @@ from notifier.rendering import Renderer
 from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import cloudevent_headers
 from postroom import events, tokens
-from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, tansu_binary
 from postroom.kafka import create_missing_topics
 from postroom.migrate import PROJECT_ROOT, upgrade
 from postroom.settings import KafkaSettings
+from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, tansu_binary
 
 PARTITIONS = 6  # KAFKA_TOPIC_PARTITIONS' default, what the relay creates
 BATCH = 500  # Postmark's batch limit
@@ -135,12 +135,12 @@ class Stack:
         self.bootstrap = broker.bootstrap_servers
 
     def spawn(self, name: str, env: dict[str, str]) -> Child:
-        """Start `postroom <name>` with `env` on top of ours; stopped when the run ends."""
+        """Start the process `name` with `env` on top of ours; stopped when the run ends."""
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as log:
             # A session of its own: Ctrl-C reaches only us, and we stop the process in order.
             process = subprocess.Popen(
-                [sys.executable, "-m", "postroom.cli", name],
+                [sys.executable, "-m", {"relay": "outbox_relay"}.get(name, name)],
                 cwd=PROJECT_ROOT,
                 env={**os.environ, **env},
                 stdout=log,

@@ -52,9 +52,10 @@ from typing import Any
 
 import asyncpg
 
-from postroom.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
+from api.settings import ApiSettings
 from postroom.migrate import PROJECT_ROOT, upgrade
-from postroom.settings import ApiSettings, plain_url
+from postroom.settings import plain_url
+from postroom_cli.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
 
 LUA_SCRIPT = Path(__file__).with_name("post_users.lua")
 DATABASE = "postroom_bench"
@@ -174,8 +175,8 @@ def http_server(
         "LOG_LEVEL": "info",
         "ACCESS_LOG": "false",
     }
-    module = {"baseline": "benchmarks.baseline_app", "real": "postroom.cli"}[kind]
-    argv = [sys.executable, "-m", module, *(["api"] if kind == "real" else [])]
+    module = {"baseline": "benchmarks.baseline_app", "real": "api"}[kind]
+    argv = [sys.executable, "-m", module]
     log_path = bench.workdir / f"{bench.phase:02d}-{kind}.log"
     with open(log_path, "wb") as log:
         # A session of its own: a Ctrl-C reaches us, and we stop the server in order.

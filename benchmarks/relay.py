@@ -50,12 +50,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox_relay.claims import OutboxRow
-from outbox_relay.outbox import OutboxWriter, shard_of
 from outbox_relay.publisher import Publisher, cloudevent_headers
+from outbox_relay.settings import RelaySettings
 from postroom import events
-from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
 from postroom.migrate import upgrade
-from postroom.settings import RelaySettings, asyncpg_url
+from postroom.outbox import OutboxWriter, shard_of
+from postroom.settings import asyncpg_url
+from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
 
 SHARDS = 8
 PARTITIONS = 6
@@ -94,7 +95,7 @@ def relay_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "postroom.cli", "relay"],
+        [sys.executable, "-m", "outbox_relay"],
         env={
             **os.environ,
             "APP_ENV": "development",

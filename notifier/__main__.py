@@ -1,5 +1,6 @@
-"""`python -m notifier`: the same as `postroom notifier`."""
+"""`python -m notifier`: run the notifier."""
 
-from postroom.cli import main
+from notifier.app import main
 
-main(["notifier"])
+if __name__ == "__main__":
+    main()

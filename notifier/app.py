@@ -15,17 +15,18 @@ from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
 from notifier.postmark import Postmark
 from notifier.retries import RetryLoop
-from notifier.routes import router
+from notifier.routes import readiness, router
+from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
 from notifier.webhooks import WebhookMetrics, build_router
-from outbox_relay.outbox import OutboxWriter
 from postroom.db import create_engine
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import webhook_receipts
+from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
-from postroom.settings import NotifierSettings
+from postroom.serve import serve
 from postroom.tracing import is_probe
-from postroom.web import include_routers, install_problem_handlers
+from postroom.web import include_routers, install_problem_handlers, operations_router
 
 
 def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
@@ -99,7 +100,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     app.state.registry = registry
     app.state.metrics = metrics
     webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))
-    include_routers(app, [router, webhooks])
+    include_routers(app, [router, webhooks, operations_router(readiness)])
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
@@ -109,3 +110,13 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
         namespace="postroom_notifier",
     )
     return app
+
+
+def main() -> None:
+    """Run the notifier process (`python -m notifier`)."""
+    serve(
+        "notifier",
+        NotifierSettings,
+        create_app,
+        address=lambda s: (s.notifier_host, s.notifier_port),
+    )

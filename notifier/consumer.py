@@ -27,9 +27,9 @@ from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
 from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, plan, read_record
 from notifier.postmark import PostmarkUnauthorized
+from notifier.settings import NotifierSettings
 from postroom.backoff import Backoff
 from postroom.kafka import create_missing_topics
-from postroom.settings import NotifierSettings
 
 log = structlog.get_logger("postroom.notifier")
 

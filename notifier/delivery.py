@@ -44,10 +44,10 @@ from notifier.postmark import (
     RequestRejected,
 )
 from notifier.rendering import Renderer
+from notifier.settings import NotifierSettings
 from notifier.store import ClaimedRow, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
-from postroom.settings import NotifierSettings
 from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")

@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import SourceRecord
+from notifier.settings import NotifierSettings
 from postroom.models import notifications
-from postroom.settings import NotifierSettings
 
 
 class DeadLetterWriter:

@@ -18,7 +18,7 @@ import urllib3
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from postroom.settings import NotifierSettings
+from notifier.settings import NotifierSettings
 
 BATCH_LIMIT = 500
 SEARCH_PAGE = 50

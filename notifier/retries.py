@@ -14,9 +14,9 @@ import structlog
 
 from notifier.delivery import Delivery
 from notifier.postmark import PostmarkUnauthorized
+from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
 from postroom.backoff import Backoff
-from postroom.settings import NotifierSettings
 
 log = structlog.get_logger("postroom.notifier")
 

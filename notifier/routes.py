@@ -1,4 +1,4 @@
-"""The notifier's HTTP routes: notifications and suppressions for operators, health, metrics."""
+"""The notifier's HTTP routes for operators (notifications, suppressions) and its readiness."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from notifier import suppressions as suppression_admin
@@ -15,25 +15,8 @@ from notifier.consumer import Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
-from postroom.settings import NotifierSettings
 from postroom.text import NO_CONTROL_CHARACTERS
-from postroom.web import (
-    METRICS_RESPONSES,
-    EngineDep,
-    Health,
-    PrincipalDep,
-    database_problem,
-    only_query,
-    prometheus,
-)
-
-
-async def get_settings(request: Request) -> NotifierSettings:
-    settings: NotifierSettings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[NotifierSettings, Depends(get_settings)]
+from postroom.web import EngineDep, OutboxDep, PrincipalDep, database_ready, only_query
 
 Status = Literal["pending", "sent", "suppressed", "failed", "delivered", "bounced", "complained"]
 
@@ -175,12 +158,12 @@ class SuppressionCreate(BaseModel):
     responses=problem_responses(400, 401, 409, 413, 422, 503),
 )
 async def add_suppression(
-    body: SuppressionCreate, request: Request, _: PrincipalDep, engine: EngineDep
+    body: SuppressionCreate, _: PrincipalDep, engine: EngineDep, outbox: OutboxDep
 ) -> Any:
     """Suppress an address by hand: nothing more is sent to it. Emits `email.suppressed`."""
     added = await suppression_admin.add(
         engine,
-        request.app.state.outbox,
+        outbox,
         email=body.email,
         reason=body.reason,
         details=body.details,
@@ -217,13 +200,12 @@ async def lift_suppression(
     request: Request,
     _: PrincipalDep,
     engine: EngineDep,
+    outbox: OutboxDep,
 ) -> Response:
     """Lift a suppression, reactivating the address at Postmark when a bounce made it
     inactive there. A spam complaint cannot be lifted (409). Emits `email.reactivated`."""
     try:
-        await suppression_admin.lift(
-            engine, request.app.state.outbox, request.app.state.postmark, email=email
-        )
+        await suppression_admin.lift(engine, outbox, request.app.state.postmark, email=email)
     except suppression_admin.NotSuppressed:
         raise ProblemError(
             404, "not-suppressed", "This address is not suppressed.", title="Not suppressed"
@@ -245,15 +227,8 @@ async def lift_suppression(
     return Response(status_code=204)
 
 
-@router.get("/healthz", response_model=Health, tags=["operations"])
-async def healthz() -> Health:
-    """Liveness: the process answers."""
-    return Health(status="ok")
-
-
-@router.get("/readyz", response_model=Health, tags=["operations"], responses=problem_responses(503))
-async def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> Any:
-    """Ready: the database answers and the consumer is consuming."""
+async def readiness(request: Request) -> Response | None:
+    """Ready: the consumer is consuming and the database answers."""
     consumer: Consumer = request.app.state.consumer
     if consumer.state is State.HALTED:
         return problem_response(503, "consumer-halted", consumer.halt_reason)
@@ -261,16 +236,4 @@ async def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         return problem_response(
             503, "consumer-not-ready", "Not consuming from Kafka yet.", headers={"Retry-After": "1"}
         )
-    problem = await database_problem(engine, within=settings.database_connect_timeout)
-    return problem or Health(status="ready")
-
-
-@router.get(
-    "/metrics",
-    tags=["operations"],
-    response_class=Response,
-    responses=METRICS_RESPONSES,
-)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this process."""
-    return prometheus(request)
+    return await database_ready(request)

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier import suppressions as suppression_list
 from notifier.plans import PlannedEmail, SourceRecord
-from outbox_relay.outbox import OutboxWriter
 from postroom import events
+from postroom.outbox import OutboxWriter
 
 MAX_ERROR = 2000
 

@@ -22,9 +22,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier.postmark import Postmark
-from outbox_relay.outbox import OutboxWriter
 from postroom import events
 from postroom.models import bounces, suppression_lifts, suppressions
+from postroom.outbox import OutboxWriter
 
 SPAM_COMPLAINT = "SpamComplaint"
 # The first key of the suppression list's advisory locks (the second: a hash of the address).

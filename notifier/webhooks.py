@@ -30,11 +30,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier import suppressions as suppression_list
-from outbox_relay.outbox import OutboxWriter
+from notifier.settings import NotifierSettings
 from postroom import events
 from postroom.models import bounces, notifications, webhook_receipts
+from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, problem_responses
-from postroom.settings import NotifierSettings
 from postroom.web import EngineDep
 
 log = structlog.get_logger("postroom.webhooks")

@@ -1,5 +1,6 @@
-"""`python -m outbox_relay`: the same as `postroom relay`."""
+"""`python -m outbox_relay`: run the outbox relay."""
 
-from postroom.cli import main
+from outbox_relay.app import main
 
-main(["relay"])
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,8 @@ from datetime import datetime
 import asyncpg
 
 from outbox_relay import claims
-from outbox_relay.outbox import NOTIFY_CHANNEL
 from outbox_relay.shards import owners
+from postroom.outbox import NOTIFY_CHANNEL
 from postroom.settings import CommonSettings, plain_url
 
 
@@ -44,14 +44,7 @@ async def _connect(settings: CommonSettings) -> asyncpg.Connection:
 async def status(settings: CommonSettings) -> OutboxStatus:
     conn = await _connect(settings)
     try:
-        pending = await conn.fetch(
-            """
-            SELECT shard, count(*) AS pending,
-                   extract(epoch FROM clock_timestamp() - min(created_at)) AS oldest
-            FROM outbox WHERE published_at IS NULL AND parked_at IS NULL
-            GROUP BY shard
-            """
-        )
+        backlog = await claims.pending_by_shard(conn, shards=None)
         parked = await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL AND published_at IS NULL"
         )
@@ -61,13 +54,12 @@ async def status(settings: CommonSettings) -> OutboxStatus:
         held = await owners(conn)
     finally:
         await conn.close()
-    by_shard = {row["shard"]: row for row in pending}
-    count = max([settings.relay_shards, *(s + 1 for s in by_shard), *(s + 1 for s in held)])
+    count = max([settings.relay_shards, *(s + 1 for s in backlog), *(s + 1 for s in held)])
     shards = [
         ShardStatus(
             shard=shard,
-            pending=by_shard[shard]["pending"] if shard in by_shard else 0,
-            oldest_pending_age=float(by_shard[shard]["oldest"]) if shard in by_shard else None,
+            pending=backlog[shard].pending if shard in backlog else 0,
+            oldest_pending_age=backlog[shard].oldest_age if shard in backlog else None,
             owner=held.get(shard),
         )
         for shard in range(count)

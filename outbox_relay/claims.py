@@ -46,6 +46,16 @@ WHERE id = ANY($1::bigint[]) AND published_at IS NULL
 RETURNING extract(epoch FROM published_at - created_at) AS latency
 """
 
+# Unpublished, unparked rows per shard and the age of the oldest, in seconds.
+_PENDING = """
+SELECT shard, count(*) AS pending,
+       extract(epoch FROM clock_timestamp() - min(created_at)) AS oldest
+FROM outbox
+WHERE published_at IS NULL AND parked_at IS NULL
+  AND ($1::int[] IS NULL OR shard = ANY($1::int[]))
+GROUP BY shard
+"""
+
 _RECORD_FAILURE = """
 UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1
 """
@@ -96,6 +106,20 @@ async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> list[f
         return []
     rows = await conn.fetch(_MARK_PUBLISHED, list(ids))
     return [float(row["latency"]) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    oldest_age: float  # seconds
+
+
+async def pending_by_shard(
+    conn: asyncpg.Connection, *, shards: Sequence[int] | None
+) -> dict[int, Backlog]:
+    """The backlog of each of `shards` (all shards if None) that has one."""
+    rows = await conn.fetch(_PENDING, None if shards is None else list(shards))
+    return {row["shard"]: Backlog(row["pending"], float(row["oldest"])) for row in rows}
 
 
 async def record_failure(conn: asyncpg.Connection, row_id: int, error: str) -> None:

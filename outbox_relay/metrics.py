@@ -1,22 +1,13 @@
-"""The relay's Prometheus metrics and its small HTTP listener (`/healthz`, `/readyz`,
-`/metrics`)."""
+"""The relay's Prometheus metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 
 class RelayMetrics:
@@ -76,33 +67,3 @@ class RelayMetrics:
         self.shards_owned = Gauge(
             "postroom_relay_shards_owned", "Shards this relay holds.", registry=r
         )
-
-
-def http_app(metrics: RelayMetrics, *, ready: Callable[[], bool]) -> Starlette:
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_: Request) -> Response:
-        if ready():
-            return JSONResponse({"status": "ready"})
-        return JSONResponse(
-            {
-                "type": "urn:postroom:problem:relay-not-ready",
-                "title": "Service Unavailable",
-                "status": 503,
-                "detail": "Not connected to PostgreSQL and Kafka yet.",
-            },
-            status_code=503,
-            media_type="application/problem+json",
-        )
-
-    async def prometheus(_: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", prometheus),
-        ]
-    )

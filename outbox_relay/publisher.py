@@ -23,8 +23,9 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from outbox_relay.claims import OutboxRow
+from outbox_relay.settings import RelaySettings
+from postroom.events import ALL_EVENTS
 from postroom.kafka import create_missing_topics
-from postroom.settings import RelaySettings
 
 # Kafka will refuse these records however often they are sent: park them (invariant 4).
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -33,7 +34,6 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     RecordListTooLargeError,
     InvalidTopicError,
 )
-KNOWN_AGGREGATES = ("user", "email")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 Headers = list[tuple[str, bytes]]
@@ -100,7 +100,7 @@ class Publisher:
             await producer.stop()
             raise
         self._producer = producer
-        await self.ensure_topics([s.topic(aggregate) for aggregate in KNOWN_AGGREGATES])
+        await self.ensure_topics(sorted({s.topic(data.aggregate_type) for data in ALL_EVENTS}))
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

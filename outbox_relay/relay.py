@@ -29,11 +29,12 @@ from aiokafka.errors import KafkaError
 from outbox_relay import claims
 from outbox_relay.claims import OutboxRow
 from outbox_relay.metrics import RelayMetrics
-from outbox_relay.outbox import NOTIFY_CHANNEL
 from outbox_relay.publisher import Deferred, Publisher, describe, is_permanent
+from outbox_relay.settings import RelaySettings
 from outbox_relay.shards import ShardOwnership, application_name
 from postroom.backoff import Backoff
-from postroom.settings import RelaySettings, plain_url
+from postroom.outbox import NOTIFY_CHANNEL
+from postroom.settings import plain_url
 
 log = structlog.get_logger("postroom.relay")
 
@@ -282,21 +283,13 @@ class Relay:
 
     async def _refresh_gauges(self, conn: asyncpg.Connection) -> None:
         owned = self._covered()
-        rows = await conn.fetch(
-            """
-            SELECT shard, count(*) AS pending,
-                   extract(epoch FROM clock_timestamp() - min(created_at)) AS oldest
-            FROM outbox
-            WHERE shard = ANY($1::int[]) AND published_at IS NULL AND parked_at IS NULL
-            GROUP BY shard
-            """,
-            owned,
-        )
+        backlog = await claims.pending_by_shard(conn, shards=owned)
         self.metrics.pending.clear()
-        counts = {row["shard"]: row["pending"] for row in rows}
         for shard in owned:
-            self.metrics.pending.labels(str(shard)).set(counts.get(shard, 0))
-        ages = [float(row["oldest"]) for row in rows]
+            self.metrics.pending.labels(str(shard)).set(
+                backlog[shard].pending if shard in backlog else 0
+            )
+        ages = [b.oldest_age for b in backlog.values()]
         self.metrics.oldest_pending_age.set(max(ages, default=0.0))
 
     # -- one cycle ------------------------------------------------------------------------------

@@ -170,7 +170,6 @@ class Event:
     data: EventData
     source: str = SOURCE_API
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def event_type(self) -> str:
@@ -188,4 +187,4 @@ class Event:
         return self.data.model_dump(mode="json")
 
     def headers(self) -> dict[str, str]:
-        return {"ce_source": self.source, **self.extra_headers}
+        return {"ce_source": self.source}

@@ -1,14 +1,15 @@
 """What every Postroom HTTP app shares: problem handlers, the dependencies on the app's
-engine and tokens, and the Allow header's route table."""
+engine, settings, outbox writer and tokens, the Allow header's route table, and the
+operations routes (`/healthz`, `/readyz`, `/metrics`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postroom.auth import bearer_scheme, principal_of
 from postroom.db import ping
+from postroom.outbox import OutboxWriter
 from postroom.problems import (
     ProblemError,
     handle_http_exception,
@@ -26,8 +28,9 @@ from postroom.problems import (
     handle_unexpected,
     handle_validation_error,
     problem_response,
+    problem_responses,
 )
-from postroom.settings import HttpServiceSettings
+from postroom.settings import CommonSettings, HttpServiceSettings
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -66,8 +69,20 @@ async def require_token(
     return principal_of(credentials, settings.api_tokens)
 
 
+async def get_settings(request: Request) -> Any:
+    """The settings the app was built with (each process names its own class)."""
+    return request.app.state.settings
+
+
+async def get_outbox(request: Request) -> OutboxWriter:
+    """The app's outbox writer: use cases add their events to the caller's transaction."""
+    outbox: OutboxWriter = request.app.state.outbox
+    return outbox
+
+
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 PrincipalDep = Annotated[str, Depends(require_token)]
+OutboxDep = Annotated[OutboxWriter, Depends(get_outbox)]
 
 
 def only_query(*names: str) -> Any:
@@ -96,10 +111,8 @@ class Health(BaseModel):
     status: str
 
 
-# The OpenAPI entry of a `/metrics` route.
-METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
-}
+# Why a process is not ready (a problem response), or None when it is.
+Readiness = Callable[[Request], Awaitable[Response | None]]
 
 
 async def database_problem(engine: AsyncEngine, *, within: float) -> JSONResponse | None:
@@ -116,7 +129,37 @@ async def database_problem(engine: AsyncEngine, *, within: float) -> JSONRespons
     return None
 
 
-def prometheus(request: Request) -> Response:
-    """This process's metrics, from the registry its app factory made."""
-    registry: CollectorRegistry = request.app.state.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def database_ready(request: Request) -> Response | None:
+    """Readiness of a process that needs only its database."""
+    settings: CommonSettings = request.app.state.settings
+    return await database_problem(
+        request.app.state.engine, within=settings.database_connect_timeout
+    )
+
+
+def operations_router(readiness: Readiness) -> APIRouter:
+    """`/healthz` (the process answers), `/readyz` (`readiness` finds nothing wrong) and
+    `/metrics` (the registry in `app.state.registry`): the same three routes in every process."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @router.get("/readyz", response_model=Health, responses=problem_responses(503))
+    async def readyz(request: Request) -> Any:
+        """Readiness: this process can do its work."""
+        return await readiness(request) or Health(status="ready")
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this process."""
+        registry: CollectorRegistry = request.app.state.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

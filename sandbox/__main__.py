@@ -1,5 +1,6 @@
-"""`python -m sandbox`: the same as `postroom sandbox`."""
+"""`python -m sandbox`: run the Postmark sandbox and its dev inbox."""
 
-from postroom.cli import main
+from sandbox.app import main
 
-main(["sandbox"])
+if __name__ == "__main__":
+    main()

@@ -10,10 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from postroom.serve import serve
 from postroom.tracing import is_probe
 from sandbox import control, inbox, postmark_api
-from sandbox.service import OperatorDep, Sandbox
 from sandbox.settings import SandboxSettings
+from sandbox.state import OperatorDep, Sandbox
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -63,3 +64,14 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     return app
+
+
+def main() -> None:
+    """Run the sandbox process (`python -m sandbox`)."""
+    serve(
+        "sandbox",
+        SandboxSettings,
+        create_app,
+        address=lambda s: (s.sandbox_host, s.sandbox_port),
+        grace=5,  # answers held back by an injected timeout must not hold up a restart
+    )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sandbox.faults import Faults, FaultsUpdate
-from sandbox.service import SandboxDep
+from sandbox.state import SandboxDep
 
 router = APIRouter()  # open: health
 operator_router = APIRouter()  # the capture API: the server token outside development

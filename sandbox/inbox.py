@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import DictLoader, Environment
 from markupsafe import Markup, escape
 
-from sandbox.service import SandboxDep
+from sandbox.state import SandboxDep
 
 router = APIRouter(include_in_schema=False)
 

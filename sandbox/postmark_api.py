@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sandbox.bounces import Bounce
 from sandbox.messages import PostmarkError
-from sandbox.service import Sandbox, SandboxDep
+from sandbox.state import Sandbox, SandboxDep
 
 router = APIRouter()
 

@@ -25,7 +25,7 @@ _KEEP = 1000
 
 
 @dataclass
-class Delivery:
+class WebhookPost:
     """One webhook event and what became of it (for `GET /api/webhooks`)."""
 
     payload: dict[str, Any]
@@ -67,7 +67,7 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_CONCURRENCY)
-        self.recent: deque[Delivery] = deque(maxlen=_KEEP)
+        self.recent: deque[WebhookPost] = deque(maxlen=_KEEP)
 
     @property
     def enabled(self) -> bool:
@@ -89,13 +89,13 @@ class WebhookSender:
         """Send one event in the background; returns at once."""
         if not self.enabled:
             return
-        delivery = Delivery(payload)
+        delivery = WebhookPost(payload)
         self.recent.append(delivery)
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: WebhookPost) -> None:
         assert self._client is not None
         if self._delay:
             await asyncio.sleep(self._delay)

@@ -7,60 +7,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from api.app import create_app as create_api
-from notifier.app import create_app as create_notifier
-from outbox_relay.relay import Relay
-from postroom import events
-from postroom.embedded import free_port
 from postroom.kafka import create_missing_topics
-from postroom.settings import NotifierSettings
-from tests.conftest import (
-    API_TOKEN,
-    POSTMARK_TOKEN,
-    Sandbox,
-    make_api_settings,
-    make_notifier_settings,
-    make_relay_settings,
-    unique,
-)
-from tests.processes import NotifierProcess
-from tests.stack import running_stack
+from postroom_cli.embedded import free_port
+from tests.support.kafka import registered_record
+from tests.support.names import address, unique
+from tests.support.postmark import Sandbox, captured, sandbox_client, sandbox_stats
+from tests.support.processes import NotifierProcess
+from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
+from tests.support.stack import AUTH, api_and_relay, notifier_in_process, register, running_stack
+from tests.support.waiting import ready, wait_until
 
 pytestmark = pytest.mark.kafka
-
-T = TypeVar("T")
-AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-
-
-def address(tag: str) -> str:
-    return f"{unique(tag)}@example.com"
-
-
-async def wait_until(probe: Callable[[], Awaitable[T | None]], *, what: str, within: float) -> T:
-    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"waited {within} s for {what}"
-        await asyncio.sleep(0.05)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -73,61 +40,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     )
 
 
-def http_client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=base_url, headers=AUTH
-    )
-
-
-@asynccontextmanager
-async def api_and_relay(
-    database_url: str, kafka_bootstrap: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """The api in process and a relay beside it; yields the api client and the topic prefix."""
-    relay_settings = make_relay_settings(database_url, kafka_bootstrap)
-    api_app = create_api(make_api_settings(database_url))
-    relay = Relay(relay_settings)
-    async with LifespanManager(api_app), http_client(api_app, "http://testserver") as api:
-        task = asyncio.create_task(relay.run())
-        try:
-            yield api, relay_settings.kafka_topic_prefix
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, timeout=30)
-
-
-@asynccontextmanager
-async def notifier_in_process(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_notifier(settings)
-    async with LifespanManager(app), http_client(app, "http://notifier") as client:
-        yield client
-
-
-@asynccontextmanager
-async def sandbox_client(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as client:
-        yield client
-
-
-async def register(api: httpx.AsyncClient, email: str) -> None:
-    answer = await api.post("/v1/users", json={"email": email, "name": "Drill"})
-    assert answer.status_code == 201, answer.text
-
-
-async def captured(sandbox: httpx.AsyncClient, to: str) -> list[dict[str, Any]]:
-    answer = await sandbox.get("/api/messages", params={"to": to})
-    answer.raise_for_status()
-    found: list[dict[str, Any]] = answer.json()
-    return found
-
-
-async def sandbox_stats(sandbox: httpx.AsyncClient) -> dict[str, Any]:
-    answer = await sandbox.get("/api/stats")
-    answer.raise_for_status()
-    stats: dict[str, Any] = answer.json()
-    return stats
-
-
 async def notifications(
     notifier: httpx.AsyncClient, email: str, status: str | None = None
 ) -> list[dict[str, Any]]:
@@ -136,13 +48,6 @@ async def notifications(
     answer.raise_for_status()
     items: list[dict[str, Any]] = answer.json()["items"]
     return items
-
-
-async def ready(notifier: httpx.AsyncClient) -> bool:
-    try:
-        return (await notifier.get("/readyz")).status_code == 200
-    except httpx.TransportError:
-        return False  # not listening yet
 
 
 async def test_a_notifier_killed_while_postmark_holds_the_answers_sends_each_once(
@@ -377,24 +282,6 @@ async def test_a_refused_server_token_halts_consumption_until_a_good_one_sends_t
     assert len(before_messages) == 1
     # The good notifier resumed from the committed offsets: it read only the stuck event.
     assert metric(metrics, "postroom_notifier_events_total", type="user.registered") == 1
-
-
-def registered_record(email: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """A `user.registered` record as the relay publishes it: key, value, CloudEvents headers."""
-    user_id = uuid.uuid4()
-    data = events.UserRegistered(
-        user_id=user_id, version=1, email=email, name="Batch", registered_at=datetime.now(UTC)
-    )
-    headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", str(uuid.uuid4()).encode()),
-        ("ce_source", events.SOURCE_API.encode()),
-        ("ce_type", b"user.registered"),
-        ("ce_time", datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()),
-        ("ce_subject", str(user_id).encode()),
-        ("content-type", b"application/json"),
-    ]
-    return str(user_id).encode(), data.model_dump_json().encode(), headers
 
 
 async def test_a_backlog_of_1200_goes_out_in_batches_of_at_most_500_with_answers_mapped(

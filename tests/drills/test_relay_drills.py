@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox_relay import admin
-from outbox_relay.outbox import add_event
 from postroom import events
-from postroom.embedded import EmbeddedKafka, free_port
+from postroom.outbox import add_event
 from postroom.settings import asyncpg_url
-from tests.conftest import make_relay_settings
-from tests.kafka_tools import first_occurrences, read_topic
-from tests.processes import RelayProcess
-from tests.tcp_proxy import TcpProxy
+from postroom_cli.embedded import EmbeddedKafka, free_port
+from tests.support.kafka import first_occurrences, read_topic
+from tests.support.processes import RelayProcess
+from tests.support.settings import make_relay_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.kafka
 

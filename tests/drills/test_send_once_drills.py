@@ -15,24 +15,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from notifier.dlq import list_dead_letters
-from postroom.embedded import EmbeddedKafka, free_port
 from postroom.kafka import create_missing_topics
-from tests.conftest import Sandbox, make_notifier_settings, unique
-from tests.drills.test_notifier_drills import (
-    address,
-    api_and_relay,
-    captured,
-    notifier_in_process,
-    ready,
-    register,
-    registered_record,
-    sandbox_client,
-    sandbox_stats,
-    wait_until,
-)
-from tests.processes import NotifierProcess
-from tests.stack import running_stack
-from tests.tcp_proxy import TcpProxy
+from postroom_cli.embedded import EmbeddedKafka, free_port
+from tests.support.kafka import registered_record
+from tests.support.names import address, unique
+from tests.support.postmark import Sandbox, captured, sandbox_client, sandbox_stats
+from tests.support.processes import NotifierProcess
+from tests.support.settings import make_notifier_settings
+from tests.support.stack import api_and_relay, notifier_in_process, register, running_stack
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import ready, wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from postroom.embedded import EmbeddedPostgres, free_port
 from postroom.migrate import upgrade
-from tests.conftest import API_TOKEN
-from tests.e2e.conftest import start_api, stop_api
+from postroom_cli.embedded import EmbeddedPostgres, free_port
+from tests.support.processes import start_api, stop_api
+from tests.support.settings import API_TOKEN
 
 
 @pytest.fixture

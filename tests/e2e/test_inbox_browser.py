@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
-from tests.e2e.test_dev import DevStack, dev_ports
+from tests.support.dev import DevStack, dev_ports
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_api, stop_api
+from tests.support.processes import start_api, stop_api
 
 
 @pytest.mark.parametrize("app_env", ["development", "staging"])

@@ -16,19 +16,19 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from notifier.app import create_app
-from postroom.embedded import free_port
-from tests.conftest import (
+from postroom_cli.embedded import free_port
+from tests.support.names import unique
+from tests.support.postgres import PostgresServer
+from tests.support.postmark import Sandbox
+from tests.support.settings import (
     API_TOKEN,
     EMAIL_SECRET,
     POSTMARK_TOKEN,
     WEBHOOK_PASSWORD,
     WEBHOOK_USER,
-    PostgresServer,
-    Sandbox,
     make_notifier_settings,
-    unique,
 )
-from tests.health import wait_until_answers
+from tests.support.waiting import wait_until_answers
 
 pytestmark = pytest.mark.kafka
 
@@ -61,7 +61,7 @@ def notifier_url(postgres: PostgresServer, kafka_bootstrap: str, sandbox: Sandbo
         "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
         "LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen([sys.executable, "-m", "postroom.cli", "notifier"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "notifier"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         # Ready: consuming (after the group join) and the database answers.

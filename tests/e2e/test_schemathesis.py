@@ -13,8 +13,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from api.app import create_app
-from tests.conftest import API_TOKEN, PostgresServer, make_api_settings
-from tests.e2e.conftest import LiveApi, start_api, stop_api
+from tests.support.postgres import PostgresServer
+from tests.support.processes import LiveApi, start_api, stop_api
+from tests.support.settings import API_TOKEN, make_api_settings
 
 # Building the app does no I/O (the engine is made in the lifespan), so this is cheap.
 schema = schemathesis.openapi.from_dict(

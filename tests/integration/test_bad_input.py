@@ -7,7 +7,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import API_TOKEN
+from tests.support.settings import API_TOKEN
 
 
 async def assert_nothing_written(db: asyncpg.Connection) -> None:

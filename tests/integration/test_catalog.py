@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
 
 import asyncpg
 import httpx
-import jsonschema_rs
 
 from postroom.tokens import issue_token
-from tests.conftest import EMAIL_SECRET
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
-
-
-async def assert_outbox_matches_the_catalogue(db: asyncpg.Connection) -> set[str]:
-    rows = await db.fetch("SELECT event_type, payload::text AS payload FROM outbox ORDER BY id")
-    assert rows
-    for row in rows:
-        schema = json.loads((DOCS / f"{row['event_type']}.json").read_text())
-        jsonschema_rs.validate(schema, json.loads(row["payload"]))
-    return {row["event_type"] for row in rows}
+from tests.support.catalog import assert_outbox_matches_the_catalogue
+from tests.support.settings import EMAIL_SECRET
 
 
 async def test_user_events_match_their_schemas(

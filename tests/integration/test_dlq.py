@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from notifier.dlq import list_dead_letters, replay
 from postroom.settings import asyncpg_url
-from tests.conftest import Sandbox, unique
-from tests.stack import running_stack
+from tests.support.names import unique
+from tests.support.postmark import Sandbox
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.kafka
 

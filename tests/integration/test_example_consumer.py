@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import unique
+from tests.support.names import unique
 
 pytestmark = pytest.mark.kafka
 

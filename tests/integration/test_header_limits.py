@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from postroom.embedded import free_port
+from api.settings import ApiSettings
 from postroom.http_limits import MAX_HEAD_BYTES, MAX_HEADER_FIELDS, BoundedHeadProtocol
-from postroom.settings import ApiSettings
-from tests.conftest import Sandbox
+from postroom_cli.embedded import free_port
+from tests.support.postmark import Sandbox
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from postroom.migrate import alembic_config, upgrade
 from postroom.models import metadata
 from postroom.settings import asyncpg_url
-from tests.conftest import run_async
+from tests.support.postgres import run_async
 
 
 def differences(database_url: str) -> list[Any]:

@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import PlannedEmail, SourceRecord, plan
 from notifier.store import NotificationStore
-from outbox_relay.outbox import OutboxWriter
 from postroom import events
 from postroom.db import create_engine
-from tests.conftest import make_api_settings, unique
+from postroom.outbox import OutboxWriter
+from tests.support.names import unique
+from tests.support.settings import make_api_settings
 
 
 def registration(email: str) -> tuple[PlannedEmail, SourceRecord]:

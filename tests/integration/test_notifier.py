@@ -15,16 +15,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from postroom import events
-from tests.conftest import Sandbox, unique
-from tests.integration.test_catalog import assert_outbox_matches_the_catalogue
-from tests.kafka_tools import read_topic
-from tests.stack import running_stack
+from tests.support.catalog import assert_outbox_matches_the_catalogue
+from tests.support.kafka import read_topic
+from tests.support.names import address
+from tests.support.postmark import Sandbox
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.kafka
-
-
-def address(tag: str) -> str:
-    return f"{unique(tag)}@example.com"
 
 
 async def test_registering_sends_one_welcome_email_whose_link_verifies(

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox_relay import admin
-from outbox_relay.outbox import add_event
 from postroom import events
+from postroom.outbox import add_event
 from postroom.settings import asyncpg_url
-from tests.conftest import make_relay_settings
-from tests.integration.test_relay import running, wait_published
-from tests.kafka_tools import read_topic
+from tests.support.kafka import read_topic
+from tests.support.relay import running, wait_published
+from tests.support.settings import make_relay_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -114,7 +114,7 @@ async def test_status_shows_pending_rows_and_shard_owners(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "postroom.cli",
+            "postroom_cli",
             "outbox",
             "status",
             env={**os.environ, "DATABASE_URL": database_url, "RELAY_SHARDS": "4"},

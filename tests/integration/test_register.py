@@ -13,8 +13,8 @@ import httpx
 import pytest
 import structlog
 
-from outbox_relay.outbox import NOTIFY_CHANNEL, shard_of
 from postroom.logs import configure_logging
+from postroom.outbox import NOTIFY_CHANNEL, shard_of
 
 
 async def counts(db: asyncpg.Connection) -> tuple[int, int]:

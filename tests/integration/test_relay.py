@@ -6,8 +6,6 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -19,33 +17,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.app import create_app
 from outbox_relay import claims
-from outbox_relay.outbox import add_event, shard_of
-from outbox_relay.relay import Relay
 from postroom import events
-from postroom.settings import RelaySettings, asyncpg_url
-from tests.conftest import API_TOKEN, make_api_settings, make_relay_settings
-from tests.kafka_tools import first_occurrences, read_topic
+from postroom.outbox import add_event, shard_of
+from postroom.settings import asyncpg_url
+from tests.support.kafka import first_occurrences, read_topic
+from tests.support.relay import running, wait_published
+from tests.support.settings import API_TOKEN, make_api_settings, make_relay_settings
 
 pytestmark = pytest.mark.kafka
-
-
-@asynccontextmanager
-async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
-    relay = Relay(settings)
-    task = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, timeout=30)
-
-
-async def wait_published(db: asyncpg.Connection, count: int, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while (
-            await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") < count
-        ):
-            await asyncio.sleep(0.02)
 
 
 async def test_a_committed_event_reaches_its_topic_once_as_a_cloudevent(

@@ -14,7 +14,7 @@ from notifier.app import create_app as create_notifier
 from postroom.db import create_engine
 from postroom.models import idempotency_keys
 from postroom.retention import Retention, prune
-from tests.conftest import make_api_settings, make_notifier_settings
+from tests.support.settings import make_api_settings, make_notifier_settings
 
 
 async def keys(db: asyncpg.Connection) -> list[str]:

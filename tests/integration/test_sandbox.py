@@ -29,8 +29,8 @@ import requests
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from postroom.embedded import free_port
-from tests.conftest import unique
+from postroom_cli.embedded import free_port
+from tests.support.names import unique
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ def live_sandbox(receiver: HookReceiver) -> Iterator[LiveSandbox]:
     log_path = Path(tempfile.mkstemp(prefix="postroom-sandbox-", suffix=".log")[1])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "postroom.cli", "sandbox"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "sandbox"], env=env, stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
 

@@ -19,12 +19,12 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from notifier.app import create_app
-from tests.conftest import (
+from tests.support.postmark import Sandbox
+from tests.support.settings import (
     API_TOKEN,
     POSTMARK_TOKEN,
     WEBHOOK_PASSWORD,
     WEBHOOK_USER,
-    Sandbox,
     make_notifier_settings,
 )
 
@@ -178,7 +178,7 @@ def cli(database_url: str, sandbox: Sandbox, *args: str) -> subprocess.Completed
         "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
     }
     return subprocess.run(
-        [sys.executable, "-m", "postroom.cli", "suppressions", *args],
+        [sys.executable, "-m", "postroom_cli", "suppressions", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -18,9 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from postroom import tokens
 from postroom.tracing import RedactSecrets
-from tests.conftest import EMAIL_SECRET, Sandbox, unique
-from tests.kafka_tools import read_topic
-from tests.stack import running_stack
+from tests.support.kafka import read_topic
+from tests.support.names import unique
+from tests.support.postmark import Sandbox
+from tests.support.settings import EMAIL_SECRET
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.kafka
 

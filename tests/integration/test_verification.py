@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from postroom.tokens import issue_token
-from tests.conftest import EMAIL_SECRET
+from tests.support.settings import EMAIL_SECRET
 
 
 async def register(client: httpx.AsyncClient) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from notifier.app import create_app
-from tests.conftest import WEBHOOK_PASSWORD, WEBHOOK_USER, make_notifier_settings
+from tests.support.catalog import assert_outbox_matches_the_catalogue
+from tests.support.settings import WEBHOOK_PASSWORD, WEBHOOK_USER, make_notifier_settings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "postmark"
 AUTH = (WEBHOOK_USER, WEBHOOK_PASSWORD)
@@ -275,8 +276,6 @@ async def test_a_bounce_that_overtakes_our_commit_still_suppresses(
 async def test_webhook_events_match_their_published_schemas(
     hooks: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    from tests.integration.test_catalog import assert_outbox_matches_the_catalogue
-
     for name in ("bounce_hard", "spam_complaint", "delivery", "subscription_change"):
         assert (await hooks.post("/webhooks/postmark", json=fixture(name))).status_code == 200
     lift = fixture("subscription_change", SuppressSending=False, ChangedAt="2026-11-22T00:00:00Z")

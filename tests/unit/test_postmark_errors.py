@@ -24,7 +24,7 @@ from notifier.postmark import (
     Rejected,
     RequestRejected,
 )
-from tests.conftest import POSTMARK_TOKEN, make_notifier_settings
+from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
 
 REFERENCE = Path("/work/shared/reference/postmark")
 TIMEOUT = 0.5

@@ -41,7 +41,7 @@ from notifier.plans import PlannedEmail, SourceRecord, plan
 from notifier.postmark import Accepted, MessageResult, PostmarkUnavailable
 from notifier.store import ClaimedRow
 from postroom import events
-from tests.conftest import make_notifier_settings
+from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
 LEASE = 3.0  # NOTIFIER_LEASE

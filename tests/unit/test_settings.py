@@ -5,7 +5,9 @@ import sys
 import pytest
 from pydantic import SecretStr
 
-from postroom.settings import ApiSettings, ConfigError, NotifierSettings, asyncpg_url
+from api.settings import ApiSettings
+from notifier.settings import NotifierSettings
+from postroom.settings import ConfigError, asyncpg_url
 
 GOOD = {
     "api_tokens": (SecretStr("prod-token-7f3a9c1e5b2d4f6a"),),
@@ -88,7 +90,7 @@ def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
         "EMAIL_TOKEN_SECRET": "x" * 40,
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "postroom.cli", "api"],
+        [sys.executable, "-m", "api"],
         env=env,
         capture_output=True,
         text=True,

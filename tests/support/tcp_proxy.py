@@ -7,6 +7,8 @@ import contextlib
 
 
 class TcpProxy:
+    """Forwards `listen_port` to `upstream_port` until cut; `restore` listens again."""
+
     def __init__(self, *, listen_port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.host = host
         self.listen_port = listen_port

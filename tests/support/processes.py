@@ -1,4 +1,5 @@
-"""Postroom processes started as a user would start them, for drills and end-to-end tests."""
+"""Postroom processes started as a user would start them (`python -m <process>`), for drills
+and end-to-end tests."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from postroom.settings import NotifierSettings, RelaySettings
+from notifier.settings import NotifierSettings
+from outbox_relay.settings import RelaySettings
+from postroom_cli.embedded import free_port
+from tests.support.settings import API_TOKEN, EMAIL_SECRET
+from tests.support.waiting import wait_until_answers
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -46,9 +51,10 @@ def relay_env(settings: RelaySettings, **extra: str) -> dict[str, str]:
 
 @dataclass
 class PostroomProcess(Generic[S]):
-    """One `postroom <command>` subprocess, logging to a file of its own."""
+    """One Postroom process (`python -m <module>`), logging to a file of its own."""
 
     command: ClassVar[str]
+    module: ClassVar[str]  # what `python -m` runs
     settings: S
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -63,7 +69,7 @@ class PostroomProcess(Generic[S]):
         assert self.log_path is not None
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "postroom.cli", self.command],
+                [sys.executable, "-m", self.module],
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -99,11 +105,54 @@ class PostroomProcess(Generic[S]):
 
 class RelayProcess(PostroomProcess[RelaySettings]):
     command = "relay"
+    module = "outbox_relay"
 
 
 class NotifierProcess(PostroomProcess[NotifierSettings]):
     command = "notifier"
+    module = "notifier"
 
     @property
     def url(self) -> str:
         return f"http://{self.settings.notifier_host}:{self.settings.notifier_port}"
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    """A running api process, spoken to over loopback HTTP."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def start_api(database_url: str, **extra_env: str) -> LiveApi:
+    """Start `python -m api` on a free port, accepting `API_TOKEN`; return once it answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_TOKENS": API_TOKEN,
+        "EMAIL_TOKEN_SECRET": EMAIL_SECRET,
+        "LOG_LEVEL": "warning",
+        **extra_env,
+    }
+    log_path = Path(tempfile.mkstemp(prefix="postroom-api-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "api"], env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_until_answers(f"{base_url}/healthz", process, name="api")
+    return LiveApi(base_url, process, log_path)
+
+
+def stop_api(api: LiveApi) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    api.process.terminate()
+    try:
+        api.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        api.process.kill()
+        api.process.wait()

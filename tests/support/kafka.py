@@ -1,18 +1,25 @@
-"""Reading what the relay published, as another service would."""
+"""Kafka records as the relay publishes them: reading them back as another service would,
+and building one by hand."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from postroom import events
+
 
 @dataclass(frozen=True)
 class Consumed:
+    """One record as a consumer sees it."""
+
     topic: str
     partition: int
     offset: int
@@ -86,3 +93,21 @@ def first_occurrences(records: list[Consumed]) -> list[Consumed]:
             seen.add(record.ce_id)
             kept.append(record)
     return kept
+
+
+def registered_record(email: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """A `user.registered` record as the relay publishes it: key, value, CloudEvents headers."""
+    user_id = uuid.uuid4()
+    data = events.UserRegistered(
+        user_id=user_id, version=1, email=email, name="Batch", registered_at=datetime.now(UTC)
+    )
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_source", events.SOURCE_API.encode()),
+        ("ce_type", b"user.registered"),
+        ("ce_time", datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()),
+        ("ce_subject", str(user_id).encode()),
+        ("content-type", b"application/json"),
+    ]
+    return str(user_id).encode(), data.model_dump_json().encode(), headers

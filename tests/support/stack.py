@@ -1,5 +1,6 @@
-"""The whole write-to-email path in one test: the api (in process), a relay, the notifier
-(in process, consuming), the real broker and the project's Postmark sandbox over HTTP."""
+"""The write-to-email path in process, around the real broker and the Postmark sandbox over
+HTTP: the whole of it (`running_stack`: the api, a relay, the notifier), or its pieces (the api
+and a relay, a notifier) for drills that start and stop a notifier of their own."""
 
 from __future__ import annotations
 
@@ -17,20 +18,25 @@ from fastapi import FastAPI
 from api.app import create_app as create_api
 from notifier.app import create_app as create_notifier
 from notifier.consumer import Consumer, State
-from outbox_relay.relay import Relay
-from postroom.settings import NotifierSettings, RelaySettings
-from tests.conftest import (
+from notifier.settings import NotifierSettings
+from outbox_relay.settings import RelaySettings
+from tests.support.names import unique
+from tests.support.postmark import Sandbox
+from tests.support.relay import running
+from tests.support.settings import (
     API_TOKEN,
-    Sandbox,
     make_api_settings,
     make_notifier_settings,
     make_relay_settings,
-    unique,
 )
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @dataclass
 class Stack:
+    """The running stack: clients of the api, the notifier and the sandbox, and settings."""
+
     api: httpx.AsyncClient
     notifier: httpx.AsyncClient
     notifier_app: FastAPI
@@ -81,11 +87,10 @@ class Stack:
             await asyncio.sleep(0.05)
 
 
-def _client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
+def http_client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
+    """An HTTP client of an app in process, authenticated with `API_TOKEN`."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        transport=httpx.ASGITransport(app=app), base_url=base_url, headers=AUTH
     )
 
 
@@ -93,6 +98,7 @@ def _client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
 async def running_stack(
     database_url: str, kafka_bootstrap: str, sandbox: Sandbox, **notifier_overrides: Any
 ) -> AsyncIterator[Stack]:
+    """The api, a relay and a notifier sharing a topic prefix of their own."""
     prefix = unique("t")
     api_app = create_api(make_api_settings(database_url))
     relay_settings = make_relay_settings(database_url, kafka_bootstrap, kafka_topic_prefix=prefix)
@@ -100,19 +106,12 @@ async def running_stack(
         database_url, kafka_bootstrap, sandbox.url, prefix, **notifier_overrides
     )
     notifier_app = create_notifier(settings)
-    relay = Relay(relay_settings)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(LifespanManager(api_app))
         await stack.enter_async_context(LifespanManager(notifier_app))
-        relay_task = asyncio.create_task(relay.run())
-
-        async def stop_relay() -> None:
-            relay.stop()
-            await asyncio.wait_for(relay_task, timeout=30)
-
-        stack.push_async_callback(stop_relay)
-        api = await stack.enter_async_context(_client(api_app, "http://testserver"))
-        notifier = await stack.enter_async_context(_client(notifier_app, "http://notifier"))
+        await stack.enter_async_context(running(relay_settings))
+        api = await stack.enter_async_context(http_client(api_app, "http://testserver"))
+        notifier = await stack.enter_async_context(http_client(notifier_app, "http://notifier"))
         sandbox_client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=sandbox.url, timeout=10)
         )
@@ -124,3 +123,32 @@ async def running_stack(
             settings=settings,
             relay_settings=relay_settings,
         )
+
+
+@asynccontextmanager
+async def api_and_relay(
+    database_url: str, kafka_bootstrap: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """The api in process and a relay beside it; yields the api client and the topic prefix."""
+    relay_settings = make_relay_settings(database_url, kafka_bootstrap)
+    api_app = create_api(make_api_settings(database_url))
+    async with (
+        LifespanManager(api_app),
+        http_client(api_app, "http://testserver") as api,
+        running(relay_settings),
+    ):
+        yield api, relay_settings.kafka_topic_prefix
+
+
+@asynccontextmanager
+async def notifier_in_process(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """A notifier in process, consuming; yields a client of its HTTP API."""
+    app = create_notifier(settings)
+    async with LifespanManager(app), http_client(app, "http://notifier") as client:
+        yield client
+
+
+async def register(api: httpx.AsyncClient, email: str) -> None:
+    """Register a user with `email` through the api; fail unless it answers 201."""
+    answer = await api.post("/v1/users", json={"email": email, "name": "Drill"})
+    assert answer.status_code == 201, answer.text

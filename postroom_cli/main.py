@@ -1,4 +1,6 @@
-"""The `postroom` command: one subcommand per process, plus the operator's verbs."""
+"""The `postroom` command: one subcommand per process, `dev`, and the operator's verbs.
+
+This package sits on top: it is the only one that imports every process."""
 
 from __future__ import annotations
 
@@ -8,15 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 
-from postroom.settings import (
-    ApiSettings,
-    CommonSettings,
-    ConfigError,
-    NotifierSettings,
-    RelaySettings,
-)
+from notifier.settings import NotifierSettings
+from outbox_relay.settings import RelaySettings
+from postroom.settings import CommonSettings, ConfigError, load
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -42,82 +39,44 @@ def _fail(process: str, reason: str) -> typer.Exit:
 DEV_SETTINGS = ".postroom/dev.settings"
 
 
-def _load(process: str, cls: type[S], *, operator: bool = False) -> S:
+def _load(process: str, cls: type[S]) -> S:
+    """An operator verb's settings, or exit 2 with the one-line reason."""
     try:
-        if operator:
-            return cls(_env_file=(DEV_SETTINGS, ".env"))
-        return cls()
+        return load(cls, env_file=(DEV_SETTINGS, ".env"))
     except ConfigError as exc:
         raise _fail(process, str(exc)) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]).upper() or "settings"
-        raise _fail(process, f"{where}: {first['msg']}") from None
-
-
-def _serve(
-    make_app: Any, settings: CommonSettings, *, host: str, port: int, grace: int = 60
-) -> None:
-    """Run one process's ASGI app under uvicorn. uvicorn's access log stays off: it would print
-    query strings, which carry verification tokens (ACCESS_LOG logs route templates instead).
-    SIGTERM and Ctrl-C end the app's lifespan, which stops its work gracefully."""
-    import uvicorn
-
-    from postroom.http_limits import BoundedHeadProtocol
-    from postroom.logs import configure_logging
-    from postroom.tracing import configure_tracing
-
-    # Before the app is built: its parts bind their loggers as they are made.
-    configure_logging(settings.log_level, json=settings.app_env != "development")
-    configure_tracing(f"postroom-{sys.argv[1] if len(sys.argv) > 1 else 'process'}")
-    uvicorn.run(
-        make_app(settings),
-        host=host,
-        port=port,
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        timeout_graceful_shutdown=grace,
-        http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
-    )
 
 
 @app.command()
 def api() -> None:
-    """Run the REST API."""
-    from api.app import create_app
+    """Run the REST API (the same as `python -m api`)."""
+    from api.app import main as run
 
-    settings = _load("api", ApiSettings)
-    _serve(create_app, settings, host=settings.api_host, port=settings.api_port)
+    run()
 
 
 @app.command()
 def relay() -> None:
-    """Run the outbox relay: committed outbox rows to Kafka."""
-    from outbox_relay.service import create_app
+    """Run the outbox relay: committed outbox rows to Kafka (`python -m outbox_relay`)."""
+    from outbox_relay.app import main as run
 
-    settings = _load("relay", RelaySettings)
-    _serve(create_app, settings, host=settings.relay_metrics_host, port=settings.relay_metrics_port)
+    run()
 
 
 @app.command()
 def notifier() -> None:
-    """Run the notifier: user events to emails through Postmark."""
-    from notifier.app import create_app
+    """Run the notifier: user events to emails through Postmark (`python -m notifier`)."""
+    from notifier.app import main as run
 
-    settings = _load("notifier", NotifierSettings)
-    _serve(create_app, settings, host=settings.notifier_host, port=settings.notifier_port)
+    run()
 
 
 @app.command()
 def sandbox() -> None:
-    """Run the Postmark sandbox and its dev inbox."""
-    from sandbox.app import create_app
-    from sandbox.settings import SandboxSettings
+    """Run the Postmark sandbox and its dev inbox (`python -m sandbox`)."""
+    from sandbox.app import main as run
 
-    settings = _load("sandbox", SandboxSettings)
-    # Answers held back by an injected timeout must not hold up a restart.
-    _serve(create_app, settings, host=settings.sandbox_host, port=settings.sandbox_port, grace=5)
+    run()
 
 
 @app.command()
@@ -125,7 +84,10 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply database migrations up to REVISION (default: head)."""
     from postroom import migrate as migrations
 
-    settings = _load("migrate", CommonSettings)
+    try:
+        settings = load(CommonSettings)
+    except ConfigError as exc:
+        raise _fail("migrate", str(exc)) from None
     migrations.upgrade(settings.database_url, revision)
     typer.echo(f"database migrated to {revision}")
 
@@ -133,7 +95,7 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @app.command()
 def dev() -> None:
     """Run the whole stack on embedded defaults (what `make dev` runs)."""
-    from postroom.dev import run_dev
+    from postroom_cli.dev import run_dev
 
     raise typer.Exit(code=run_dev())
 
@@ -156,7 +118,7 @@ def outbox_status() -> None:
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings, operator=True)
+    settings = _load("outbox", CommonSettings)
     report = asyncio.run(admin.status(settings))
     table = Table("shard", "pending", "oldest pending", "owner")
     for shard in report.shards:
@@ -184,7 +146,7 @@ def outbox_recent(
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings, operator=True)
+    settings = _load("outbox", CommonSettings)
     rows = asyncio.run(admin.recent(settings, limit=limit, parked_only=parked))
     if not rows:
         typer.echo("no rows")
@@ -212,7 +174,7 @@ def outbox_retry_parked(
     """Put parked rows back in line for the relays."""
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings, operator=True)
+    settings = _load("outbox", CommonSettings)
     retried = asyncio.run(admin.retry_parked(settings, ids=ids or []))
     if ids and len(retried) < len(ids):
         missing = sorted(set(ids) - set(retried))
@@ -231,7 +193,7 @@ def outbox_prune(
     """Delete published rows older than the retention (the relays also do this every minute)."""
     from outbox_relay import admin
 
-    settings = _load("outbox", RelaySettings, operator=True)
+    settings = _load("outbox", RelaySettings)
     age = settings.outbox_retention if older_than is None else older_than
     typer.echo(f"deleted {asyncio.run(admin.prune(settings, older_than=age))} published row(s)")
 
@@ -247,9 +209,9 @@ def events_tail(
 ) -> None:
     """Print the records of <prefix>.<aggregate> as JSON lines, following new ones."""
     from postroom.settings import KafkaSettings
-    from postroom.tail import tail
+    from postroom_cli.tail import tail
 
-    settings = _load("events", KafkaSettings, operator=True)
+    settings = _load("events", KafkaSettings)
     topic = settings.topic(aggregate)
     try:
         asyncio.run(
@@ -311,8 +273,8 @@ def events_publish(
 
 async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
     from notifier.postmark import Postmark
-    from outbox_relay.outbox import OutboxWriter
     from postroom.db import create_engine
+    from postroom.outbox import OutboxWriter
 
     engine = create_engine(settings, application_name="postroom-cli")
     try:
@@ -330,7 +292,7 @@ def dlq_list() -> None:
 
     from notifier.dlq import list_dead_letters
 
-    settings = _load("dlq", NotifierSettings, operator=True)
+    settings = _load("dlq", NotifierSettings)
     letters = asyncio.run(list_dead_letters(settings))
     if not letters:
         typer.echo("the dead-letter topic is empty")
@@ -366,7 +328,7 @@ def dlq_replay(
     from notifier.dlq import replay
     from postroom.db import create_engine
 
-    settings = _load("dlq", NotifierSettings, operator=True)
+    settings = _load("dlq", NotifierSettings)
 
     async def work() -> int:
         engine = create_engine(settings, application_name="postroom-cli")
@@ -395,7 +357,7 @@ def suppressions_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1
 
     from postroom.models import suppressions
 
-    settings = _load("suppressions", NotifierSettings, operator=True)
+    settings = _load("suppressions", NotifierSettings)
 
     async def work(engine: Any, _outbox: Any, _postmark: Any) -> list[Any]:
         async with engine.connect() as conn:
@@ -427,7 +389,7 @@ def suppressions_add(
     """Suppress an address by hand (emits email.suppressed)."""
     from notifier import suppressions as admin
 
-    settings = _load("suppressions", NotifierSettings, operator=True)
+    settings = _load("suppressions", NotifierSettings)
 
     async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
         return await admin.add(engine, outbox, email=email, reason=reason, details=details)
@@ -445,7 +407,7 @@ def suppressions_remove(email: str) -> None:
     from notifier import suppressions as admin
     from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 
-    settings = _load("suppressions", NotifierSettings, operator=True)
+    settings = _load("suppressions", NotifierSettings)
 
     async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
         return await admin.lift(engine, outbox, postmark, email=email)
@@ -469,7 +431,3 @@ def suppressions_remove(email: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="postroom")
-
-
-if __name__ == "__main__":
-    main()

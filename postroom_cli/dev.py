@@ -22,8 +22,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from postroom.embedded import EmbeddedKafka, EmbeddedPostgres, InfrastructureError
 from postroom.migrate import upgrade
+from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, InfrastructureError
 
 STATE_DIR = Path(".postroom")
 DEV_PG_PORT = 5433
@@ -61,6 +61,8 @@ def _load_dev_secrets(path: Path) -> dict[str, str]:
 
 
 _COLOURS = {"sandbox": "35", "api": "36", "relay": "33", "notifier": "32"}
+# Each child is started as `python -m <module>`, as the image and compose start it.
+MODULES = {"sandbox": "sandbox", "api": "api", "relay": "outbox_relay", "notifier": "notifier"}
 
 
 class Child:
@@ -79,7 +81,7 @@ class Child:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "postroom.cli", self.name],
+            [sys.executable, "-m", MODULES[self.name]],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

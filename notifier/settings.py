@@ -1,0 +1,88 @@
+"""Settings of the `notifier` process, and the rule they set on who may receive mail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
+
+
+class NotifierSettings(KafkaSettings, HttpServiceSettings):
+    """Settings of the `notifier` process."""
+
+    notifier_host: str = "127.0.0.1"
+    notifier_port: int = Field(default=8001, ge=1, le=65535)
+    notifier_group_id: str = "postroom-notifier"
+    notifier_max_attempts: int = Field(default=6, ge=1, le=50)
+    notifier_backoff_initial: float = Field(default=0.5, gt=0, description="seconds")
+    notifier_backoff_max: float = Field(default=30.0, gt=0, description="seconds")
+    notifier_batch_size: int = Field(default=500, ge=1, le=500)
+    # How long a claim on a notification lasts; it must outlive the longest Postmark call.
+    notifier_lease: float = Field(default=60.0, gt=0, description="seconds")
+    # How long Postmark's search may lag behind an acceptance: after an ambiguous attempt, a
+    # search that finds nothing counts as "not sent" only once this much time has passed.
+    notifier_search_settle: float = Field(default=60.0, ge=0, description="seconds")
+    # How long the broker may hold an idle fetch. Kafka answers it as soon as a record
+    # arrives; some Kafka-compatible brokers (Tansu) hold it to about half this, so it bounds
+    # how long an email arriving alone waits to be read, at the price of idle fetches.
+    notifier_fetch_wait: float = Field(default=0.1, gt=0, le=30, description="seconds")
+    # Webhook receipts recognise Postmark's re-posts (up to ~10.5 hours); then they go.
+    webhook_receipt_retention: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
+    # The longest the retry loop sleeps before it looks for due notifications again.
+    notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
+    mail_from: str = "Postroom <hello@postroom.test>"
+    postmark_server_token: SecretStr = SecretStr("")
+    postmark_api_url: str = "https://api.postmarkapp.com/"
+    postmark_message_stream: str = "outbound"
+    postmark_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    webhook_username: str = ""
+    webhook_password: SecretStr = SecretStr("")
+    staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("staging_allowed_recipients", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        return split_commas(value)
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_call(self) -> NotifierSettings:
+        if self.notifier_lease <= self.postmark_timeout:
+            raise ValueError(
+                f"NOTIFIER_LEASE ({self.notifier_lease:g} s) must be longer than "
+                f"POSTMARK_TIMEOUT ({self.postmark_timeout:g} s): a claim must outlive the "
+                "Postmark call it covers"
+            )
+        # A request may reach Postmark up to POSTMARK_TIMEOUT after its attempt began, and
+        # its search lags after that: a shorter window resends what was accepted. Development
+        # and tests talk to the sandbox, whose search lags only when told to.
+        if self.app_env != "development" and self.notifier_search_settle <= self.postmark_timeout:
+            raise ValueError(
+                f"NOTIFIER_SEARCH_SETTLE ({self.notifier_search_settle:g} s) must be longer "
+                f"than POSTMARK_TIMEOUT ({self.postmark_timeout:g} s) plus Postmark's search lag"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _postmark_secrets_present(self) -> NotifierSettings:
+        self._require_secret(
+            "POSTMARK_SERVER_TOKEN", self.postmark_server_token.get_secret_value(), min_length=8
+        )
+        self._require_secret("WEBHOOK_USERNAME", self.webhook_username, min_length=3)
+        self._require_secret(
+            "WEBHOOK_PASSWORD", self.webhook_password.get_secret_value(), min_length=16
+        )
+        return self
+
+    def allowed_in_staging(self, address: str) -> bool:
+        """Outside staging everyone is allowed; in staging only the listed addresses and
+        `@domain` entries."""
+        if self.app_env != "staging":
+            return True
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        allowed = {entry.lower() for entry in self.staging_allowed_recipients}
+        return address in allowed or domain in allowed

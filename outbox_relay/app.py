@@ -1,0 +1,70 @@
+"""The relay process: the relay loop plus its HTTP listener (`/healthz`, `/readyz`,
+`/metrics`), under uvicorn, whose signal handling gives the graceful stop (SIGTERM or Ctrl-C:
+finish the cycle, mark it, release the shards)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from outbox_relay.metrics import RelayMetrics
+from outbox_relay.relay import Relay
+from outbox_relay.settings import RelaySettings
+from postroom.problems import problem_response
+from postroom.serve import serve
+from postroom.tracing import is_probe
+from postroom.web import include_routers, install_problem_handlers, operations_router
+
+
+async def readiness(request: Request) -> Response | None:
+    """Ready once connected to PostgreSQL and Kafka."""
+    relay: Relay = request.app.state.relay
+    if relay.ready:
+        return None
+    return problem_response(
+        503,
+        "relay-not-ready",
+        "Not connected to PostgreSQL and Kafka yet.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def create_app(settings: RelaySettings) -> FastAPI:
+    metrics = RelayMetrics()
+    relay = Relay(settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(relay.run(), name="relay")
+        try:
+            yield
+        finally:
+            relay.stop()
+            await task
+
+    app = FastAPI(
+        telemetry={"exclude": is_probe},
+        title="Postroom outbox relay",
+        version="1.0.0",
+        summary="Committed outbox rows to Kafka, in order per aggregate.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.relay = relay
+    app.state.registry = metrics.registry
+    include_routers(app, [operations_router(readiness)])
+    install_problem_handlers(app)
+    return app
+
+
+def main() -> None:
+    """Run the relay process (`python -m outbox_relay`)."""
+    serve(
+        "relay",
+        RelaySettings,
+        create_app,
+        address=lambda s: (s.relay_metrics_host, s.relay_metrics_port),
+    )

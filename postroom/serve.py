@@ -1,0 +1,54 @@
+"""Running one process: read its settings, set up logs and traces, serve its app under uvicorn.
+
+Every process's `python -m <process>` comes here, so they all start, log and stop alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from postroom.settings import CommonSettings, ConfigError, load
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def serve(
+    service: str,
+    settings_class: type[S],
+    make_app: Callable[[S], Any],
+    *,
+    address: Callable[[S], tuple[str, int]],
+    grace: int = 60,
+) -> None:
+    """Serve `make_app(settings)` until SIGTERM or Ctrl-C, which end the app's lifespan and so
+    stop its work gracefully. A bad setting exits with status 2 and a one-line reason.
+
+    uvicorn's access log stays off: it would print query strings, which carry verification
+    tokens (ACCESS_LOG logs route templates instead)."""
+    import uvicorn
+
+    from postroom.http_limits import BoundedHeadProtocol
+    from postroom.logs import configure_logging
+    from postroom.tracing import configure_tracing
+
+    try:
+        settings = load(settings_class)
+    except ConfigError as exc:
+        print(f"postroom {service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    # Before the app is built: its parts bind their loggers as they are made.
+    configure_logging(settings.log_level, json=settings.app_env != "development")
+    configure_tracing(f"postroom-{service}")
+    host, port = address(settings)
+    uvicorn.run(
+        make_app(settings),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=grace,
+        http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
+    )

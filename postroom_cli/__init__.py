@@ -1,0 +1,1 @@
+"""The `postroom` command, on top of every process."""
