@@ -6,32 +6,42 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 
-from api.routes import handle_refusal, pages_router, users_router
+from api.routes import Api, handle_refusal, pages_router, users_router
 from api.settings import ApiSettings
 from api.users import Refused
-from postroom.db import create_engine
+from postroom.db import create_engine, create_pool
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import idempotency_keys
 from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
-from postroom.serve import serve
+from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
 from postroom.web import (
-    database_ready,
+    database_problem,
     include_routers,
     install_problem_handlers,
     operations_router,
 )
 
 
+async def readiness(request: Request) -> Response | None:
+    """Ready: the database answers."""
+    api: Api = request.app.state.api
+    return await database_problem(api.pool, within=api.settings.database_connect_timeout)
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
+    outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The routes run on a plain asyncpg pool; the engine only prunes.
+        pool = await create_pool(settings, application_name="postroom-api")
+        app.state.api = Api(pool=pool, outbox=outbox, settings=settings)
         app.state.engine = create_engine(settings, application_name="postroom-api")
         # Expired idempotency keys (and the answers they keep) go.
         pruner = Pruner(
@@ -40,12 +50,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             interval=settings.prune_interval,
         )
         pruning = asyncio.create_task(pruner.run(), name="prune")
+        freeze_heap()
         try:
             yield
         finally:
             pruner.stop()
             await pruning
             await app.state.engine.dispose()
+            await pool.close()
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
@@ -55,9 +67,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
+    app.state.outbox = outbox
     app.state.registry = CollectorRegistry()
-    include_routers(app, [users_router, pages_router, operations_router(database_ready)])
+    include_routers(app, [users_router, pages_router, operations_router(readiness)])
     install_problem_handlers(app)
     app.add_exception_handler(Refused, handle_refusal)
 

@@ -14,15 +14,32 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from pydantic import BaseModel
 
-from postroom.models import idempotency_keys
+from postroom.db import Connection
 from postroom.problems import ProblemError
 
 MAX_KEY_LENGTH = 255
 KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: what clients put in a header without quoting
+
+# Insert the key, or take over one older than the TTL ($4 seconds); no row back: it is live.
+_CLAIM = """
+INSERT INTO idempotency_keys (principal, key, request_hash) VALUES ($1, $2, $3)
+ON CONFLICT (principal, key) DO UPDATE
+    SET request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
+        response_headers = NULL, created_at = now()
+    WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)
+RETURNING key
+"""
+_STORED = """
+SELECT request_hash, status_code, response_body::text, response_headers::text
+FROM idempotency_keys WHERE principal = $1 AND key = $2
+"""
+_STORE = """
+UPDATE idempotency_keys SET status_code = $3, response_body = $4::jsonb,
+                            response_headers = $5::jsonb
+WHERE principal = $1 AND key = $2
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,63 +56,39 @@ def request_fingerprint(method: str, path: str, body: Any) -> str:
 
 
 async def claim(
-    conn: AsyncConnection, *, principal: str, key: str, fingerprint: str, ttl: int
+    conn: Connection, *, principal: str, key: str, fingerprint: str, ttl: int
 ) -> StoredAnswer | None:
     """Claim `key` for this transaction, or return the answer stored under it.
 
     A key older than `ttl` seconds is treated as new. Reusing a live key for another request
     is a 422 problem. The route has already checked the key's shape."""
-    expiry = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, ttl)
-    inserted = (
-        await conn.execute(
-            pg_insert(idempotency_keys)
-            .values(principal=principal, key=key, request_hash=fingerprint)
-            .on_conflict_do_update(
-                index_elements=[idempotency_keys.c.principal, idempotency_keys.c.key],
-                set_={
-                    "request_hash": fingerprint,
-                    "status_code": None,
-                    "response_body": None,
-                    "response_headers": None,
-                    "created_at": sa.func.now(),
-                },
-                where=idempotency_keys.c.created_at < expiry,
-            )
-            .returning(idempotency_keys.c.key)
-        )
-    ).one_or_none()
-    if inserted is not None:
+    if await conn.fetchval(_CLAIM, principal, key, fingerprint, float(ttl)) is not None:
         return None
-    stored = (
-        await conn.execute(
-            sa.select(
-                idempotency_keys.c.request_hash,
-                idempotency_keys.c.status_code,
-                idempotency_keys.c.response_body,
-                idempotency_keys.c.response_headers,
-            ).where(idempotency_keys.c.principal == principal, idempotency_keys.c.key == key)
-        )
-    ).one()
-    if stored.request_hash != fingerprint or stored.status_code is None:
+    stored = await conn.fetchrow(_STORED, principal, key)
+    assert stored is not None  # the conflict above saw it, and keys are deleted only when old
+    if stored["request_hash"] != fingerprint or stored["status_code"] is None:
         raise ProblemError(
             422,
             "idempotency-key-reused",
             "This Idempotency-Key was already used for a different request.",
             title="Idempotency key reused",
         )
-    return StoredAnswer(stored.status_code, stored.response_body, stored.response_headers or {})
+    return StoredAnswer(
+        stored["status_code"],
+        json.loads(stored["response_body"]),
+        json.loads(stored["response_headers"] or "{}"),
+    )
 
 
-async def store(conn: AsyncConnection, *, principal: str, key: str, answer: StoredAnswer) -> None:
+async def store(conn: Connection, *, principal: str, key: str, answer: StoredAnswer) -> None:
     """Record the answer under the key claimed earlier in this transaction."""
     await conn.execute(
-        sa.update(idempotency_keys)
-        .where(idempotency_keys.c.principal == principal, idempotency_keys.c.key == key)
-        .values(
-            status_code=answer.status_code,
-            response_body=answer.body,
-            response_headers=answer.headers,
-        )
+        _STORE,
+        principal,
+        key,
+        answer.status_code,
+        json.dumps(answer.body),
+        json.dumps(answer.headers),
     )
 
 
@@ -110,11 +103,16 @@ class Guard:
 
     @classmethod
     def of(
-        cls, *, method: str, path: str, body: Any, principal: str, key: str | None, ttl: int
+        cls, *, method: str, path: str, body: BaseModel, principal: str, key: str | None, ttl: int
     ) -> Guard:
-        return cls(principal, key, request_fingerprint(method, path, body), ttl)
+        """The guard of one request; without a key it costs nothing (no fingerprint)."""
+        if key is None:
+            return cls(principal, None, "", ttl)
+        return cls(
+            principal, key, request_fingerprint(method, path, body.model_dump(mode="json")), ttl
+        )
 
-    async def claim_or_replay(self, conn: AsyncConnection) -> StoredAnswer | None:
+    async def claim_or_replay(self, conn: Connection) -> StoredAnswer | None:
         """Claim the key for this request (None: go on), or the answer stored for it by the
         first request (replay it)."""
         if self.key is None:
@@ -127,6 +125,6 @@ class Guard:
             ttl=self.ttl,
         )
 
-    async def remember(self, conn: AsyncConnection, answer: StoredAnswer) -> None:
+    async def remember(self, conn: Connection, answer: StoredAnswer) -> None:
         if self.key is not None:
             await store(conn, principal=self.principal, key=self.key, answer=answer)

@@ -4,22 +4,69 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
+import asyncpg
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from api import idempotency, pages
 from api import users as use_cases
 from api.schemas import EmailVerificationRequest, UserCreate, UserOut, UserPatch
 from api.settings import ApiSettings
 from postroom import tokens
-from postroom.db import is_unavailable
+from postroom.auth import bearer_scheme, principal_of
+from postroom.db import Connection, is_unavailable
+from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, handle_problem, problem_responses
-from postroom.web import EngineDep, OutboxDep, PrincipalDep, get_settings
 
-SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """What every route works with, built once per app (`app.state.api`)."""
+
+    pool: asyncpg.Pool
+    outbox: OutboxWriter
+    settings: ApiSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A request whose bearer token was accepted: who sent it, and the app's parts."""
+
+    principal: str
+    api: Api
+
+
+async def _api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+async def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """The caller (a 401 problem without a valid token) and the app's parts, in one
+    dependency: each one FastAPI resolves costs time on every request."""
+    api: Api = request.app.state.api
+    return Caller(principal_of(credentials, api.settings.api_tokens), api)
+
+
+def conn_transaction(conn: Connection) -> AbstractAsyncContextManager[Any]:
+    return conn.transaction()
+
+
+def _no_transaction(conn: Connection) -> AbstractAsyncContextManager[Any]:
+    return nullcontext()
+
+
+ApiDep = Annotated[Api, Depends(_api)]
+CallerDep = Annotated[Caller, Depends(_caller)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -81,25 +128,28 @@ async def create_user(
     body: UserCreate,
     request: Request,
     response: Response,
-    principal: PrincipalDep,
-    engine: EngineDep,
-    settings: SettingsDep,
-    outbox: OutboxDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Register a user; emits `user.registered`."""
+    api = caller.api
     guard = idempotency.Guard.of(
         method="POST",
         path=request.url.path,
-        body=body.model_dump(mode="json"),
-        principal=principal,
+        body=body,
+        principal=caller.principal,
         key=idempotency_key,
-        ttl=settings.idempotency_key_ttl,
+        ttl=api.settings.idempotency_key_ttl,
     )
-    async with engine.begin() as conn:
+    # Registering is one statement, atomic on its own; a key adds statements that must commit
+    # with it, in a transaction.
+    atomic = conn_transaction if idempotency_key is not None else _no_transaction
+    async with api.pool.acquire() as conn, atomic(conn):
         if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
-        row = await use_cases.register_user(conn, email=body.email, name=body.name, outbox=outbox)
+        row = await use_cases.register_user(
+            conn, email=body.email, name=body.name, outbox=api.outbox
+        )
         user = UserOut.from_row(row)
         location = f"/v1/users/{row.id}"
         await guard.remember(
@@ -113,9 +163,9 @@ async def create_user(
 @users_router.get(
     "/users/{user_id}", response_model=UserOut, responses=problem_responses(401, 404, 422, 503)
 )
-async def read_user(user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
+async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
     """Read one user."""
-    async with engine.connect() as conn:
+    async with caller.api.pool.acquire() as conn:
         return UserOut.from_row(await use_cases.get_user(conn, user_id=user_id))
 
 
@@ -127,15 +177,14 @@ async def read_user(user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> A
 async def patch_user(
     user_id: uuid.UUID,
     body: UserPatch,
-    _: PrincipalDep,
-    engine: EngineDep,
-    outbox: OutboxDep,
+    caller: CallerDep,
 ) -> Any:
     """Change name and/or email; emits `user.updated`, and `user.email_changed` when the
     address changes (its verification is reset)."""
-    async with engine.begin() as conn:
+    api = caller.api
+    async with api.pool.acquire() as conn:  # the use case makes the change atomic
         row = await use_cases.update_user(
-            conn, user_id=user_id, name=body.name, email=body.email, outbox=outbox
+            conn, user_id=user_id, name=body.name, email=body.email, outbox=api.outbox
         )
     return UserOut.from_row(row)
 
@@ -146,16 +195,15 @@ async def patch_user(
     response_class=Response,
     responses=problem_responses(401, 404, 422, 503),
 )
-async def remove_user(
-    user_id: uuid.UUID, _: PrincipalDep, engine: EngineDep, outbox: OutboxDep
-) -> Response:
+async def remove_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
     """Delete a user; emits `user.deleted`."""
-    async with engine.begin() as conn:
-        await use_cases.delete_user(conn, user_id=user_id, outbox=outbox)
+    api = caller.api
+    async with api.pool.acquire() as conn, conn.transaction():
+        await use_cases.delete_user(conn, user_id=user_id, outbox=api.outbox)
     return Response(status_code=204)
 
 
-def _claim_from(token: str, settings: SettingsDep) -> tokens.VerificationClaim:
+def _claim_from(token: str, settings: ApiSettings) -> tokens.VerificationClaim:
     try:
         return tokens.read_token(
             settings.email_token_secret.get_secret_value(),
@@ -187,26 +235,24 @@ def _claim_from(token: str, settings: SettingsDep) -> tokens.VerificationClaim:
 async def verify_email(
     body: EmailVerificationRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    outbox: OutboxDep,
+    api: ApiDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Mark an address verified with the signed token from the email; emits
     `user.email_verified`. The token is the credential: no bearer token needed."""
-    claim = _claim_from(body.token, settings)
+    claim = _claim_from(body.token, api.settings)
     guard = idempotency.Guard.of(
         method="POST",
         path=request.url.path,
-        body=body.model_dump(mode="json"),
+        body=body,
         principal=f"user:{claim.user_id}",
         key=idempotency_key,
-        ttl=settings.idempotency_key_ttl,
+        ttl=api.settings.idempotency_key_ttl,
     )
-    async with engine.begin() as conn:
+    async with api.pool.acquire() as conn, conn.transaction():
         if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
-        row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
+        row = await use_cases.verify_email(conn, claim=claim, outbox=api.outbox)
         user = UserOut.from_row(row)
         await guard.remember(conn, idempotency.StoredAnswer(200, user.model_dump(mode="json"), {}))
     return user
@@ -233,19 +279,17 @@ MAX_TOKEN = 1024
         ]
     },
 )
-async def verify_email_page(
-    request: Request, engine: EngineDep, settings: SettingsDep
-) -> HTMLResponse:
+async def verify_email_page(request: Request, api: ApiDep) -> HTMLResponse:
     """The page a verification link opens: says which address the link verifies and offers
     one button. Nothing changes on a GET, so link-scanning mail gateways verify nobody."""
     token = request.query_params.get("token")
 
     async def confirm(claim: tokens.VerificationClaim) -> HTMLResponse:
-        async with engine.connect() as conn:
+        async with api.pool.acquire() as conn:
             user = await use_cases.claimed_user(conn, claim=claim)
         return pages.confirmation_page(token=token or "", email=user.email)
 
-    return await _verification_page(token, settings, confirm)
+    return await _verification_page(token, api.settings, confirm)
 
 
 @pages_router.post(
@@ -271,9 +315,7 @@ async def verify_email_page(
         }
     },
 )
-async def verify_email_button(
-    request: Request, engine: EngineDep, settings: SettingsDep, outbox: OutboxDep
-) -> HTMLResponse:
+async def verify_email_button(request: Request, api: ApiDep) -> HTMLResponse:
     """The confirmation page's button: verifies the address, then says so."""
     try:
         fields = parse_qs((await request.body()).decode("latin-1"), max_num_fields=4)
@@ -282,16 +324,16 @@ async def verify_email_button(
     given = fields.get("token")
 
     async def verify(claim: tokens.VerificationClaim) -> HTMLResponse:
-        async with engine.begin() as conn:
-            row = await use_cases.verify_email(conn, claim=claim, outbox=outbox)
+        async with api.pool.acquire() as conn, conn.transaction():
+            row = await use_cases.verify_email(conn, claim=claim, outbox=api.outbox)
         return pages.verification_page(200, email=row.email)
 
-    return await _verification_page(given[0] if given else None, settings, verify)
+    return await _verification_page(given[0] if given else None, api.settings, verify)
 
 
 async def _verification_page(
     token: str | None,
-    settings: SettingsDep,
+    settings: ApiSettings,
     work: Callable[[tokens.VerificationClaim], Awaitable[HTMLResponse]],
 ) -> HTMLResponse:
     """Both verification pages: `work` on the token's claim, or the page that says why not

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from api.users import User
 from postroom.text import NO_CONTROL_CHARACTERS, refuse_control_characters
 
 # RFC 5321 caps a forward path at 256 octets including the angle brackets.
@@ -53,7 +54,7 @@ class UserOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: Any) -> UserOut:
+    def from_row(cls, row: User) -> UserOut:
         return cls(
             id=row.id,
             email=row.email,

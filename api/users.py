@@ -1,46 +1,90 @@
-"""User use cases. Each runs inside a transaction its caller opened and never commits.
+"""User use cases. Every change is atomic and never commits a caller's transaction: a
+registration, and an update of a user unchanged since it was read, are one statement (the
+change and its events together, `OutboxWriter.add_with`); the rest run in a transaction the
+caller opened, or one of their own.
 
-Every change locks (or inserts) the user row first and then adds its event through the outbox
-writer, so a user's events get outbox ids in the order their changes commit (invariant 2).
+Every change locks (or inserts) the user row before its events are added, so a user's
+events get outbox ids in the order their changes commit (invariant 2). They speak to
+PostgreSQL through asyncpg directly: this is the path every write takes, and the SQL is short
+enough to read as SQL (the tables are `postroom/models.py`).
 """
 
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from postroom import events, tokens
-from postroom.db import unique_violation
+from postroom.db import Connection
 from postroom.erasure import erase_user
-from postroom.models import USERS_EMAIL_INDEX, users
+from postroom.models import USERS_EMAIL_INDEX
 from postroom.outbox import OutboxWriter
 
-UserRow: TypeAlias = sa.Row[*tuple[Any, ...]]
+# Every statement returns the columns of `User`, in its order.
+# The user and its clock are set here, so that `user.registered` can be written in the same
+# statement (`OutboxWriter.add_with`).
+_REGISTER = """
+INSERT INTO users (id, email, name, version, created_at, updated_at)
+VALUES ($1, $2, $3, 1, $4, $4)
+ON CONFLICT (lower(email)) DO NOTHING
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+"""
+_READ = """
+SELECT id, email, name, email_verified_at, version, created_at, updated_at
+FROM users WHERE id = $1
+"""
+_LOCK = """
+SELECT id, email, name, email_verified_at, version, created_at, updated_at
+FROM users WHERE id = $1 FOR UPDATE
+"""
+# The change, if the user is still at the version it was read at ($5); $4: the address
+# changes, so its verification resets. No row back: the user changed or went meanwhile.
+_UPDATE = """
+UPDATE users SET
+    name = $2,
+    email = $3,
+    email_verified_at = CASE WHEN $4 THEN NULL ELSE email_verified_at END,
+    version = version + 1,
+    updated_at = now()
+WHERE id = $1 AND version = $5
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+"""
+_DELETE = """
+DELETE FROM users WHERE id = $1
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+"""
+_VERIFY = """
+UPDATE users SET email_verified_at = now(), version = version + 1, updated_at = now()
+WHERE id = $1
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+"""
 
-_COLUMNS = (
-    users.c.id,
-    users.c.email,
-    users.c.name,
-    users.c.email_verified_at,
-    users.c.version,
-    users.c.created_at,
-    users.c.updated_at,
-)
 
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    email: str
+    name: str
+    email_verified_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
 
-# Built once: compiling a statement per request costs more than running it.
-_REGISTER = (
-    pg_insert(users)
-    .values(id=sa.bindparam("id"), email=sa.bindparam("email"), name=sa.bindparam("name"))
-    .on_conflict_do_nothing(index_elements=[sa.func.lower(users.c.email)])
-    .returning(*_COLUMNS)
-)
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> User:
+        return cls(
+            record["id"],
+            record["email"],
+            record["name"],
+            record["email_verified_at"],
+            record["version"],
+            record["created_at"],
+            record["updated_at"],
+        )
 
 
 class Refused(Exception):
@@ -60,122 +104,115 @@ class LinkSuperseded(Refused):
     """The verification link names an address the user no longer has, or a deleted user."""
 
 
-async def register_user(
-    conn: AsyncConnection, *, email: str, name: str, outbox: OutboxWriter
-) -> UserRow:
-    """Insert the user and its `user.registered` event; 409 if the address is taken."""
-    row = (
-        await conn.execute(_REGISTER, {"id": uuid.uuid4(), "email": email, "name": name})
-    ).one_or_none()
-    if row is None:
-        raise EmailTaken()
-    await outbox.add(
-        conn,
-        events.Event(
-            events.UserRegistered(
-                user_id=row.id,
-                version=row.version,
-                email=row.email,
-                name=row.name,
-                registered_at=row.created_at,
-            )
-        ),
+async def register_user(conn: Connection, *, email: str, name: str, outbox: OutboxWriter) -> User:
+    """Insert the user and its `user.registered` event, in one statement (EmailTaken if the
+    address is taken: then nothing is written)."""
+    user_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    event = events.Event(
+        events.UserRegistered(user_id=user_id, version=1, email=email, name=name, registered_at=now)
     )
-    return row
+    record = await outbox.add_with(conn, _REGISTER, (user_id, email, name, now), [event])
+    if record is None:
+        raise EmailTaken()
+    return User.of(record)
 
 
-async def get_user(conn: AsyncConnection, *, user_id: uuid.UUID) -> UserRow:
-    row = (await conn.execute(sa.select(*_COLUMNS).where(users.c.id == user_id))).one_or_none()
-    if row is None:
+async def get_user(conn: Connection, *, user_id: uuid.UUID) -> User:
+    record = await conn.fetchrow(_READ, user_id)
+    if record is None:
         raise UserNotFound()
-    return row
+    return User.of(record)
 
 
-async def _lock_user(conn: AsyncConnection, user_id: uuid.UUID) -> UserRow:
-    statement = sa.select(*_COLUMNS).where(users.c.id == user_id).with_for_update()
-    row = (await conn.execute(statement)).one_or_none()
-    if row is None:
-        raise UserNotFound()
-    return row
+def _update_events(current: User, *, name: str, email: str) -> list[events.Event]:
+    """`user.updated`, and `user.email_changed` when the address changes (not only its
+    case), for changing `current` to `name` and `email`."""
+    version = current.version + 1
+    changed = [
+        f
+        for f, old, new in (("name", current.name, name), ("email", current.email, email))
+        if old != new
+    ]
+    announced = [
+        events.Event(
+            events.UserUpdated(
+                user_id=current.id, version=version, email=email, name=name, changed=changed
+            )
+        )
+    ]
+    if email.lower() != current.email.lower():
+        announced.append(
+            events.Event(
+                events.UserEmailChanged(
+                    user_id=current.id,
+                    version=version,
+                    old_email=current.email,
+                    new_email=email,
+                    name=name,
+                )
+            )
+        )
+    return announced
 
 
 async def update_user(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     user_id: uuid.UUID,
     name: str | None,
     email: str | None,
     outbox: OutboxWriter,
-) -> UserRow:
+) -> User:
     """Change name and/or email; `user.updated`, plus `user.email_changed` when the address
-    changes (which also resets verification). A request that changes nothing writes nothing."""
-    current = await _lock_user(conn, user_id)
-    changes: dict[str, Any] = {}
-    if name is not None and name != current.name:
-        changes["name"] = name
-    email_changed = email is not None and email.lower() != current.email.lower()
-    if email is not None and email != current.email:
-        changes["email"] = email
-    if not changes:
-        return current
-    if email_changed:
-        changes["email_verified_at"] = None
-    statement = (
-        sa.update(users)
-        .where(users.c.id == user_id)
-        .values(**changes, version=users.c.version + 1, updated_at=sa.func.now())
-        .returning(*_COLUMNS)
-    )
-    try:
-        row = (await conn.execute(statement)).one()
-    except IntegrityError as exc:
-        if unique_violation(exc) == USERS_EMAIL_INDEX:
-            raise EmailTaken() from exc
-        raise
-    changed = [field for field in ("name", "email") if field in changes]
-    await outbox.add(
-        conn,
-        events.Event(
-            events.UserUpdated(
-                user_id=row.id,
-                version=row.version,
-                email=row.email,
-                name=row.name,
-                changed=changed,
-            )
-        ),
-    )
-    if email_changed:
-        await outbox.add(
-            conn,
-            events.Event(
-                events.UserEmailChanged(
-                    user_id=row.id,
-                    version=row.version,
-                    old_email=current.email,
-                    new_email=row.email,
-                    name=row.name,
+    changes (which also resets verification). A request that changes nothing writes nothing.
+
+    Optimistic first: read the user, then change it and add its events in one statement that
+    applies only if the user is still at the version read (two round trips, no lock held
+    while Python works). If another change came in between, do it again under the row's
+    lock, in a transaction, where it cannot miss."""
+    for locked in (False, True):
+        async with conn.transaction() if locked else nullcontext():
+            record = await conn.fetchrow(_LOCK if locked else _READ, user_id)
+            if record is None:
+                raise UserNotFound()
+            current = User.of(record)
+            new_name = current.name if name is None else name
+            new_email = current.email if email is None else email
+            if (new_name, new_email) == (current.name, current.email):
+                return current
+            email_changed = new_email.lower() != current.email.lower()
+            try:
+                updated = await outbox.add_with(
+                    conn,
+                    _UPDATE,
+                    (user_id, new_name, new_email, email_changed, current.version),
+                    _update_events(current, name=new_name, email=new_email),
                 )
-            ),
-        )
-    return row
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == USERS_EMAIL_INDEX:
+                    raise EmailTaken() from None
+                raise
+            if updated is not None:
+                return User.of(updated)
+    raise AssertionError("a change under the row lock applies")  # pragma: no cover
 
 
-async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: OutboxWriter) -> None:
+async def delete_user(conn: Connection, *, user_id: uuid.UUID, outbox: OutboxWriter) -> None:
     """Delete the user and add `user.deleted` (which carries the address for the goodbye)."""
-    statement = sa.delete(users).where(users.c.id == user_id).returning(*_COLUMNS)
-    row = (await conn.execute(statement)).one_or_none()
-    if row is None:
+    record = await conn.fetchrow(_DELETE, user_id)
+    if record is None:
         raise UserNotFound()
-    await erase_user(conn, user_id=row.id, email=row.email)
+    user = User.of(record)
+    await erase_user(conn, user_id=user.id, email=user.email)
     await outbox.add(
         conn,
         events.Event(
             events.UserDeleted(
-                user_id=row.id,
-                version=row.version + 1,
-                email=row.email,
-                name=row.name,
+                user_id=user.id,
+                version=user.version + 1,
+                email=user.email,
+                name=user.name,
                 deleted_at=datetime.now(UTC),
             )
         ),
@@ -183,46 +220,38 @@ async def delete_user(conn: AsyncConnection, *, user_id: uuid.UUID, outbox: Outb
 
 
 async def claimed_user(
-    conn: AsyncConnection, *, claim: tokens.VerificationClaim, lock: bool = False
-) -> UserRow:
-    """The user a verification token names, if it still has the token's address.
-    Reads only (the page a link opens shows it before anything changes)."""
-    statement = sa.select(*_COLUMNS).where(users.c.id == claim.user_id)
-    current = (await conn.execute(statement.with_for_update() if lock else statement)).first()
-    if current is None or current.email.lower() != claim.email.lower():
+    conn: Connection, *, claim: tokens.VerificationClaim, lock: bool = False
+) -> User:
+    """The user a verification token names, if it still has the token's address
+    (LinkSuperseded if not). Reads only (the page a link opens shows it before anything
+    changes)."""
+    record = await conn.fetchrow(_LOCK if lock else _READ, claim.user_id)
+    if record is None or record["email"].lower() != claim.email.lower():
         raise LinkSuperseded()
-    return current
+    return User.of(record)
 
 
 async def verify_email(
-    conn: AsyncConnection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
-) -> UserRow:
-    """Mark the claimed address verified (LinkSuperseded when the user or that address is gone).
-    Verifying an already verified address again answers the same and writes nothing."""
+    conn: Connection, *, claim: tokens.VerificationClaim, outbox: OutboxWriter
+) -> User:
+    """Mark the claimed address verified (LinkSuperseded when the user or that address is
+    gone). Verifying an already verified address again answers the same and writes nothing."""
     current = await claimed_user(conn, claim=claim, lock=True)
     if current.email_verified_at is not None:
         return current
-    row = (
-        await conn.execute(
-            sa.update(users)
-            .where(users.c.id == claim.user_id)
-            .values(
-                email_verified_at=sa.func.now(),
-                version=users.c.version + 1,
-                updated_at=sa.func.now(),
-            )
-            .returning(*_COLUMNS)
-        )
-    ).one()
+    record = await conn.fetchrow(_VERIFY, claim.user_id)
+    assert record is not None  # the row is locked
+    user = User.of(record)
+    assert user.email_verified_at is not None
     await outbox.add(
         conn,
         events.Event(
             events.UserEmailVerified(
-                user_id=row.id,
-                version=row.version,
-                email=row.email,
-                verified_at=row.email_verified_at,
+                user_id=user.id,
+                version=user.version,
+                email=user.email,
+                verified_at=user.email_verified_at,
             )
         ),
     )
-    return row
+    return user

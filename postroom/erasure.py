@@ -14,52 +14,40 @@ Kafka, until the topics' retention removes it (docs/operations.md)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from postroom.db import Connection
 
-from postroom.models import bounces, idempotency_keys, notifications
+_GONE = json.dumps(
+    {
+        "type": "urn:postroom:problem:user-deleted",
+        "title": "Gone",
+        "status": 410,
+        "detail": "The user this request created or changed has been deleted.",
+    }
+)
+_PROBLEM_HEADERS = json.dumps({"content-type": "application/problem+json"})
 
-ERASED = ""
-_GONE = {
-    "type": "urn:postroom:problem:user-deleted",
-    "title": "Gone",
-    "status": 410,
-    "detail": "The user this request created or changed has been deleted.",
-}
+# $1: the user id, $2: the address as stored, $3: lower-cased; $4, $5: the stored 410.
+_ERASE = """
+WITH answers AS (
+    UPDATE idempotency_keys SET status_code = 410, response_body = $4::jsonb,
+                                response_headers = $5::jsonb
+    WHERE response_body ->> 'id' = $1::uuid::text
+),
+mail AS (
+    UPDATE notifications SET
+        recipient = '',
+        source = NULL,
+        last_error = replace(replace(last_error, $2, '[erased]'), $3, '[erased]')
+    WHERE (user_id = $1::uuid OR lower(recipient) = $3) AND status <> 'pending'
+)
+UPDATE bounces SET email = '', details = NULL, raw = '{}'::jsonb WHERE lower(email) = $3
+"""
 
 
-async def erase_user(conn: AsyncConnection, *, user_id: uuid.UUID, email: str) -> None:
-    """Erase what identifies the user, in the caller's (the deletion's) transaction."""
-    address = email.lower()
-    await conn.execute(
-        sa.update(idempotency_keys)
-        .where(idempotency_keys.c.response_body["id"].astext == str(user_id))
-        .values(
-            status_code=410,
-            response_body=_GONE,
-            response_headers={"content-type": "application/problem+json"},
-        )
-    )
-    mine = sa.or_(
-        notifications.c.user_id == user_id, sa.func.lower(notifications.c.recipient) == address
-    )
-    await conn.execute(
-        sa.update(notifications)
-        .where(mine, notifications.c.status != "pending")
-        .values(
-            recipient=ERASED,
-            source=sa.null(),
-            last_error=sa.func.replace(
-                sa.func.replace(notifications.c.last_error, email, "[erased]"),
-                address,
-                "[erased]",
-            ),
-        )
-    )
-    await conn.execute(
-        sa.update(bounces)
-        .where(sa.func.lower(bounces.c.email) == address)
-        .values(email=ERASED, details=None, raw={})
-    )
+async def erase_user(conn: Connection, *, user_id: uuid.UUID, email: str) -> None:
+    """Erase what identifies the user, in the caller's (the deletion's) transaction, in one
+    statement."""
+    await conn.execute(_ERASE, user_id, email, email.lower(), _GONE, _PROBLEM_HEADERS)

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from postroom.db import Connection
 from postroom.events import Event
-from postroom.models import outbox
 from postroom.tracing import current_traceparent
 
 NOTIFY_CHANNEL = "postroom_outbox"
@@ -33,28 +34,58 @@ def shard_of(aggregate_id: str, shards: int) -> int:
     return zlib.crc32(aggregate_id.encode()) % shards
 
 
-def _insert_statement(*, notify: bool) -> sa.Select[Any]:
-    inserted = (
-        sa.insert(outbox)
-        .values(
-            event_id=sa.bindparam("event_id"),
-            aggregate_type=sa.bindparam("aggregate_type"),
-            aggregate_id=sa.bindparam("aggregate_id"),
-            event_type=sa.bindparam("event_type"),
-            payload=sa.bindparam("payload", type_=outbox.c.payload.type),
-            headers=sa.bindparam("headers", type_=outbox.c.headers.type),
-            shard=sa.bindparam("shard"),
-        )
-        .returning(outbox.c.id)
-        .cte("inserted")
+# One event: the row, and a NOTIFY raised in the same statement (never without the row).
+_INSERT_SQL = """
+WITH inserted AS (
+    INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers,
+                        shard)
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
+    RETURNING id
+)
+SELECT id {notify} FROM inserted
+"""
+_INSERT = {
+    True: _INSERT_SQL.format(notify=f", pg_notify('{NOTIFY_CHANNEL}', '') AS notified"),
+    False: _INSERT_SQL.format(notify=""),
+}
+
+# A change and its events in one statement: `changed` is the caller's data-modifying statement
+# (with RETURNING); the events are inserted, in the order given, only if it returned a row, and
+# the NOTIFY raised only then. One statement is one round trip, and atomic on its own.
+_WITH_CHANGE_SQL = """
+WITH changed AS ({change}),
+events AS (
+    INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers,
+                        shard)
+    SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.event_type, v.payload::jsonb,
+           v.headers::jsonb, v.shard
+    FROM (SELECT FROM changed LIMIT 1) AS once,
+         unnest(${n}::uuid[], ${n1}::text[], ${n2}::text[], ${n3}::text[], ${n4}::text[],
+                ${n5}::text[], ${n6}::int[])
+             WITH ORDINALITY
+             AS v(event_id, aggregate_type, aggregate_id, event_type, payload, headers, shard, n)
+    ORDER BY v.n
+    RETURNING id
+)
+SELECT changed.* {notify}
+FROM changed CROSS JOIN (SELECT count(*) AS added FROM events) AS added
+"""
+
+
+def _with_change_sql(change: str, args: int, *, notify: bool) -> str:
+    n = args + 1
+    return _WITH_CHANGE_SQL.format(
+        change=change,
+        n=n,
+        n1=n + 1,
+        n2=n + 2,
+        n3=n + 3,
+        n4=n + 4,
+        n5=n + 5,
+        n6=n + 6,
+        notify=f", pg_notify('{NOTIFY_CHANNEL}', '') AS notified" if notify else "",
     )
-    if not notify:
-        return sa.select(inserted.c.id)
-    notified = sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), sa.literal(""))
-    return sa.select(inserted.c.id).add_columns(notified.label("notified"))
 
-
-_INSERT = {True: _insert_statement(notify=True), False: _insert_statement(notify=False)}
 
 # Many rows in one statement: WITH ORDINALITY keeps the identity values in the order given.
 _INSERT_MANY_SQL = """
@@ -98,19 +129,38 @@ def _row(event: Event, shards: int) -> dict[str, Any]:
     }
 
 
-async def add_event(
-    conn: AsyncConnection, event: Event, *, shards: int, notify: bool = True
-) -> int:
-    """Add `event` to the transaction open on `conn`; return its outbox id. Without
-    `notify` the relays find the row at their next poll (OUTBOX_NOTIFY=false)."""
-    if not conn.in_transaction():
-        raise RuntimeError("add_event needs the caller's open transaction")
-    result = await conn.execute(
-        _INSERT[notify],
-        _row(event, shards),
+def _values(event: Event, shards: int) -> tuple[Any, ...]:
+    """The insert's parameters, the JSON serialised once here."""
+    row = _row(event, shards)
+    return (
+        row["event_id"],
+        row["aggregate_type"],
+        row["aggregate_id"],
+        row["event_type"],
+        json.dumps(row["payload"], separators=(",", ":")),
+        json.dumps(row["headers"], separators=(",", ":")),
+        row["shard"],
     )
-    outbox_id: int = result.scalar_one()
-    return outbox_id
+
+
+async def add_event(
+    conn: Connection | AsyncConnection, event: Event, *, shards: int, notify: bool = True
+) -> int:
+    """Add `event` to the transaction open on `conn` (an asyncpg connection, or a SQLAlchemy
+    one); return its outbox id. Without `notify` the relays find the row at their next poll
+    (OUTBOX_NOTIFY=false)."""
+    values = _values(event, shards)
+    if isinstance(conn, AsyncConnection):
+        if not conn.in_transaction():
+            raise RuntimeError("add_event needs the caller's open transaction")
+        result = await conn.exec_driver_sql(_INSERT[notify], values)
+        outbox_id: int = result.scalar_one()
+        return outbox_id
+    if not conn.is_in_transaction():
+        raise RuntimeError("add_event needs the caller's open transaction")
+    row = await conn.fetchrow(_INSERT[notify], *values)
+    assert row is not None
+    return int(row["id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +170,21 @@ class OutboxWriter:
     shards: int
     notify: bool = True
 
-    async def add(self, conn: AsyncConnection, event: Event) -> int:
+    async def add(self, conn: Connection | AsyncConnection, event: Event) -> int:
         return await add_event(conn, event, shards=self.shards, notify=self.notify)
+
+    async def add_with(
+        self, conn: Connection, change: str, args: Sequence[Any], batch: Sequence[Event]
+    ) -> asyncpg.Record | None:
+        """Run `change`, a data-modifying statement returning one row at most, whose
+        parameters are `args` ($1 to $n), and add the events of `batch` (in order) in the same
+        statement if it returned a row. Return that row; None if it returned none: then
+        nothing was written. The statement is atomic on its own, so it needs no transaction
+        around it: a change that writes one row takes one round trip with its events instead
+        of four (BEGIN, the change, the events, COMMIT)."""
+        sql = _with_change_sql(change, len(args), notify=self.notify)
+        columns = [list(c) for c in zip(*(_values(e, self.shards) for e in batch), strict=True)]
+        return await conn.fetchrow(sql, *args, *columns)
 
     async def add_many(self, conn: AsyncConnection, batch: Sequence[Event]) -> None:
         """Add several events to the caller's transaction in one statement, in the order

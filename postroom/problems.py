@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import traceback
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -160,6 +162,15 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 log = structlog.get_logger("postroom.http")
 
 
+def _origin(exc: BaseException) -> str:
+    """The project frame nearest to where `exc` was raised, as file:line."""
+    place = "unknown"
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if "site-packages" not in frame.f_code.co_filename:
+            place = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:]) + f":{line}"
+    return place
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     if is_unavailable(exc):
         log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
@@ -171,7 +182,24 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
             instance=request.url.path,
             headers={"Retry-After": "1"},
         )
-    log.error("unexpected error", path=request.url.path, exc_info=exc)
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        # Never the whole error: its DETAIL quotes values (the duplicate key), and so do the
+        # messages of data exceptions (SQLSTATE class 22) and of asyncpg's own argument
+        # checks. The server's primary message of any other error is kept.
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        message = None
+        if isinstance(exc, asyncpg.PostgresError) and not sqlstate.startswith("22"):
+            message = exc.message
+        log.error(
+            "unexpected database error",
+            path=request.url.path,
+            error=type(exc).__name__,
+            sqlstate=sqlstate or None,
+            message=message,
+            at=_origin(exc),
+        )
+    else:
+        log.error("unexpected error", path=request.url.path, exc_info=exc)
     return problem_response(
         500, "internal-error", "Something went wrong on our side.", instance=request.url.path
     )

@@ -5,6 +5,7 @@ Every process's `python -m <process>` comes here, so they all start, log and sto
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -52,3 +53,12 @@ def serve(
         timeout_graceful_shutdown=grace,
         http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
     )
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (modules, routes, schemas, pools: what start-up built) out
+    of the garbage collector's sight. A process that keeps its start-up objects scanned
+    pays a full collection of all of them every so often: 50-70 ms in the api under load,
+    which is its p99. Call once, at the end of start-up (an app's lifespan)."""
+    gc.collect()
+    gc.freeze()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -38,7 +39,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
-    for unexpected in (SQLAlchemyError, OSError, TimeoutError, Exception):
+    for unexpected in (
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        OSError,
+        TimeoutError,
+        Exception,
+    ):
         app.add_exception_handler(unexpected, handle_unexpected)
 
 
@@ -115,10 +123,10 @@ class Health(BaseModel):
 Readiness = Callable[[Request], Awaitable[Response | None]]
 
 
-async def database_problem(engine: AsyncEngine, *, within: float) -> JSONResponse | None:
+async def database_problem(db: AsyncEngine | asyncpg.Pool, *, within: float) -> JSONResponse | None:
     """The 503 problem a readiness check answers when the database does not, else None."""
     try:
-        await ping(engine, within=within)
+        await ping(db, within=within)
     except Exception:
         return problem_response(
             503,

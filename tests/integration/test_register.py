@@ -178,7 +178,10 @@ async def test_an_unexpected_database_error_logs_no_personal_data(
     await db.execute(
         """
         CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'users refuses this row'; END $$;
+        $$ BEGIN
+            -- The way PostgreSQL words its own errors: the values go in the DETAIL.
+            RAISE EXCEPTION 'users refuses this row' USING DETAIL = 'Key ' || NEW.email;
+        END $$;
         CREATE TRIGGER refuse_users BEFORE INSERT ON users
         FOR EACH ROW EXECUTE FUNCTION refuse_user();
         """
