@@ -42,7 +42,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # The routes run on a plain asyncpg pool; the engine only prunes.
         pool = await create_pool(settings, application_name="postroom-api")
         app.state.api = Api(pool=pool, outbox=outbox, settings=settings)
-        app.state.engine = create_engine(settings, application_name="postroom-api")
+        app.state.engine = create_engine(settings, application_name="postroom-api", pool_size=1)
         # Expired idempotency keys (and the answers they keep) go.
         pruner = Pruner(
             app.state.engine,

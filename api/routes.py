@@ -33,6 +33,11 @@ class Api:
     outbox: OutboxWriter
     settings: ApiSettings
 
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection of the pool; waits up to DATABASE_CONNECT_TIMEOUT for one (then
+        TimeoutError: a 503)."""
+        return self.pool.acquire(timeout=self.settings.database_connect_timeout)
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -144,7 +149,7 @@ async def create_user(
     # Registering is one statement, atomic on its own; a key adds statements that must commit
     # with it, in a transaction.
     atomic = conn_transaction if idempotency_key is not None else _no_transaction
-    async with api.pool.acquire() as conn, atomic(conn):
+    async with api.connection() as conn, atomic(conn):
         if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
         row = await use_cases.register_user(
@@ -165,7 +170,7 @@ async def create_user(
 )
 async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
     """Read one user."""
-    async with caller.api.pool.acquire() as conn:
+    async with caller.api.connection() as conn:
         return UserOut.from_row(await use_cases.get_user(conn, user_id=user_id))
 
 
@@ -182,7 +187,7 @@ async def patch_user(
     """Change name and/or email; emits `user.updated`, and `user.email_changed` when the
     address changes (its verification is reset)."""
     api = caller.api
-    async with api.pool.acquire() as conn:  # the use case makes the change atomic
+    async with api.connection() as conn:  # the use case makes the change atomic
         row = await use_cases.update_user(
             conn, user_id=user_id, name=body.name, email=body.email, outbox=api.outbox
         )
@@ -198,7 +203,7 @@ async def patch_user(
 async def remove_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
     """Delete a user; emits `user.deleted`."""
     api = caller.api
-    async with api.pool.acquire() as conn, conn.transaction():
+    async with api.connection() as conn, conn.transaction():
         await use_cases.delete_user(conn, user_id=user_id, outbox=api.outbox)
     return Response(status_code=204)
 
@@ -249,7 +254,7 @@ async def verify_email(
         key=idempotency_key,
         ttl=api.settings.idempotency_key_ttl,
     )
-    async with api.pool.acquire() as conn, conn.transaction():
+    async with api.connection() as conn, conn.transaction():
         if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
         row = await use_cases.verify_email(conn, claim=claim, outbox=api.outbox)
@@ -285,7 +290,7 @@ async def verify_email_page(request: Request, api: ApiDep) -> HTMLResponse:
     token = request.query_params.get("token")
 
     async def confirm(claim: tokens.VerificationClaim) -> HTMLResponse:
-        async with api.pool.acquire() as conn:
+        async with api.connection() as conn:
             user = await use_cases.claimed_user(conn, claim=claim)
         return pages.confirmation_page(token=token or "", email=user.email)
 
@@ -324,7 +329,7 @@ async def verify_email_button(request: Request, api: ApiDep) -> HTMLResponse:
     given = fields.get("token")
 
     async def verify(claim: tokens.VerificationClaim) -> HTMLResponse:
-        async with api.pool.acquire() as conn, conn.transaction():
+        async with api.connection() as conn, conn.transaction():
             row = await use_cases.verify_email(conn, claim=claim, outbox=api.outbox)
         return pages.verification_page(200, email=row.email)
 

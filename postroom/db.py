@@ -19,13 +19,15 @@ from postroom.settings import CommonSettings, plain_url
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEngine:
-    """An asyncpg-backed engine sized by the settings."""
+def create_engine(
+    settings: CommonSettings, *, application_name: str, pool_size: int | None = None
+) -> AsyncEngine:
+    """An asyncpg-backed engine of `pool_size` connections (DATABASE_POOL_SIZE by default)."""
     return create_async_engine(
         settings.sqlalchemy_url,
         # No overflow: overflow connections are closed as soon as they come back, so under
         # steady load the pool would open and close sessions all the time.
-        pool_size=settings.database_pool_size,
+        pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
         pool_timeout=settings.database_connect_timeout,
         # A failed statement's error must not carry its parameters (emails, names) into logs.
