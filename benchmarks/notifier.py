@@ -122,7 +122,7 @@ class Stack:
     def start_infrastructure(self) -> None:
         pg = EmbeddedPostgres(self.workdir / "pg", port=free_port(), durable=True)
         print(f"starting PostgreSQL on 127.0.0.1:{pg.port} (durable) ...", flush=True)
-        self.exits.callback(pg.stop)  # first: an interrupted start is stopped too
+        self.exits.callback(pg.discard)  # first: an interrupted start is stopped too
         pg.start()
         self.postgres = pg
         pg.create_database("postroom_bench")

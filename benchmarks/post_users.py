@@ -829,7 +829,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> bool | None:
     embedded = args.database_url is None
     if embedded:
         server = EmbeddedPostgres(workdir / "pgdata", port=free_port(), durable=True)
-        stack.callback(server.stop)
+        stack.callback(server.discard)
         print(f"starting PostgreSQL on 127.0.0.1:{server.port} ...", flush=True)
         server.start()
         server.create_database(DATABASE)

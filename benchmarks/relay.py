@@ -72,7 +72,7 @@ def infrastructure(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
             workdir = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             pg = EmbeddedPostgres(workdir / "pg", port=free_port(), durable=True)
-            stack.callback(pg.stop)  # first: an interrupted start is stopped too
+            stack.callback(pg.discard)  # first: an interrupted start is stopped too
             pg.start()
             pg.create_database("bench")
             database_url = pg.url("bench")

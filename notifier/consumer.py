@@ -72,6 +72,19 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Leave the group and close. With the broker already gone, aiokafka's fetcher lets the
+    cancellation of its own fetch task escape from `stop()`: that one is not ours to raise
+    (the process would fail its shutdown), unless this task is being cancelled itself."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("consumer closed without the broker")
+
+
 class Consumer:
     def __init__(
         self,
@@ -153,7 +166,7 @@ class Consumer:
             log.info("consuming", topic=self.topic, group=s.notifier_group_id)
             await self._loop(consumer, ownership)
         finally:
-            await consumer.stop()
+            await _stop_consumer(consumer)
 
     async def _loop(self, consumer: AIOKafkaConsumer, ownership: _Ownership) -> None:
         backoff = self._backoff()

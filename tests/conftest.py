@@ -65,7 +65,7 @@ def postgres() -> Iterator[PostgresServer]:
     finally:
         pg.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
         if server is not None:
-            server.stop(mode="immediate")
+            server.discard()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 

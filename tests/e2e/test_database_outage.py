@@ -24,7 +24,7 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
     try:
         yield server
     finally:
-        server.stop(mode="immediate")
+        server.discard()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

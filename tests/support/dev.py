@@ -71,6 +71,9 @@ class DevStack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # A process group of its own, as a shell gives a command it runs: a signal to
+            # the group is what a terminal sends on Ctrl-C or when it closes.
+            start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -96,9 +99,10 @@ class DevStack:
                 return found
         raise AssertionError(f"{pattern!r} not printed; got:\n{''.join(self.output)}")
 
-    def stop(self) -> int:
-        """Ctrl-C (SIGINT), as a developer stops it; returns the exit code."""
-        self.process.send_signal(signal.SIGINT)
+    def stop(self, signum: int = signal.SIGINT) -> int:
+        """Ctrl-C (SIGINT to the whole process group, as a terminal sends it), or another
+        signal the same way (SIGHUP: the terminal closed); returns the exit code."""
+        os.killpg(self.process.pid, signum)
         code = self.process.wait(timeout=60)
         self._pump_thread.join(timeout=10)
         assert self.process.stdout is not None

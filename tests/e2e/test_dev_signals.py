@@ -1,0 +1,63 @@
+"""`postroom dev` ends the way a developer ends it, and says why it cannot start."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.dev import DevStack, alive, clean_env, dev_ports
+
+
+def test_a_closed_terminal_stops_every_process_and_both_servers(tmp_path: Path) -> None:
+    ports = dev_ports()
+    stack = DevStack(tmp_path, ports)
+    try:
+        stack.wait_for(r"Postroom is running")
+    finally:
+        code = stack.stop(signal.SIGHUP)
+    output = "".join(stack.output)
+    assert code == 0, output
+    assert "SIGHUP: stopping" in output
+    assert "embedded PostgreSQL stopped" in output
+    assert "embedded broker stopped" in output
+    started = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", output)]
+    assert len(started) == 4
+    assert [pid for pid in started if alive(pid)] == []
+    # Each process stopped on one signal, gracefully: no traceback from a cut-short shutdown.
+    assert "Traceback" not in output
+    assert "CancelledError" not in output
+    for port in ports.values():
+        with socket.socket() as sock:
+            # Connections closed a moment ago may linger (TIME_WAIT); a listener may not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_taken_port_is_named_with_the_setting_that_moves_it(tmp_path: Path) -> None:
+    ports = dev_ports()
+    env = clean_env()
+    env.update({name: str(port) for name, port in ports.items()})
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["API_PORT"]))
+        squatter.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "postroom_cli", "dev"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"postroom dev: port {ports['API_PORT']} (api) is in use by ")
+    assert f"(pid {os.getpid()})" in lines[0]  # this test holds it
+    assert lines[0].endswith("set API_PORT to use another")
+    assert "starting embedded PostgreSQL" not in done.stdout  # nothing was started
