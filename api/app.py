@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CollectorRegistry
 
 from api.routes import Api, handle_refusal, pages_router, users_router
 from api.settings import ApiSettings
 from api.users import Refused
 from postroom.db import create_engine, create_pool
+from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import idempotency_keys
 from postroom.outbox import OutboxWriter
@@ -68,7 +68,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.outbox = outbox
-    app.state.registry = CollectorRegistry()
+    app.state.registry = process_registry()
     include_routers(app, [users_router, pages_router, operations_router(readiness)])
     install_problem_handlers(app)
     app.add_exception_handler(Refused, handle_refusal)

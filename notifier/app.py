@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 
 from notifier.consumer import Consumer, State
 from notifier.delivery import Delivery
@@ -20,6 +19,7 @@ from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
 from notifier.webhooks import WebhookMetrics, build_router
 from postroom.db import create_engine
+from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import webhook_receipts
 from postroom.outbox import OutboxWriter
@@ -31,7 +31,7 @@ from postroom.web import include_routers, install_problem_handlers, operations_r
 
 def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
     settings = settings or NotifierSettings()
-    registry = CollectorRegistry()
+    registry = process_registry()
     metrics = NotifierMetrics(registry)
     outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from prometheus_client import (
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
 )
 
+from postroom.metrics import process_registry
+
 
 class RelayMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         r = self.registry
         self.pending = Gauge(
             "postroom_relay_pending_rows",

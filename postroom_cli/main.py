@@ -5,11 +5,16 @@ This package sits on top: it is the only one that imports every process."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.metadata
+import json
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy.engine import make_url
 
 from notifier.settings import NotifierSettings
 from outbox_relay.settings import RelaySettings
@@ -45,6 +50,61 @@ def _load(process: str, cls: type[S]) -> S:
         return load(cls, env_file=(DEV_SETTINGS, ".env"))
     except ConfigError as exc:
         raise _fail(process, str(exc)) from None
+
+
+# Exit codes of the operator verbs (README): 0 done, 1 refused (not found, not parked, ...),
+# 2 a configuration error, 3 the database or the broker does not answer, 4 Postmark refused.
+UNREACHABLE = 3
+POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate the address
+
+T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T:
+    """Run an operator verb's work; a database or broker that does not answer is one line
+    and exit code 3, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    from postroom.db import is_unavailable
+
+    try:
+        return asyncio.run(work)
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        where = getattr(settings, "kafka_bootstrap_servers", "?")
+        typer.echo(f"postroom {verb}: the broker at {where} does not answer ({exc})", err=True)
+        raise typer.Exit(code=UNREACHABLE) from None
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        url = make_url(settings.sqlalchemy_url)
+        reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc).splitlines()[0]
+        typer.echo(
+            f"postroom {verb}: the database at {url.host}:{url.port} does not answer ({reason})",
+            err=True,
+        )
+        raise typer.Exit(code=UNREACHABLE) from None
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"postroom {importlib.metadata.version('postroom')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Run a Postroom process, the whole stack (dev), or an operator's verb."""
 
 
 @app.command()
@@ -111,7 +171,7 @@ def _age(seconds: float | None) -> str:
 
 
 @outbox_app.command("status")
-def outbox_status() -> None:
+def outbox_status(as_json: JsonOption = False) -> None:
     """Pending rows per shard, the oldest pending age, parked rows, and who owns each shard."""
     from rich.console import Console
     from rich.table import Table
@@ -119,7 +179,17 @@ def outbox_status() -> None:
     from outbox_relay import admin
 
     settings = _load("outbox", CommonSettings)
-    report = asyncio.run(admin.status(settings))
+    report = _run("outbox", admin.status(settings), settings)
+    if as_json:
+        _print_json(
+            {
+                "shards": [dataclasses.asdict(shard) for shard in report.shards],
+                "pending": report.pending,
+                "parked": report.parked,
+                "published": report.published,
+            }
+        )
+        return
     table = Table("shard", "pending", "oldest pending", "owner")
     for shard in report.shards:
         table.add_row(
@@ -139,6 +209,7 @@ def outbox_status() -> None:
 def outbox_recent(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     parked: Annotated[bool, typer.Option("--parked", help="Only parked rows.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the newest outbox rows."""
     from rich.console import Console
@@ -147,7 +218,10 @@ def outbox_recent(
     from outbox_relay import admin
 
     settings = _load("outbox", CommonSettings)
-    rows = asyncio.run(admin.recent(settings, limit=limit, parked_only=parked))
+    rows = _run("outbox", admin.recent(settings, limit=limit, parked_only=parked), settings)
+    if as_json:
+        _print_json([dataclasses.asdict(row) for row in rows])
+        return
     if not rows:
         typer.echo("no rows")
         return
@@ -175,7 +249,7 @@ def outbox_retry_parked(
     from outbox_relay import admin
 
     settings = _load("outbox", CommonSettings)
-    retried = asyncio.run(admin.retry_parked(settings, ids=ids or []))
+    retried = _run("outbox", admin.retry_parked(settings, ids=ids or []), settings)
     if ids and len(retried) < len(ids):
         missing = sorted(set(ids) - set(retried))
         typer.echo(f"not parked (or unknown): {', '.join(map(str, missing))}", err=True)
@@ -195,7 +269,8 @@ def outbox_prune(
 
     settings = _load("outbox", RelaySettings)
     age = settings.outbox_retention if older_than is None else older_than
-    typer.echo(f"deleted {asyncio.run(admin.prune(settings, older_than=age))} published row(s)")
+    deleted = _run("outbox", admin.prune(settings, older_than=age), settings)
+    typer.echo(f"deleted {deleted} published row(s)")
 
 
 @events_app.command("tail")
@@ -214,7 +289,8 @@ def events_tail(
     settings = _load("events", KafkaSettings)
     topic = settings.topic(aggregate)
     try:
-        asyncio.run(
+        _run(
+            "events",
             tail(
                 settings,
                 topic=topic,
@@ -222,7 +298,8 @@ def events_tail(
                 limit=limit,
                 wait=wait,
                 emit=lambda line: typer.echo(line),
-            )
+            ),
+            settings,
         )
     except LookupError as exc:
         typer.echo(f"postroom events: {exc}", err=True)
@@ -285,7 +362,7 @@ async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
 
 
 @dlq_app.command("list")
-def dlq_list() -> None:
+def dlq_list(as_json: JsonOption = False) -> None:
     """The records on <prefix>.notifier.dlq, with why each is there."""
     from rich.console import Console
     from rich.table import Table
@@ -293,7 +370,20 @@ def dlq_list() -> None:
     from notifier.dlq import list_dead_letters
 
     settings = _load("dlq", NotifierSettings)
-    letters = asyncio.run(list_dead_letters(settings))
+    letters = _run("dlq", list_dead_letters(settings), settings)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "reason": letter.reason,
+                    "headers": letter.headers,
+                }
+                for letter in letters
+            ]
+        )
+        return
     if not letters:
         typer.echo("the dead-letter topic is empty")
         return
@@ -345,11 +435,13 @@ def dlq_replay(
         finally:
             await engine.dispose()
 
-    typer.echo(f"replayed {asyncio.run(work())} record(s)")
+    typer.echo(f"replayed {_run('dlq', work(), settings)} record(s)")
 
 
 @suppressions_app.command("list")
-def suppressions_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100) -> None:
+def suppressions_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonOption = False
+) -> None:
     """Suppressed addresses, newest first."""
     import sqlalchemy as sa
     from rich.console import Console
@@ -364,7 +456,21 @@ def suppressions_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1
             query = sa.select(suppressions).order_by(suppressions.c.created_at.desc())
             return list(await conn.execute(query.limit(limit)))
 
-    rows = asyncio.run(_with_notifier_parts(settings, work))
+    rows = _run("suppressions", _with_notifier_parts(settings, work), settings)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "email": row.email,
+                    "reason": row.reason,
+                    "origin": row.origin,
+                    "created_at": row.created_at.isoformat(),
+                    "details": row.details,
+                }
+                for row in rows
+            ]
+        )
+        return
     if not rows:
         typer.echo("no suppressed addresses")
         return
@@ -394,7 +500,7 @@ def suppressions_add(
     async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
         return await admin.add(engine, outbox, email=email, reason=reason, details=details)
 
-    if not asyncio.run(_with_notifier_parts(settings, work)):
+    if not _run("suppressions", _with_notifier_parts(settings, work), settings):
         typer.echo(f"{email.lower()} was already suppressed", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"suppressed {email.lower()}")
@@ -413,7 +519,7 @@ def suppressions_remove(email: str) -> None:
         return await admin.lift(engine, outbox, postmark, email=email)
 
     try:
-        lifted = asyncio.run(_with_notifier_parts(settings, work))
+        lifted = _run("suppressions", _with_notifier_parts(settings, work), settings)
     except admin.NotSuppressed:
         typer.echo(f"{email.lower()} is not suppressed", err=True)
         raise typer.Exit(code=1) from None
@@ -422,7 +528,7 @@ def suppressions_remove(email: str) -> None:
         raise typer.Exit(code=1) from None
     except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
         typer.echo(f"Postmark did not reactivate {email.lower()}: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=POSTMARK_REFUSED) from None
     if lifted.reactivated_bounce is None:
         typer.echo(f"lifted {lifted.email}")
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import uuid
 
 import pytest
@@ -13,6 +15,7 @@ from notifier.dlq import list_dead_letters, replay
 from postroom.settings import asyncpg_url
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
+from tests.support.processes import settings_env
 from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.kafka
@@ -50,6 +53,22 @@ async def test_dead_letters_are_listed_and_a_failed_email_is_replayed_once(
         [delivery] = [letter for letter in letters if letter.reason == "delivery-failed"]
         assert delivery.headers["dlq_notification_id"] == failed["id"]
         assert delivery.headers["ce_type"] == "user.registered"
+        # The operator's listing, as JSON for a script.
+        listing = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "postroom_cli",
+            "dlq",
+            "list",
+            "--json",
+            env=settings_env(stack.settings),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        printed, _ = await asyncio.wait_for(listing.communicate(), timeout=60)
+        assert listing.returncode == 0
+        listed = json.loads(printed)
+        assert sorted(letter["reason"] for letter in listed) == ["delivery-failed", "unreadable"]
+        assert failed["id"] in {letter["headers"].get("dlq_notification_id") for letter in listed}
 
         engine = create_async_engine(asyncpg_url(database_url))
         try:

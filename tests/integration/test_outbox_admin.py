@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
 import os
+import subprocess
 import sys
 import uuid
 
@@ -15,6 +18,7 @@ from outbox_relay import admin
 from postroom import events
 from postroom.outbox import add_event
 from postroom.settings import asyncpg_url
+from postroom_cli.embedded import free_port
 from tests.support.kafka import read_topic
 from tests.support.relay import running, wait_published
 from tests.support.settings import make_relay_settings
@@ -121,12 +125,58 @@ async def test_status_shows_pending_rows_and_shard_owners(
             stdout=asyncio.subprocess.PIPE,
         )
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        as_json = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "postroom_cli",
+            "outbox",
+            "status",
+            "--json",
+            env={**os.environ, "DATABASE_URL": database_url, "RELAY_SHARDS": "4"},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        json_out, _ = await asyncio.wait_for(as_json.communicate(), timeout=60)
     assert process.returncode == 0
     printed = stdout.decode()
     assert during.pending == 0
     assert [s.owner for s in during.shards] == ["relay-a"] * 4
     assert printed.count("relay-a") == 4
     assert "pending 0" in printed
+    # The same report for a script: JSON with every shard and its owner.
+    assert as_json.returncode == 0
+    report = json.loads(json_out)
+    assert [shard["owner"] for shard in report["shards"]] == ["relay-a"] * 4
+    assert (report["pending"], report["parked"]) == (0, 0)
+    assert report["published"] >= 3
+
+
+def test_an_unreachable_database_is_one_line_and_exit_code_3() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "postroom_cli", "outbox", "recent", "--json"],
+        env={**os.environ, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("postroom outbox: the database at 127.0.0.1:")
+    assert "does not answer" in lines[0]
+
+
+def test_the_command_says_its_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "postroom_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"postroom {importlib.metadata.version('postroom')}"
 
 
 async def test_prune_deletes_only_old_published_rows(

@@ -196,6 +196,14 @@ def test_the_suppressions_verbs(database_url: str, sandbox: Sandbox) -> None:
     assert listed.returncode == 0
     assert "muted@example.com" in listed.stdout
     assert "ticket 42" in listed.stdout
+    as_json = cli(database_url, sandbox, "list", "--json")
+    assert as_json.returncode == 0
+    [row] = [r for r in json.loads(as_json.stdout) if r["email"] == "muted@example.com"]
+    assert (row["reason"], row["origin"], row["details"]) == (
+        "ManualSuppression",
+        "Operator",
+        "ticket 42",
+    )
 
     removed = cli(database_url, sandbox, "remove", "muted@example.com")
     assert (removed.returncode, removed.stdout.strip()) == (0, "lifted muted@example.com")
