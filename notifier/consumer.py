@@ -117,6 +117,7 @@ class Consumer:
             return
         self.state = State.HALTED
         self.halt_reason = HALT_REASON
+        self.metrics.halted.set(1)
         log.error("consumption stopped", reason=self.halt_reason, error=str(error))
         self._stopping.set()
 

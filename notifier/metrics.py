@@ -50,8 +50,13 @@ class NotifierMetrics:
             registry=r,
         )
         self.lag = Gauge(
-            "postroom_notifier_consumer_lag",
+            "postroom_notifier_consumer_lag_records",
             "Records behind the end, per partition.",
             ["partition"],
+            registry=r,
+        )
+        self.halted = Gauge(
+            "postroom_notifier_halted",
+            "1 while consumption is stopped until a fix (Postmark refused the server token).",
             registry=r,
         )

@@ -48,7 +48,7 @@ class RelayMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "postroom_relay_batch_size",
+            "postroom_relay_batch_rows",
             "Rows sent per cycle.",
             registry=r,
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),

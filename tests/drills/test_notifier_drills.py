@@ -276,12 +276,14 @@ async def test_a_refused_server_token_halts_consumption_until_a_good_one_sends_t
     assert "POSTMARK_SERVER_TOKEN" in ready.json()["detail"]
     assert pending["status"] == "pending"  # not failed: nothing was wrong with the email
     assert pending["id"] == sent["id"]
+    assert metric(halted_metrics, "postroom_notifier_halted") == 1  # what the alert watches
     assert metric(halted_metrics, "postroom_notifier_failed_total") == 0
     assert metric(halted_metrics, "postroom_notifier_dead_letters_total") == 0
     assert [m["MessageID"] for m in stuck_messages] == [sent["message_id"]]
     assert len(before_messages) == 1
     # The good notifier resumed from the committed offsets: it read only the stuck event.
     assert metric(metrics, "postroom_notifier_events_total", type="user.registered") == 1
+    assert metric(metrics, "postroom_notifier_halted") == 0
 
 
 async def test_a_backlog_of_1200_goes_out_in_batches_of_at_most_500_with_answers_mapped(
