@@ -83,7 +83,24 @@ _ASYNCPG_UNAVAILABLE = (
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True when an error means "the database is unreachable", not "the query was wrong"."""
+    """True when an error means "the database is unreachable", not "the query was wrong".
+
+    The chain of causes counts: a connection lost inside a transaction surfaces as the error
+    leaving the transaction ("the underlying connection is closed"), raised while handling
+    the one that says the server went away."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if _unavailable(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.ProtocolViolationError):  # a bug on our side, not an outage
+        return False
     if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
         return True
     if isinstance(exc, _ASYNCPG_UNAVAILABLE):
