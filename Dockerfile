@@ -8,7 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     APP_ENV=production \
     API_HOST=0.0.0.0 \
-    API_PORT=8000
+    NOTIFIER_HOST=0.0.0.0 \
+    RELAY_METRICS_HOST=0.0.0.0 \
+    SANDBOX_HOST=0.0.0.0
 
 RUN groupadd --system --gid 10001 postroom \
     && useradd --system --uid 10001 --gid postroom --home-dir /app --no-create-home \
@@ -37,8 +39,9 @@ USER postroom
 
 EXPOSE 8000 8001 8002 8025
 
-# slim has no curl; the api is the default process, others override this in compose.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${API_PORT:-8000}/healthz', timeout=2)"
+# Every process listens on all interfaces in the image (ENV above). The health check finds
+# whichever process this container runs by its port setting (postroom/healthcheck.py).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-m", "postroom.healthcheck"]
 
 CMD ["python", "-m", "api"]
