@@ -12,6 +12,7 @@ Invariants (DESIGN 1-2):
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ FROM changed CROSS JOIN (SELECT count(*) AS added FROM events) AS added
 """
 
 
+@functools.cache  # a handful of statements, formatted once instead of per request
 def _with_change_sql(change: str, args: int, *, notify: bool) -> str:
     n = args + 1
     return _WITH_CHANGE_SQL.format(
