@@ -5,13 +5,26 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint types unit integration e2e drills bench clean
+.PHONY: dev test lint types unit integration e2e drills bench lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Every dependency comes from the lock, each file checked against its hash; the project itself
+# is then installed on top, and `pip check` proves the lock satisfies pyproject.toml.
+$(STAMP): pyproject.toml requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# The lock, from pyproject.toml: requirements/main.txt is what the image installs,
+# requirements/dev.txt adds the extras `make dev` and `make test` need, at the same versions.
+# Pins already in a file are kept unless pyproject.toml rules them out (UPGRADE=1 lifts them).
+LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: $(STAMP)
+	$(LOCK) -o requirements/main.txt
+	$(LOCK) --extra dev -c requirements/main.txt -o requirements/dev.txt
 
 dev: $(STAMP)
 	$(BIN)/postroom dev

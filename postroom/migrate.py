@@ -7,12 +7,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Both ship inside the package: an installed Postroom (the image) migrates from anywhere.
+HERE = Path(__file__).resolve().parent
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config = Config(str(HERE / "alembic.ini"))
+    config.set_main_option("script_location", str(HERE / "migrations"))
     config.attributes["url"] = database_url
     config.attributes["configure_logging"] = False
     return config

