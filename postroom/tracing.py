@@ -1,21 +1,31 @@
 """OpenTelemetry tracing, on when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-FastAPI traces each request itself once a tracer provider is set. The request's trace context
-is stored in the outbox row's headers. The relay's `send <topic>` span (kind PRODUCER, one per
-record, from its append to Kafka's ack) is its child, and the Kafka record's `traceparent`
-header carries the `send` span's context (the message's creation context); the notifier
-continues it around the Postmark call, so one trace shows a registration from the HTTP
-request to the email leaving. The Kafka spans follow OpenTelemetry's semantic conventions for
-messaging, version 1.44 (`messaging-spans.md`, `kafka.md`, still marked Development):
-operation type `send` (`publish` is deprecated), names `{operation} {topic}`. A failed span
+One trace shows a registration from the HTTP request to the email leaving:
+
+    POST /v1/users                  SERVER    api: FastAPI's request span
+    └─ fastapi.endpoint             INTERNAL  the handler, which writes the outbox row
+       └─ send <prefix>.user        PRODUCER  relay: one per record, append to Kafka's ack
+          └─ process <prefix>.user  CONSUMER  notifier: one per record, until its batch is
+             │                                settled (emails recorded, first attempt made)
+             └─ postmark send batch CLIENT    notifier: links to the other records it carries
+
+The request's trace context is stored in the outbox row's headers. The relay's `send` span is
+its child, and the Kafka record's `traceparent` header carries the `send` span's context (the
+message's creation context). The notifier's `process` span takes that context as its parent,
+which the conventions allow for a span that processes one message; the emails planned from
+the record continue the `process` span. A retry later (the retry loop) continues the record's
+`send` span instead. The Kafka spans follow OpenTelemetry's semantic conventions for messaging,
+version 1.44 (`messaging-spans.md`, `kafka.md`, still marked Development): operation types
+`send` and `process` (`publish` is deprecated), names `{operation} {topic}`. A failed span
 carries `error.type`, the exception's class name, never its message.
 
 No span name or attribute holds an email address or a token: a record key becomes
 `messaging.kafka.message.key` only when it is a UUID (a user id; `email` events are keyed by
 the address, so theirs never is).
 
-Without an endpoint no tracer provider is set: every call here is a no-op, the relay builds
-no span at all (`enabled`), and passes the stored `traceparent` on unchanged."""
+Without an endpoint no tracer provider is set: every call here is a no-op, the relay and the
+notifier build no span at all (`enabled`), and the relay passes the stored `traceparent` on
+unchanged."""
 
 from __future__ import annotations
 
@@ -102,8 +112,8 @@ def current_traceparent() -> str | None:
 
 
 def enabled() -> bool:
-    """Whether a tracer provider is set, so spans are made at all. The relay asks once per
-    batch and skips building spans and their attributes when it is not."""
+    """Whether a tracer provider is set, so spans are made at all. The relay and the notifier
+    ask once per batch and skip building spans and their attributes when it is not."""
     provider = trace.get_tracer_provider()
     return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
@@ -161,6 +171,39 @@ def start_send_span(
         f"send {topic}",
         context=context_from(parent),
         kind=SpanKind.PRODUCER,
+        attributes=attributes,
+    )
+
+
+def start_process_span(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: str | None,
+    message_id: str | None,
+    parent: str | None,
+    group: str,
+) -> trace.Span:
+    """The CONSUMER span of one record being processed, child of the record's creation
+    context (`parent`, its `traceparent` header)."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.consumer.group.name": group,
+        "messaging.kafka.offset": offset,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    if key is not None and _OPAQUE_KEY.fullmatch(key):
+        attributes["messaging.kafka.message.key"] = key
+    return tracer.start_span(
+        f"process {topic}",
+        context=context_from(parent),
+        kind=SpanKind.CONSUMER,
         attributes=attributes,
     )
 

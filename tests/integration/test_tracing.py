@@ -1,6 +1,6 @@
 """One trace from the HTTP request to the email leaving: the request's trace context is kept
 in the outbox row, the relay's `send` span continues it and travels as the Kafka record's
-`traceparent`, and the notifier continues that around the Postmark call."""
+`traceparent`, and the notifier's `process` span continues that around the Postmark call."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,7 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from postroom import tokens
 from postroom.tracing import RedactSecrets
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, registered_record
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
 from tests.support.relay import wait_published
@@ -97,14 +98,29 @@ async def test_a_registration_is_one_trace_from_request_to_postmark(
     }
     assert f"{attributes['server.address']}:{attributes['server.port']}" in kafka_bootstrap
 
-    # The notifier continues the record's trace around the Postmark call.
+    # The notifier processes the record as the child of the relay's span, and sends its
+    # email inside that processing.
+    [process] = [span for span in traced if span.kind is SpanKind.CONSUMER]
+    assert process.name == f"process {topic}"
+    assert parent(process) is send
+    assert dict(process.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.consumer.group.name": stack.settings.notifier_group_id,
+        "messaging.kafka.offset": record.offset,
+        "messaging.kafka.message.key": user_id,
+        "messaging.message.id": record.ce_id,
+    }
     [postmark] = [span for span in traced if span.name == "postmark send batch"]
-    assert parent(postmark) is send
-    assert all(span.status.is_ok for span in (send, postmark))
+    assert parent(postmark) is process
+    assert all(span.status.is_ok for span in (send, process, postmark))
 
     # No span of the path names the address: the registration's trace, and every Kafka span
     # (the `email.sent` record, keyed by the address, has one of its own).
-    kafka = [span for span in finished if span.kind is SpanKind.PRODUCER]
+    kafka = [span for span in finished if span.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER)]
     assert any(span.name == f"send {stack.settings.topic('email')}" for span in kafka)
     everything = repr(
         [
@@ -136,3 +152,63 @@ async def test_no_span_holds_a_verification_token_and_probes_make_none(
     everything = repr([(span.name, dict(span.attributes or {}), span.events) for span in finished])
     assert token not in everything
     assert token.split(".")[0] not in everything  # not even the signed payload
+
+
+async def test_records_settled_together_keep_their_own_traces(
+    spans: InMemorySpanExporter,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    # Records from another producer, on the topic before the notifier joins its group, so
+    # they most likely reach it in one batch and one Postmark call.
+    parents = {f"{uuid.uuid4().hex}": f"{n + 1:016x}" for n in range(4)}
+    traceparents = [f"00-{trace_id}-{span_id}-01" for trace_id, span_id in parents.items()]
+    emails = [f"{unique('batched')}@example.com" for _ in range(3)]
+    async with running_stack(database_url, kafka_bootstrap, sandbox) as stack:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for email, traceparent in zip(emails, traceparents[:3], strict=True):
+                key, value, headers = registered_record(email)
+                headers.append(("traceparent", traceparent.encode()))
+                await producer.send(stack.settings.topic("user"), value, key=key, headers=headers)
+            await producer.send_and_wait(
+                stack.settings.topic("user"),
+                b"{not json",
+                key=b"k",
+                headers=[("ce_id", b"x"), ("traceparent", traceparents[3].encode())],
+            )
+        finally:
+            await producer.stop()
+        for email in emails:
+            await stack.wait_status(email, "sent")
+
+    finished = spans.get_finished_spans()
+    process = {
+        format(span.context.trace_id, "032x"): span
+        for span in finished
+        if span.kind is SpanKind.CONSUMER and format(span.context.trace_id, "032x") in parents
+    }
+    assert process.keys() == parents.keys()
+    for trace_id, span in process.items():
+        assert span.parent is not None
+        assert span.parent.is_remote
+        assert f"{span.parent.span_id:016x}" == parents[trace_id]
+    *readable, unreadable = (process[trace_id] for trace_id in parents)
+    assert not unreadable.status.is_ok
+    assert (unreadable.attributes or {})["error.type"] == "UnreadableEvent"
+
+    # Each record's processing is the parent of the Postmark call that sent its email, or
+    # linked from it when another record of the batch is.
+    ids = {span.context.span_id for span in readable}
+    calls = [
+        span
+        for span in finished
+        if span.name == "postmark send batch" and span.parent and span.parent.span_id in ids
+    ]
+    reached = [span.parent.span_id for span in calls if span.parent] + [
+        link.context.span_id for span in calls for link in span.links
+    ]
+    assert sorted(reached) == sorted(ids)
+    assert all(span.status.is_ok for span in readable + calls)
