@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import enum
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import Span
 
 from notifier.delivery import Delivery
 from notifier.dlq import DeadLetterWriter
@@ -28,6 +30,7 @@ from notifier.metrics import NotifierMetrics
 from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, plan, read_record
 from notifier.postmark import PostmarkUnauthorized
 from notifier.settings import NotifierSettings
+from postroom import tracing
 from postroom.backoff import Backoff
 from postroom.kafka import create_missing_topics
 
@@ -216,15 +219,42 @@ class Consumer:
 
     async def _process(self, records: Sequence[Record]) -> None:
         """Settle a batch of records (each partition's in order): plan their emails and hand
-        them to delivery; unreadable records go to the dead-letter topic."""
+        them to delivery; unreadable records go to the dead-letter topic.
+
+        When tracing is on, each record has a `process <topic>` span, child of the record's
+        `traceparent`, open until the batch is settled; the emails planned from the record
+        continue that span, so the Postmark call that carries them is its child (or links to
+        it, for the other records of a Postmark batch)."""
+        spans: list[Span] | None = [] if tracing.enabled() else None
+        try:
+            await self._settle(records, spans)
+        except BaseException as exc:
+            for span in spans or []:
+                tracing.mark_failed(span, exc)
+            raise
+        finally:
+            for span in spans or []:
+                span.end()
+
+    async def _settle(self, records: Sequence[Record], spans: list[Span] | None) -> None:
         planned: list[PlannedEmail] = []
         sources: dict[Any, SourceRecord] = {}
         for record in records:
             headers = {key: value.decode(errors="replace") for key, value in record.headers}
+            span = None
+            if spans is not None:
+                span = self._process_span(record, headers)
+                spans.append(span)
             try:
                 source = read_record(headers, record.value)
+                if span is not None:
+                    source = replace(
+                        source, traceparent=tracing.traceparent_of(span) or source.traceparent
+                    )
                 plans = plan(source)
             except UnreadableEvent as exc:
+                if span is not None:
+                    tracing.mark_failed(span, exc)
                 await self._dead_letter(record, str(exc))
                 continue
             self.metrics.events.labels(source.event_type).inc()
@@ -232,6 +262,17 @@ class Consumer:
             if plans:
                 sources[source.event_id] = SourceRecord.of(record)
         await self.delivery.intake(planned, sources)
+
+    def _process_span(self, record: Record, headers: dict[str, str]) -> Span:
+        return tracing.start_process_span(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key is not None else None,
+            message_id=headers.get("ce_id"),
+            parent=headers.get("traceparent"),
+            group=self.settings.notifier_group_id,
+        )
 
     async def _dead_letter(self, record: Record, error: str) -> None:
         reason = "unreadable"

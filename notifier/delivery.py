@@ -299,12 +299,15 @@ class Delivery:
         messages = [self._message(plan, attempt_id) for plan in emails]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        traces = [plan.traceparent for plan in emails]
+        # Child of the first email's trace (its record's `process` span on a first attempt,
+        # the record's `send` span on a retry), linked once to each other one it carries.
+        traces = [plan.traceparent for plan in emails if plan.traceparent]
+        parent = traces[0] if traces else None
         try:
             with tracer.start_as_current_span(
                 "postmark send batch",
-                context=context_from(next((t for t in traces if t), None)),
-                links=links_to(traces[1:]),
+                context=context_from(parent),
+                links=links_to(dict.fromkeys(t for t in traces if t != parent)),
                 kind=SpanKind.CLIENT,
                 attributes={"messaging.batch.message_count": len(emails)},
             ):

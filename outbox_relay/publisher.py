@@ -1,5 +1,7 @@
 """Kafka side of the relay: one aiokafka producer, topics, CloudEvents records, and which
-errors are worth retrying."""
+errors are worth retrying. When tracing is on, each record gets a `send <topic>` span (child
+of the trace stored with its row) whose context the record carries as `traceparent`
+(`postroom.tracing`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     InvalidTopicError,
     KafkaError,
@@ -21,9 +23,11 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 from aiokafka.partitioner import murmur2
+from opentelemetry.trace import Span
 
 from outbox_relay.claims import OutboxRow
 from outbox_relay.settings import RelaySettings
+from postroom import tracing
 from postroom.events import ALL_EVENTS
 from postroom.kafka import create_missing_topics
 
@@ -53,8 +57,9 @@ def _stored_headers(text: str) -> dict[str, str]:
     return parsed
 
 
-def cloudevent_headers(row: OutboxRow) -> Headers:
-    """CloudEvents 1.0 binary-mode headers; `ce_id` is the row's event id, stable on re-sends."""
+def cloudevent_headers(row: OutboxRow, traceparent: str | None = None) -> Headers:
+    """CloudEvents 1.0 binary-mode headers; `ce_id` is the row's event id, stable on re-sends.
+    `traceparent`, when given, replaces the trace context stored with the row."""
     stored = _stored_headers(row.headers)
     headers: Headers = [
         ("ce_specversion", b"1.0"),
@@ -65,9 +70,14 @@ def cloudevent_headers(row: OutboxRow) -> Headers:
         ("ce_subject", row.aggregate_id.encode()),
         ("content-type", b"application/json"),
     ]
-    if "traceparent" in stored:
-        headers.append(("traceparent", stored["traceparent"].encode()))
+    traceparent = traceparent or stored.get("traceparent")
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
     return headers
+
+
+def stored_traceparent(row: OutboxRow) -> str | None:
+    return _stored_headers(row.headers).get("traceparent")
 
 
 class Publisher:
@@ -145,6 +155,18 @@ class Publisher:
         Records are grouped into one producer batch per partition, so a partition's records
         of this call are appended together or not at all. Once a row of a shard cannot be
         sent, the later rows of that shard are held back (Deferred), so none overtakes it."""
+        # Asked once per call: with tracing off, no span nor attribute is built per row.
+        spans: dict[int, Span] | None = {} if tracing.enabled() else None
+        try:
+            return await self._publish(rows, spans)
+        except BaseException as exc:
+            for span in (spans or {}).values():  # the rows whose answer never came
+                tracing.end_failed(span, exc)
+            raise
+
+    async def _publish(
+        self, rows: Sequence[OutboxRow], spans: dict[int, Span] | None
+    ) -> list[BaseException | None]:
         assert self._producer is not None, "publisher not started"
         producer = self._producer
         results: list[BaseException | None] = [None] * len(rows)
@@ -161,7 +183,6 @@ class Publisher:
                 continue
             key = row.aggregate_id.encode()
             value = row.payload.encode()
-            headers = cloudevent_headers(row)
             if len(value) > self.settings.relay_max_record_bytes:
                 results[index] = MessageSizeTooLargeError(
                     f"record of {len(value)} bytes exceeds RELAY_MAX_RECORD_BYTES "
@@ -171,15 +192,24 @@ class Publisher:
             partition = partition_for(key, tuple(await self._partitions(topic)))
             batch, members = batches.get((topic, partition)) or (producer.create_batch(), [])
             batches[(topic, partition)] = (batch, members)
+            if spans is None:
+                headers = cloudevent_headers(row)
+            else:
+                spans[index] = self._send_span(row, topic, partition)
+                headers = cloudevent_headers(row, tracing.traceparent_of(spans[index]))
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                refusal: KafkaError
                 if not members:  # alone in an empty batch and still too big: never fits
-                    results[index] = MessageSizeTooLargeError(
+                    refusal = MessageSizeTooLargeError(
                         f"record of {len(value)} bytes does not fit a producer batch"
                     )
-                    continue
-                # The partition's batch is full: this row and the rest of its shard wait.
-                results[index] = Deferred()
-                halted.add(row.shard)
+                else:
+                    # The partition's batch is full: this row and the rest of its shard wait.
+                    refusal = Deferred()
+                    halted.add(row.shard)
+                results[index] = refusal
+                if spans is not None:
+                    tracing.end_failed(spans.pop(index), refusal)
                 continue
             members.append(index)
 
@@ -210,7 +240,47 @@ class Publisher:
                     error = BatchRefused(f"batch of {len(members)} records: {describe(error)}")
                 for index in members:
                     results[index] = error
+                if spans is not None:
+                    _end_send_spans(spans, members, error, None if error else future.result())
         return results
+
+    def _send_span(self, row: OutboxRow, topic: str, partition: int) -> Span:
+        assert self._producer is not None
+        return tracing.start_send_span(
+            topic=topic,
+            partition=partition,
+            key=row.aggregate_id,
+            message_id=row.event_id,
+            parent=stored_traceparent(row),
+            client_id=self.client_id,
+            server=self._leader(topic, partition),
+        )
+
+    def _leader(self, topic: str, partition: int) -> tuple[str, int] | None:
+        """The broker that leads `partition`, as the producer's metadata knows it."""
+        assert self._producer is not None
+        cluster = self._producer.client.cluster
+        broker = cluster.broker_metadata(
+            cluster.leader_for_partition(TopicPartition(topic, partition))
+        )
+        return None if broker is None else (broker.host, broker.port)
+
+
+def _end_send_spans(
+    spans: dict[int, Span], members: list[int], error: BaseException | None, answer: Any
+) -> None:
+    """End the spans of a batch's records; on success each learns its offset (the batch's
+    base offset plus the record's place in it)."""
+    for position, index in enumerate(members):
+        span = spans.pop(index, None)
+        if span is None:
+            continue
+        if error is not None:
+            tracing.end_failed(span, error)
+            continue
+        if answer is not None and answer.offset is not None:
+            span.set_attribute("messaging.kafka.offset", answer.offset + position)
+        span.end()
 
 
 class Deferred(KafkaError):  # type: ignore[misc]

@@ -1,14 +1,36 @@
 """OpenTelemetry tracing, on when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-FastAPI traces each request itself once a tracer provider is set. The request's trace context
-is stored in the outbox row's headers, travels as `traceparent` on
-the Kafka record, and the notifier continues it around the Postmark call, so one trace shows
-a registration from the HTTP request to the email leaving. Without an endpoint every call
-here is a no-op and no header is written."""
+One trace shows a registration from the HTTP request to the email leaving:
+
+    POST /v1/users                  SERVER    api: FastAPI's request span
+    └─ fastapi.endpoint             INTERNAL  the handler, which writes the outbox row
+       └─ send <prefix>.user        PRODUCER  relay: one per record, append to Kafka's ack
+          └─ process <prefix>.user  CONSUMER  notifier: one per record, until its batch is
+             │                                settled (emails recorded, first attempt made)
+             └─ postmark send batch CLIENT    notifier: links to the other records it carries
+
+The request's trace context is stored in the outbox row's headers. The relay's `send` span is
+its child, and the Kafka record's `traceparent` header carries the `send` span's context (the
+message's creation context). The notifier's `process` span takes that context as its parent,
+which the conventions allow for a span that processes one message; the emails planned from
+the record continue the `process` span. A retry later (the retry loop) continues the record's
+`send` span instead. The Kafka spans follow OpenTelemetry's semantic conventions for messaging,
+version 1.44 (`messaging-spans.md`, `kafka.md`, still marked Development): operation types
+`send` and `process` (`publish` is deprecated), names `{operation} {topic}`. A failed span
+carries `error.type`, the exception's class name, never its message.
+
+No span name or attribute holds an email address or a token: a record key becomes
+`messaging.kafka.message.key` only when it is a UUID (a user id; `email` events are keyed by
+the address, so theirs never is).
+
+Without an endpoint no tracer provider is set: every call here is a no-op, the relay and the
+notifier build no span at all (`enabled`), and the relay passes the stored `traceparent` on
+unchanged."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -16,9 +38,15 @@ from urllib.parse import parse_qsl, urlencode
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import Span, SpanProcessor
-from opentelemetry.trace import Link
+from opentelemetry.trace import Link, SpanKind, StatusCode
 
 tracer = trace.get_tracer("postroom")
+
+# A record key that is an opaque id may be recorded on a span; any other (an email address,
+# the key of `email` events) may not.
+_OPAQUE_KEY = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 # Query parameters whose values are credentials (the verification link's signed token).
@@ -83,6 +111,20 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def enabled() -> bool:
+    """Whether a tracer provider is set, so spans are made at all. The relay and the notifier
+    ask once per batch and skip building spans and their attributes when it is not."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C `traceparent` that makes `span` the parent of whatever continues it."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
 def context_from(traceparent: str | None) -> otel_context.Context | None:
     if not traceparent:
         return None
@@ -98,6 +140,83 @@ def links_to(traceparents: Iterable[str | None]) -> list[Link]:
             if span_context.is_valid:
                 links.append(Link(span_context))
     return links
+
+
+def start_send_span(
+    *,
+    topic: str,
+    partition: int,
+    key: str,
+    message_id: str,
+    parent: str | None,
+    client_id: str,
+    server: tuple[str, int] | None,
+) -> trace.Span:
+    """The PRODUCER span of one record sent to Kafka, child of `parent` (the outbox row's
+    stored trace). The caller sets the offset once Kafka answers, then ends it."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.message.id": message_id,
+        "messaging.client.id": client_id,
+    }
+    if _OPAQUE_KEY.fullmatch(key):
+        attributes["messaging.kafka.message.key"] = key
+    if server is not None:
+        attributes["server.address"], attributes["server.port"] = server
+    return tracer.start_span(
+        f"send {topic}",
+        context=context_from(parent),
+        kind=SpanKind.PRODUCER,
+        attributes=attributes,
+    )
+
+
+def start_process_span(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: str | None,
+    message_id: str | None,
+    parent: str | None,
+    group: str,
+) -> trace.Span:
+    """The CONSUMER span of one record being processed, child of the record's creation
+    context (`parent`, its `traceparent` header)."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.consumer.group.name": group,
+        "messaging.kafka.offset": offset,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    if key is not None and _OPAQUE_KEY.fullmatch(key):
+        attributes["messaging.kafka.message.key"] = key
+    return tracer.start_span(
+        f"process {topic}",
+        context=context_from(parent),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+
+
+def mark_failed(span: trace.Span, error: BaseException) -> None:
+    """Mark `span` failed, naming only the error's type: a message can carry data."""
+    span.set_attribute("error.type", type(error).__name__)
+    span.set_status(StatusCode.ERROR, type(error).__name__)
+
+
+def end_failed(span: trace.Span, error: BaseException) -> None:
+    mark_failed(span, error)
+    span.end()
 
 
 def add_trace_ids(

@@ -1,26 +1,31 @@
 """One trace from the HTTP request to the email leaving: the request's trace context is kept
-in the outbox row, travels as `traceparent` on the Kafka record, and the notifier continues
-it around the Postmark call."""
+in the outbox row, the relay's `send` span continues it and travels as the Kafka record's
+`traceparent`, and the notifier's `process` span continues that around the Postmark call."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
+from unittest.mock import ANY
+from urllib.parse import quote
 
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from postroom import tokens
 from postroom.tracing import RedactSecrets
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, registered_record
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
+from tests.support.relay import wait_published
 from tests.support.settings import EMAIL_SECRET
 from tests.support.stack import running_stack
 
@@ -55,23 +60,76 @@ async def test_a_registration_is_one_trace_from_request_to_postmark(
         )
         assert created.status_code == 201
         await stack.wait_status(email, "sent")
-        [record] = await read_topic(kafka_bootstrap, stack.settings.topic("user"), expect=1)
+        topic = stack.settings.topic("user")
+        [record] = await read_topic(kafka_bootstrap, topic, expect=1)
+        await wait_published(db, 2)  # user.registered, and email.sent keyed by the address
 
+    user_id = created.json()["id"]
     stored = json.loads(await db.fetchval("SELECT headers::text FROM outbox ORDER BY id LIMIT 1"))
     assert stored["traceparent"].split("-")[1] == TRACE_ID
-    assert record.headers["traceparent"] == stored["traceparent"]
-
     finished = spans.get_finished_spans()
-    by_id = {span.context.span_id: span for span in finished}
-    [send] = [span for span in finished if span.name == "postmark send batch"]
-    assert format(send.context.trace_id, "032x") == TRACE_ID
-    # The send continues the span that wrote the outbox row, inside the request's span.
-    assert send.parent is not None
-    assert format(send.parent.span_id, "016x") == stored["traceparent"].split("-")[2]
-    writer = by_id[send.parent.span_id]
-    request = by_id[writer.parent.span_id] if writer.parent else None
-    assert request is not None
-    assert request.name == "POST /v1/users"
+    traced = [span for span in finished if format(span.context.trace_id, "032x") == TRACE_ID]
+    by_id = {span.context.span_id: span for span in traced}
+
+    def parent(span: ReadableSpan) -> ReadableSpan:
+        assert span.parent is not None, span.name
+        return by_id[span.parent.span_id]
+
+    # The relay's span is the child of the trace stored with the row (inside the request's
+    # span), and the record carries the relay's span as its creation context.
+    [send] = [span for span in traced if span.kind is SpanKind.PRODUCER]
+    assert send.name == f"send {topic}"
+    assert f"{parent(send).context.span_id:016x}" == stored["traceparent"].split("-")[2]
+    assert parent(parent(send)).name == "POST /v1/users"
+    assert record.headers["traceparent"] == f"00-{TRACE_ID}-{send.context.span_id:016x}-01"
+    attributes = dict(send.attributes or {})
+    assert attributes == {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        "messaging.kafka.message.key": user_id,
+        "messaging.message.id": record.ce_id,
+        "messaging.client.id": ANY,
+        "server.address": ANY,
+        "server.port": ANY,
+    }
+    assert f"{attributes['server.address']}:{attributes['server.port']}" in kafka_bootstrap
+
+    # The notifier processes the record as the child of the relay's span, and sends its
+    # email inside that processing.
+    [process] = [span for span in traced if span.kind is SpanKind.CONSUMER]
+    assert process.name == f"process {topic}"
+    assert parent(process) is send
+    assert dict(process.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.consumer.group.name": stack.settings.notifier_group_id,
+        "messaging.kafka.offset": record.offset,
+        "messaging.kafka.message.key": user_id,
+        "messaging.message.id": record.ce_id,
+    }
+    [postmark] = [span for span in traced if span.name == "postmark send batch"]
+    assert parent(postmark) is process
+    assert all(span.status.is_ok for span in (send, process, postmark))
+
+    # No span of the path names the address: the registration's trace, and every Kafka span
+    # (the `email.sent` record, keyed by the address, has one of its own).
+    kafka = [span for span in finished if span.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER)]
+    assert any(span.name == f"send {stack.settings.topic('email')}" for span in kafka)
+    everything = repr(
+        [
+            (span.name, dict(span.attributes or {}), span.events, span.links)
+            for span in traced + kafka
+        ]
+    ).lower()
+    assert email.lower() not in everything
+    assert quote(email.lower()) not in everything
 
 
 async def test_no_span_holds_a_verification_token_and_probes_make_none(
@@ -94,3 +152,63 @@ async def test_no_span_holds_a_verification_token_and_probes_make_none(
     everything = repr([(span.name, dict(span.attributes or {}), span.events) for span in finished])
     assert token not in everything
     assert token.split(".")[0] not in everything  # not even the signed payload
+
+
+async def test_records_settled_together_keep_their_own_traces(
+    spans: InMemorySpanExporter,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    # Records from another producer, on the topic before the notifier joins its group, so
+    # they most likely reach it in one batch and one Postmark call.
+    parents = {f"{uuid.uuid4().hex}": f"{n + 1:016x}" for n in range(4)}
+    traceparents = [f"00-{trace_id}-{span_id}-01" for trace_id, span_id in parents.items()]
+    emails = [f"{unique('batched')}@example.com" for _ in range(3)]
+    async with running_stack(database_url, kafka_bootstrap, sandbox) as stack:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for email, traceparent in zip(emails, traceparents[:3], strict=True):
+                key, value, headers = registered_record(email)
+                headers.append(("traceparent", traceparent.encode()))
+                await producer.send(stack.settings.topic("user"), value, key=key, headers=headers)
+            await producer.send_and_wait(
+                stack.settings.topic("user"),
+                b"{not json",
+                key=b"k",
+                headers=[("ce_id", b"x"), ("traceparent", traceparents[3].encode())],
+            )
+        finally:
+            await producer.stop()
+        for email in emails:
+            await stack.wait_status(email, "sent")
+
+    finished = spans.get_finished_spans()
+    process = {
+        format(span.context.trace_id, "032x"): span
+        for span in finished
+        if span.kind is SpanKind.CONSUMER and format(span.context.trace_id, "032x") in parents
+    }
+    assert process.keys() == parents.keys()
+    for trace_id, span in process.items():
+        assert span.parent is not None
+        assert span.parent.is_remote
+        assert f"{span.parent.span_id:016x}" == parents[trace_id]
+    *readable, unreadable = (process[trace_id] for trace_id in parents)
+    assert not unreadable.status.is_ok
+    assert (unreadable.attributes or {})["error.type"] == "UnreadableEvent"
+
+    # Each record's processing is the parent of the Postmark call that sent its email, or
+    # linked from it when another record of the batch is.
+    ids = {span.context.span_id for span in readable}
+    calls = [
+        span
+        for span in finished
+        if span.name == "postmark send batch" and span.parent and span.parent.span_id in ids
+    ]
+    reached = [span.parent.span_id for span in calls if span.parent] + [
+        link.context.span_id for span in calls for link in span.links
+    ]
+    assert sorted(reached) == sorted(ids)
+    assert all(span.status.is_ok for span in readable + calls)

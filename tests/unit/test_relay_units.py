@@ -1,4 +1,6 @@
+import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -67,6 +69,15 @@ def test_cloudevent_headers() -> None:
         "ce_subject": b"user-0",
         "content-type": b"application/json",
     }
+
+
+def test_the_trace_stored_with_a_row_travels_unless_the_relay_continues_it() -> None:
+    stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    send_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+    r = replace(row(1, 0), headers=json.dumps({"traceparent": stored}))
+
+    assert dict(cloudevent_headers(r))["traceparent"] == stored.encode()
+    assert dict(cloudevent_headers(r, send_span))["traceparent"] == send_span.encode()
 
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:
