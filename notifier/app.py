@@ -104,12 +104,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     include_routers(app, [router, webhooks, operations_router(readiness)])
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        RequestMetrics,
-        registry=registry,
-        access_log=settings.access_log,
-        namespace="postroom_notifier",
-    )
+    app.add_middleware(RequestMetrics, registry=registry, access_log=settings.access_log)
     return app
 
 

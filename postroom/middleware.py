@@ -68,7 +68,8 @@ class BodySizeLimit:
 
 
 class RequestMetrics:
-    """Count requests and time them per route template (never per raw path)."""
+    """Count requests and time them per route template (never per raw path). Every process
+    uses the same names; which process answered is the scrape's `job` (or `instance`)."""
 
     def __init__(
         self,
@@ -76,18 +77,17 @@ class RequestMetrics:
         *,
         registry: CollectorRegistry,
         access_log: bool,
-        namespace: str = "postroom_api",
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.requests = Counter(
-            f"{namespace}_requests",
+            "postroom_http_requests",
             "HTTP requests answered.",
             ["method", "route", "status"],
             registry=registry,
         )
         self.latency = Histogram(
-            f"{namespace}_request_duration_seconds",
+            "postroom_http_request_duration_seconds",
             "Time to answer, by route.",
             ["method", "route"],
             registry=registry,

@@ -6,9 +6,12 @@ Every process's `python -m <process>` comes here, so they all start, log and sto
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+import structlog
 
 from postroom.settings import CommonSettings, ConfigError, load
 
@@ -37,10 +40,11 @@ def serve(
     try:
         settings = load(settings_class)
     except ConfigError as exc:
-        print(f"postroom {service}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _refuse_to_start(service, str(exc))
     # Before the app is built: its parts bind their loggers as they are made.
-    configure_logging(settings.log_level, json=settings.app_env != "development")
+    configure_logging(
+        settings.log_level, json=settings.app_env != "development", service=f"postroom-{service}"
+    )
     configure_tracing(f"postroom-{service}")
     host, port = address(settings)
     uvicorn.run(
@@ -48,11 +52,25 @@ def serve(
         host=host,
         port=port,
         access_log=False,
+        log_config=None,  # uvicorn's own lines go through configure_logging's stream
         log_level="warning",
         server_header=False,
         timeout_graceful_shutdown=grace,
         http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
     )
+
+
+def _refuse_to_start(service: str, reason: str) -> NoReturn:
+    """Exit with status 2 and one line: readable in development, JSON elsewhere, since the
+    settings could not say which (APP_ENV is read as it stands)."""
+    from postroom.logs import configure_logging
+
+    if os.environ.get("APP_ENV", "development").strip().lower() == "development":
+        print(f"postroom {service}: configuration error: {reason}", file=sys.stderr)
+    else:
+        configure_logging("error", json=True, service=f"postroom-{service}")
+        structlog.get_logger("postroom.settings").error("configuration error", reason=reason)
+    raise SystemExit(2)
 
 
 def freeze_heap() -> None:

@@ -49,8 +49,11 @@ _OPAQUE_KEY = re.compile(
 )
 
 
-# Query parameters whose values are credentials (the verification link's signed token).
-SECRET_QUERY_PARAMETERS = frozenset({"token"})
+# Query parameters whose values are credentials (the verification link's signed token) or
+# personal data (the notifier's `?email=` filter).
+REDACTED_QUERY_PARAMETERS = frozenset({"token", "email"})
+# A path segment holding an email address (`DELETE /v1/suppressions/{email}`), raw or encoded.
+_ADDRESS_SEGMENT = re.compile(r"[^/?#]*(?:@|%40)[^/?#]*", re.IGNORECASE)
 # Health probes and scrapes: called every few seconds, worth no span.
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -61,18 +64,24 @@ def is_probe(scope: Mapping[str, Any]) -> bool:
 
 
 def redacted_query(query: str) -> str:
-    """A query string with the values of secret parameters replaced."""
+    """A query string with the values of secret or personal parameters replaced."""
     pairs = parse_qsl(query, keep_blank_values=True)
     return urlencode(
-        [(key, "REDACTED" if key in SECRET_QUERY_PARAMETERS else value) for key, value in pairs]
+        [(key, "REDACTED" if key in REDACTED_QUERY_PARAMETERS else value) for key, value in pairs]
     )
 
 
-class RedactSecrets(SpanProcessor):
-    """Rewrites, as a span starts, every attribute that would carry a secret query value
-    (`url.query`, and the older `http.target` and `http.url`), before anything exports it."""
+def redacted_path(path: str) -> str:
+    """A URL path with every segment that holds an email address replaced."""
+    return _ADDRESS_SEGMENT.sub("REDACTED", path)
 
-    _ATTRIBUTES = ("url.query", "http.target", "http.url", "url.full")
+
+class RedactSecrets(SpanProcessor):
+    """Rewrites, as a span starts, every attribute that would carry a secret or an address
+    (`url.query`, `url.path`, and the older `http.target` and `http.url`), before anything
+    exports it."""
+
+    _ATTRIBUTES = ("url.query", "url.path", "http.target", "http.url", "url.full")
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         attributes = span.attributes or {}
@@ -81,10 +90,14 @@ class RedactSecrets(SpanProcessor):
             if not isinstance(value, str):
                 continue
             if name == "url.query":
-                span.set_attribute(name, redacted_query(value))
-            elif "?" in value:
-                head, _, query = value.partition("?")
-                span.set_attribute(name, f"{head}?{redacted_query(query)}")
+                redacted = redacted_query(value)
+            elif name == "url.path":
+                redacted = redacted_path(value)
+            else:
+                head, mark, query = value.partition("?")
+                redacted = redacted_path(head) + (mark + redacted_query(query) if mark else "")
+            if redacted != value:
+                span.set_attribute(name, redacted)
 
 
 def configure_tracing(service_name: str) -> bool:

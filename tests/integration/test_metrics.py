@@ -37,7 +37,7 @@ async def test_the_api_reports_its_process(client: httpx.AsyncClient) -> None:
     await client.get("/healthz")  # so its request counters have a series
     answer = await client.get("/metrics")
     assert answer.status_code == 200
-    assert "postroom_api_requests_total" in answer.text
+    assert "postroom_http_requests_total" in answer.text
     assert_process_series(answer.text)
 
 
@@ -53,3 +53,28 @@ async def test_the_relay_and_the_notifier_report_their_process(
         )
         app = create_notifier(settings, consume=False)
     assert_process_series(await scrape(app))
+
+
+async def test_the_api_and_the_notifier_count_requests_under_one_name(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9/", "names")
+    notifier = create_notifier(settings, consume=False)
+    transport = httpx.ASGITransport(app=notifier)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        assert (await http.get("/v1/notifications")).status_code == 401
+        notifier_text = (await http.get("/metrics")).text
+    assert (await client.get("/v1/notifications")).status_code == 404
+    api_text = (await client.get("/metrics")).text
+    # Which process answered is the scrape's job; the series names are the same.
+    for text, route, status in (
+        (notifier_text, "/v1/notifications", "401"),
+        (api_text, "unmatched", "404"),
+    ):
+        assert (
+            f'postroom_http_requests_total{{method="GET",route="{route}",status="{status}"}} 1.0'
+            in text
+        )
+        assert "postroom_http_request_duration_seconds_bucket" in text
+    assert "postroom_api_requests" not in api_text
+    assert "postroom_notifier_requests" not in notifier_text

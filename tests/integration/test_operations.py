@@ -15,7 +15,7 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     created = await client.post("/v1/users", json={"email": "m@example.com", "name": "M"})
     await client.get(f"/v1/users/{created.json()['id']}")
     text = (await client.get("/metrics")).text
-    assert 'postroom_api_requests_total{method="POST",route="/v1/users",status="201"} 1.0' in text
+    assert 'postroom_http_requests_total{method="POST",route="/v1/users",status="201"} 1.0' in text
     assert 'route="/v1/users/{user_id}",status="200"} 1.0' in text
     assert created.json()["id"] not in text  # ids never become label values
 

@@ -14,20 +14,22 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from asgi_lifespan import LifespanManager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from notifier.app import create_app as create_notifier
 from postroom import tokens
 from postroom.tracing import RedactSecrets
 from tests.support.kafka import read_topic, registered_record
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
 from tests.support.relay import wait_published
-from tests.support.settings import EMAIL_SECRET
-from tests.support.stack import running_stack
+from tests.support.settings import EMAIL_SECRET, make_notifier_settings
+from tests.support.stack import http_client, running_stack
 
 pytestmark = pytest.mark.kafka
 
@@ -212,3 +214,32 @@ async def test_records_settled_together_keep_their_own_traces(
     ]
     assert sorted(reached) == sorted(ids)
     assert all(span.status.is_ok for span in readable + calls)
+
+
+async def test_no_span_holds_an_address_the_operator_api_was_given(
+    spans: InMemorySpanExporter, database_url: str
+) -> None:
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9/", "pii")
+    app = create_notifier(settings, consume=False)
+    email = f"{unique('Private.Person')}@example.com"
+    spans.clear()
+    async with LifespanManager(app), http_client(app, "http://notifier") as notifier:
+        listed = await notifier.get("/v1/notifications", params={"email": email, "limit": 5})
+        lifted = await notifier.delete(f"/v1/suppressions/{quote(email)}")
+        also = await notifier.delete(f"/v1/suppressions/{email}")
+    assert (listed.status_code, lifted.status_code, also.status_code) == (200, 404, 404)
+    servers = [span for span in spans.get_finished_spans() if span.kind.name == "SERVER"]
+    assert len(servers) == 3
+    attributes = [dict(span.attributes or {}) for span in servers]
+    assert attributes[0].get("url.query") == "email=REDACTED&limit=5"
+    assert all(
+        a.get("url.path") in ("/v1/notifications", "/v1/suppressions/REDACTED") for a in attributes
+    )
+    everything = repr(
+        [
+            (span.name, dict(span.attributes or {}), span.events)
+            for span in spans.get_finished_spans()
+        ]
+    ).lower()
+    local_part = email.split("@")[0].lower()
+    assert local_part not in everything

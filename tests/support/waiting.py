@@ -43,6 +43,14 @@ async def wait_until(probe: Callable[[], Awaitable[T | None]], *, what: str, wit
         await asyncio.sleep(0.05)
 
 
+def poll_until(probe: Callable[[], object], *, what: str, within: float) -> None:
+    """The blocking `wait_until`, for sync tests watching a process from outside."""
+    deadline = time.monotonic() + within
+    while not probe():
+        assert time.monotonic() < deadline, f"waited {within} s for {what}"
+        time.sleep(0.05)
+
+
 async def ready(service: httpx.AsyncClient) -> bool:
     """Whether the service behind `service` answers `/readyz` with 200 (a probe)."""
     try:

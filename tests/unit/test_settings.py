@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -98,11 +99,34 @@ def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "postroom api: configuration error: API_TOKENS is missing or a placeholder; "
-        "set a real secret (production)"
-    ]
+    # Outside development the line is JSON, like every other line of the process's log.
+    [line] = proc.stderr.strip().splitlines()
+    entry = json.loads(line)
+    assert (entry["event"], entry["level"], entry["service"]) == (
+        "configuration error",
+        "error",
+        "postroom-api",
+    )
+    assert entry["reason"] == (
+        "API_TOKENS is missing or a placeholder; set a real secret (production)"
+    )
     assert "changeme" not in proc.stderr
+
+
+def test_in_development_the_refusal_is_one_readable_line() -> None:
+    env = {**os.environ, "APP_ENV": "development", "API_TOKENS": ""}
+    env.pop("EMAIL_TOKEN_SECRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("postroom api: configuration error: ")
 
 
 NOTIFIER_GOOD = {
