@@ -14,7 +14,7 @@ from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
 from notifier.postmark import Postmark
 from notifier.retries import RetryLoop
-from notifier.routes import readiness, router
+from notifier.routes import NOT_READY, readiness, router
 from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
 from notifier.webhooks import WebhookMetrics, build_router
@@ -26,7 +26,11 @@ from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
 from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
-from postroom.web import include_routers, install_problem_handlers, operations_router
+from postroom.web import (
+    include_routers,
+    install_problem_handlers,
+    operations_router,
+)
 
 
 def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
@@ -101,7 +105,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     app.state.registry = registry
     app.state.metrics = metrics
     webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))
-    include_routers(app, [router, webhooks, operations_router(readiness)])
+    include_routers(app, [router, webhooks, operations_router(readiness, NOT_READY)])
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(

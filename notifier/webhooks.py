@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier import suppressions as suppression_list
 from notifier.settings import NotifierSettings
-from postroom import events
+from postroom import events, problems
 from postroom.models import bounces, notifications, webhook_receipts
 from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, problem_responses
@@ -225,8 +225,7 @@ def build_router(
         ok &= hmac.compare_digest(password, settings.webhook_password.get_secret_value().encode())
         if not ok:
             raise ProblemError(
-                401,
-                "unauthorized",
+                problems.UNAUTHORIZED,
                 "Webhook credentials are missing or wrong.",
                 headers={"WWW-Authenticate": 'Basic realm="postmark-webhooks"'},
             )
@@ -235,7 +234,13 @@ def build_router(
         "/webhooks/postmark",
         response_model=WebhookAnswer,
         dependencies=[Depends(authenticate)],
-        responses=problem_responses(400, 401, 413, 415, 503),
+        responses=problem_responses(
+            problems.INVALID_WEBHOOK,
+            problems.UNAUTHORIZED,
+            problems.BODY_TOO_LARGE,
+            problems.UNSUPPORTED_MEDIA_TYPE,
+            problems.DATABASE_UNAVAILABLE,
+        ),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -248,7 +253,7 @@ def build_router(
         Open, Click and unknown record types are acknowledged and counted."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
-            raise ProblemError(415, "unsupported-media-type", "Send the webhook as JSON.")
+            raise ProblemError(problems.UNSUPPORTED_MEDIA_TYPE, "Send the webhook as JSON.")
         raw = await request.body()
         try:
             body = json.loads(raw, parse_constant=_refuse_constant)
@@ -259,7 +264,7 @@ def build_router(
         except (ValueError, RecursionError, ValidationError) as exc:
             log.warning("webhook refused", reason=_why(exc), size=len(raw))
             raise ProblemError(
-                400, "invalid-webhook", "The body is not a Postmark webhook."
+                problems.INVALID_WEBHOOK, "The body is not a Postmark webhook."
             ) from None
         record_type = label(record.record_type, RECORD_TYPES)
         digest = hashlib.sha256(
@@ -277,8 +282,7 @@ def build_router(
                 size=len(raw),
             )
             raise ProblemError(
-                400,
-                "invalid-webhook",
+                problems.INVALID_WEBHOOK,
                 f"The {record_type} body lacks what that record type needs.",
             ) from None
         metrics.received.labels(record_type, outcome).inc()

@@ -1,0 +1,172 @@
+"""The OpenAPI documents the api and the notifier serve at /openapi.json: one Problem schema
+that every problem response refers to, and the problem types each route answers with."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app as create_api
+from notifier.app import create_app as create_notifier
+from outbox_relay.app import create_app as create_relay
+from postroom.problems import PROBLEM_MEDIA_TYPE, PROBLEM_REF, PROBLEM_TYPES, TYPE_PREFIX
+from tests.support.settings import (
+    make_api_settings,
+    make_notifier_settings,
+    make_relay_settings,
+)
+
+UNUSED_DB = "postgresql://unused@127.0.0.1:9/unused"
+ROOT = Path(__file__).parents[2]
+
+
+def build(name: str) -> FastAPI:
+    # Building an app does no I/O and serving /openapi.json needs no lifespan.
+    if name == "api":
+        return create_api(make_api_settings(UNUSED_DB))
+    if name == "notifier":
+        return create_notifier(
+            make_notifier_settings(UNUSED_DB, "127.0.0.1:9", "http://x", "t"), consume=False
+        )
+    return create_relay(make_relay_settings(UNUSED_DB, "127.0.0.1:9"))
+
+
+async def served(app: FastAPI) -> dict[str, Any]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        answer = await client.get("/openapi.json")
+    assert answer.status_code == 200
+    document: dict[str, Any] = answer.json()
+    return document
+
+
+@pytest.fixture(params=["api", "notifier", "relay"])
+async def document(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return await served(build(request.param))
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def walk(value: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
+    yield where, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from walk(item, f"{where}/{index}")
+
+
+def looks_like_a_problem(schema: Any) -> bool:
+    return isinstance(schema, dict) and {"type", "title", "status"} <= set(
+        schema.get("properties", {})
+    )
+
+
+async def test_problem_is_one_component_every_problem_response_refers_to(
+    document: dict[str, Any],
+) -> None:
+    schemas = document["components"]["schemas"]
+    assert [name for name, schema in schemas.items() if looks_like_a_problem(schema)] == ["Problem"]
+    inlined = [
+        where
+        for where, value in walk(document)
+        if looks_like_a_problem(value) and where != "#/components/schemas/Problem"
+    ]
+    assert inlined == []
+    problem_answers = 0
+    for path, method, operation in operations(document):
+        for status, response in operation["responses"].items():
+            content = response.get("content", {})
+            if PROBLEM_MEDIA_TYPE in content:
+                problem_answers += 1
+                assert content[PROBLEM_MEDIA_TYPE]["schema"] == {"$ref": PROBLEM_REF}, (
+                    path,
+                    method,
+                    status,
+                )
+    assert problem_answers > 0
+
+
+async def test_each_problem_response_names_the_types_it_answers_with(
+    document: dict[str, Any],
+) -> None:
+    for path, method, operation in operations(document):
+        for status, response in operation["responses"].items():
+            media = response.get("content", {}).get(PROBLEM_MEDIA_TYPE)
+            if media is None:
+                continue
+            examples = media["examples"]
+            assert examples, (path, method, status)
+            for slug, example in examples.items():
+                kind = PROBLEM_TYPES[slug]
+                assert example["value"] == {
+                    "type": kind.uri,
+                    "title": kind.title,
+                    "status": int(status),
+                }
+                assert kind.uri in response["description"]
+
+
+async def test_the_problem_component_lists_every_known_type(document: dict[str, Any]) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    listed = problem["properties"]["type"]["examples"]
+    assert listed == [kind.uri for kind in PROBLEM_TYPES.values()]
+    for kind in PROBLEM_TYPES.values():
+        assert f"`{kind.uri}` ({kind.status} {kind.title})" in problem["description"]
+
+
+def test_problem_types_are_named_in_one_place() -> None:
+    """The handlers raise types from the registry; no type URI is spelt anywhere else."""
+    spelt = [
+        str(path.relative_to(ROOT))
+        for package in ("postroom", "api", "outbox_relay", "notifier", "postroom_cli")
+        for path in (ROOT / package).rglob("*.py")
+        if TYPE_PREFIX in path.read_text()
+    ]
+    assert spelt == ["postroom/problems.py"]
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", slug) for slug in PROBLEM_TYPES)
+
+
+async def test_every_reference_resolves(document: dict[str, Any]) -> None:
+    for where, value in walk(document):
+        if isinstance(value, dict) and isinstance(value.get("$ref"), str):
+            target: Any = document
+            for part in value["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            assert isinstance(target, dict), where
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "auth", "status"),
+    [
+        ("GET", "/v1/users/00000000-0000-4000-8000-000000000000", True, "404"),
+        ("GET", "/v1/users/not-a-uuid", True, "422"),
+        ("DELETE", "/v1/users/00000000-0000-4000-8000-000000000000", False, "401"),
+        ("POST", "/v1/email-verifications", False, "400"),
+    ],
+)
+async def test_answers_are_of_the_types_their_route_documents(
+    app: FastAPI, client: httpx.AsyncClient, method: str, url: str, auth: bool, status: str
+) -> None:
+    headers = None if auth else {"Authorization": ""}
+    body = {"token": "not-a-token"} if method == "POST" else None
+    answer = await client.request(method, url, json=body, headers=headers)
+
+    assert str(answer.status_code) == status
+    paths = (await served(app))["paths"]
+    template = "/v1/users/{user_id}" if url.startswith("/v1/users/") else url
+    documented = paths[template][method.lower()]["responses"][status]
+    examples = documented["content"][PROBLEM_MEDIA_TYPE]["examples"]
+    assert answer.json()["type"] in [example["value"]["type"] for example in examples.values()]
