@@ -170,7 +170,7 @@ async def create_user(
     response_model=UserOut,
     responses=problem_responses(*AUTHENTICATED, problems.USER_NOT_FOUND, problems.VALIDATION_ERROR),
 )
-async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
+async def get_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
     """Read one user."""
     async with caller.api.connection() as conn:
         return UserOut.from_row(await use_cases.get_user(conn, user_id=user_id))
@@ -183,7 +183,7 @@ async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
         *AUTHENTICATED, *JSON_BODY, problems.USER_NOT_FOUND, problems.EMAIL_TAKEN
     ),
 )
-async def patch_user(
+async def update_user(
     user_id: uuid.UUID,
     body: UserPatch,
     caller: CallerDep,
@@ -204,7 +204,7 @@ async def patch_user(
     response_class=Response,
     responses=problem_responses(*AUTHENTICATED, problems.USER_NOT_FOUND, problems.VALIDATION_ERROR),
 )
-async def remove_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
+async def delete_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
     """Delete a user; emits `user.deleted`."""
     api = caller.api
     async with api.connection() as conn, conn.transaction():

@@ -29,6 +29,7 @@ from postroom.tracing import is_probe
 from postroom.web import (
     include_routers,
     install_problem_handlers,
+    operation_id,
     operations_router,
 )
 
@@ -95,6 +96,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
+        generate_unique_id_function=operation_id,
         title="Postroom notifier",
         version="1.0.0",
         summary="Emails that follow from user events, sent once through Postmark.",

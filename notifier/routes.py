@@ -104,7 +104,7 @@ async def list_notifications(
         *AUTHENTICATED, problems.NOTIFICATION_NOT_FOUND, problems.VALIDATION_ERROR
     ),
 )
-async def read_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
+async def get_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
     """One notification."""
     async with engine.connect() as conn:
         query = sa.select(notifications).where(notifications.c.id == notification_id)

@@ -248,7 +248,7 @@ def build_router(
             }
         },
     )
-    async def postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
+    async def receive_postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
         """One Postmark webhook: Bounce, SpamComplaint, Delivery or SubscriptionChange;
         Open, Click and unknown record types are acknowledged and counted."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -19,6 +19,7 @@ from postroom.tracing import is_probe
 from postroom.web import (
     include_routers,
     install_problem_handlers,
+    operation_id,
     operations_router,
 )
 
@@ -51,6 +52,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
+        generate_unique_id_function=operation_id,
         title="Postroom outbox relay",
         version="1.0.0",
         summary="Committed outbox rows to Kafka, in order per aggregate.",

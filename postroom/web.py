@@ -69,6 +69,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         app.add_exception_handler(unexpected, handle_unexpected)
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id: its function's name in camelCase (`create_user` ->
+    `createUser`), stable whatever its path or method."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def include_routers(app: FastAPI, routers: Iterable[APIRouter]) -> None:
     """Include `routers` and remember each route's methods for 405 answers' Allow header."""
     table = []

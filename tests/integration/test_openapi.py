@@ -1,5 +1,6 @@
 """The OpenAPI documents the api and the notifier serve at /openapi.json: one Problem schema
-that every problem response refers to, and the problem types each route answers with."""
+that every problem response refers to, the problem types each route answers with, and
+stable operation ids."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from api.app import create_app as create_api
 from notifier.app import create_app as create_notifier
 from outbox_relay.app import create_app as create_relay
 from postroom.problems import PROBLEM_MEDIA_TYPE, PROBLEM_REF, PROBLEM_TYPES, TYPE_PREFIX
+from postroom.web import operation_id
 from tests.support.settings import (
     make_api_settings,
     make_notifier_settings,
@@ -137,6 +140,52 @@ def test_problem_types_are_named_in_one_place() -> None:
     ]
     assert spelt == ["postroom/problems.py"]
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", slug) for slug in PROBLEM_TYPES)
+
+
+# Generated clients name their methods after these: renaming a route's function changes its
+# id, which this list makes a deliberate act.
+OPERATION_IDS = {
+    "api": {
+        ("/v1/users", "post"): "createUser",
+        ("/v1/users/{user_id}", "get"): "getUser",
+        ("/v1/users/{user_id}", "patch"): "updateUser",
+        ("/v1/users/{user_id}", "delete"): "deleteUser",
+        ("/v1/email-verifications", "post"): "verifyEmail",
+        ("/verify-email", "get"): "verifyEmailPage",
+        ("/verify-email", "post"): "verifyEmailButton",
+    },
+    "notifier": {
+        ("/v1/notifications", "get"): "listNotifications",
+        ("/v1/notifications/{notification_id}", "get"): "getNotification",
+        ("/v1/suppressions", "get"): "listSuppressions",
+        ("/v1/suppressions", "post"): "addSuppression",
+        ("/v1/suppressions/{email}", "delete"): "liftSuppression",
+        ("/webhooks/postmark", "post"): "receivePostmarkWebhook",
+    },
+    "relay": {},
+}
+OPERATIONS_ROUTES = {
+    ("/healthz", "get"): "healthz",
+    ("/readyz", "get"): "readyz",
+    ("/metrics", "get"): "metrics",
+}
+
+
+@pytest.mark.parametrize("name", ["api", "notifier", "relay"])
+async def test_operation_ids_are_the_route_functions_names_in_camel_case(name: str) -> None:
+    document = await served(build(name))
+    ids = {(path, method): op["operationId"] for path, method, op in operations(document)}
+
+    assert ids == OPERATION_IDS[name] | OPERATIONS_ROUTES
+    assert len(set(ids.values())) == len(ids)
+    assert all(re.fullmatch(r"[a-z]+([A-Z][a-z0-9]*)*", op_id) for op_id in ids.values())
+
+
+def test_an_operation_id_is_its_function_name_in_camel_case() -> None:
+    async def list_things_by_owner() -> None: ...
+
+    route = APIRoute("/things", list_things_by_owner)
+    assert operation_id(route) == "listThingsByOwner"
 
 
 async def test_every_reference_resolves(document: dict[str, Any]) -> None:
