@@ -76,7 +76,10 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        description="Replays the first answer for a repeat of the same request.",
+        description="Makes a retry safe: a repeat with the same key and the same body, within "
+        "IDEMPOTENCY_KEY_TTL, writes nothing and replays the first answer (with "
+        "`Idempotent-Replayed: true`); the same key with another body is a 422 "
+        "`idempotency-key-reused` problem.",
         min_length=1,
         max_length=idempotency.MAX_KEY_LENGTH,
         pattern=idempotency.KEY_PATTERN,
@@ -99,8 +102,15 @@ REFUSALS: dict[type[use_cases.Refused], ProblemError] = {
 AUTHENTICATED = (problems.UNAUTHORIZED, problems.DATABASE_UNAVAILABLE)
 JSON_BODY = (problems.BAD_REQUEST, problems.BODY_TOO_LARGE, problems.VALIDATION_ERROR)
 # A POST that takes an Idempotency-Key: the key reused for another body, and a replay about a
-# user deleted since.
+# user deleted since (which carries Idempotent-Replayed too).
 IDEMPOTENT = (problems.IDEMPOTENCY_KEY_REUSED, problems.USER_DELETED)
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same Idempotency-Key (nothing was written this time); absent otherwise.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 async def handle_refusal(request: Request, exc: Exception) -> JSONResponse:
@@ -125,8 +135,16 @@ def _replay(answer: idempotency.StoredAnswer) -> JSONResponse:
     status_code=201,
     response_model=UserOut,
     responses={
-        201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(*AUTHENTICATED, *JSON_BODY, *IDEMPOTENT, problems.EMAIL_TAKEN),
+        201: {
+            "description": "Created",
+            "headers": {
+                "Location": {"description": "The user's URL.", "schema": {"type": "string"}},
+                **REPLAYED,
+            },
+        },
+        **problem_responses(
+            *AUTHENTICATED, *JSON_BODY, *IDEMPOTENT, problems.EMAIL_TAKEN, headers={410: REPLAYED}
+        ),
     },
 )
 async def create_user(
@@ -232,14 +250,18 @@ def _claim_from(token: str, settings: ApiSettings) -> tokens.VerificationClaim:
 @users_router.post(
     "/email-verifications",
     response_model=UserOut,
-    responses=problem_responses(
-        *JSON_BODY,
-        *IDEMPOTENT,
-        problems.TOKEN_INVALID,
-        problems.TOKEN_EXPIRED,
-        problems.TOKEN_SUPERSEDED,
-        problems.DATABASE_UNAVAILABLE,
-    ),
+    responses={
+        200: {"description": "Verified", "headers": REPLAYED},
+        **problem_responses(
+            *JSON_BODY,
+            *IDEMPOTENT,
+            problems.TOKEN_INVALID,
+            problems.TOKEN_EXPIRED,
+            problems.TOKEN_SUPERSEDED,
+            problems.DATABASE_UNAVAILABLE,
+            headers={410: REPLAYED},
+        ),
+    },
     openapi_extra={"security": []},
 )
 async def verify_email(

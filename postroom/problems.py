@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -278,9 +279,12 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
     )
 
 
-def problem_responses(*kinds: ProblemType) -> dict[int | str, dict[str, Any]]:
+def problem_responses(
+    *kinds: ProblemType, headers: Mapping[int, dict[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problems a route can answer with: per status, the types it
-    answers (described, and one example each) and the Problem component."""
+    answers (described, and one example each) and the Problem component; `headers` adds
+    response headers to a status."""
     by_status: dict[int, list[ProblemType]] = {}
     for kind in kinds:
         by_status.setdefault(kind.status, []).append(kind)
@@ -301,6 +305,8 @@ def problem_responses(*kinds: ProblemType) -> dict[int | str, dict[str, Any]]:
                 PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": examples}
             },
         }
+        if headers and status in headers:
+            responses[status]["headers"] = headers[status]
     return responses
 
 

@@ -1,6 +1,6 @@
 """The OpenAPI documents the api and the notifier serve at /openapi.json: one Problem schema
-that every problem response refers to, the problem types each route answers with, and
-stable operation ids."""
+that every problem response refers to, the problem types each route answers with, stable
+operation ids and the idempotency headers."""
 
 from __future__ import annotations
 
@@ -186,6 +186,19 @@ def test_an_operation_id_is_its_function_name_in_camel_case() -> None:
 
     route = APIRoute("/things", list_things_by_owner)
     assert operation_id(route) == "listThingsByOwner"
+
+
+async def test_the_idempotency_headers_are_documented() -> None:
+    paths = (await served(build("api")))["paths"]
+    for path, success in (("/v1/users", "201"), ("/v1/email-verifications", "200")):
+        operation = paths[path]["post"]
+        [key] = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+        assert key["in"] == "header"
+        assert not key["required"]
+        for status in (success, "410"):  # a replay about a user deleted since is a 410
+            header = operation["responses"][status]["headers"]["Idempotent-Replayed"]
+            assert header["schema"] == {"type": "string", "enum": ["true"]}
+    assert "Idempotent-Replayed" not in str(paths["/v1/users/{user_id}"])
 
 
 async def test_every_reference_resolves(document: dict[str, Any]) -> None:
