@@ -17,7 +17,7 @@ from notifier.retries import RetryLoop
 from notifier.routes import NOT_READY, readiness, router
 from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
-from notifier.webhooks import WebhookMetrics, build_router
+from notifier.webhooks import WebhookMetrics, build_router, webhook_schemas
 from postroom.db import create_engine
 from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
@@ -31,6 +31,7 @@ from postroom.web import (
     install_problem_handlers,
     operation_id,
     operations_router,
+    publish_schemas,
 )
 
 
@@ -109,6 +110,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))
     include_routers(app, [router, webhooks, operations_router(readiness, NOT_READY)])
     install_problem_handlers(app)
+    publish_schemas(app, webhook_schemas())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestMetrics,

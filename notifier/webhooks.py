@@ -202,6 +202,57 @@ class WebhookAnswer(BaseModel):
     status: Literal["recorded", "duplicate", "ignored"]
 
 
+# The records the route acts on, by RecordType; everything else is acknowledged and counted.
+_RECORDS: dict[str, type[_Message]] = {
+    "Bounce": BounceRecord,
+    "SpamComplaint": BounceRecord,
+    "Delivery": DeliveryRecord,
+    "SubscriptionChange": SubscriptionChangeRecord,
+}
+_OTHER_RECORD = "OtherRecord"
+
+
+def webhook_schemas() -> dict[str, dict[str, Any]]:
+    """The OpenAPI components describing the webhook bodies, by name."""
+    schemas = {
+        model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for model in _RECORDS.values()
+    }
+    schemas[_OTHER_RECORD] = {
+        "title": _OTHER_RECORD,
+        "description": "Open, Click, and any record type Postmark adds: acknowledged with 200 "
+        "(`ignored`) and counted, so that Postmark does not retry it.",
+        "type": "object",
+        "properties": {"RecordType": {"type": "string", "not": {"enum": sorted(_RECORDS)}}},
+        "required": ["RecordType"],
+    }
+    return schemas
+
+
+def _request_body() -> dict[str, Any]:
+    """The webhook body as the OpenAPI document describes it: one record, told apart by its
+    RecordType. The route reads the bytes itself (hostile ones get a 4xx problem, never a
+    5xx), so this documents what Postmark sends rather than how the route parses it."""
+    mapping = {
+        record_type: f"#/components/schemas/{model.__name__}"
+        for record_type, model in _RECORDS.items()
+    }
+    mapping |= {
+        record_type: f"#/components/schemas/{_OTHER_RECORD}" for record_type in ("Open", "Click")
+    }
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [{"$ref": ref} for ref in dict.fromkeys(mapping.values())],
+                    "discriminator": {"propertyName": "RecordType", "mapping": mapping},
+                }
+            }
+        },
+    }
+
+
 def _uuid(value: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(value) if value else None
@@ -241,16 +292,13 @@ def build_router(
             problems.UNSUPPORTED_MEDIA_TYPE,
             problems.DATABASE_UNAVAILABLE,
         ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-        },
+        openapi_extra={"requestBody": _request_body()},
     )
     async def receive_postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
         """One Postmark webhook: Bounce, SpamComplaint, Delivery or SubscriptionChange;
-        Open, Click and unknown record types are acknowledged and counted."""
+        Open, Click and unknown record types are acknowledged and counted. The body is read
+        leniently, as Postmark sends it: stored as far as it can be, or refused with a 4xx
+        problem, never a 5xx."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ProblemError(problems.UNSUPPORTED_MEDIA_TYPE, "Send the webhook as JSON.")

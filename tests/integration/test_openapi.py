@@ -1,15 +1,17 @@
 """The OpenAPI documents the api and the notifier serve at /openapi.json: one Problem schema
 that every problem response refers to, the problem types each route answers with, stable
-operation ids and the idempotency headers."""
+operation ids, the idempotency headers and the webhook bodies."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -27,6 +29,7 @@ from tests.support.settings import (
 
 UNUSED_DB = "postgresql://unused@127.0.0.1:9/unused"
 ROOT = Path(__file__).parents[2]
+POSTMARK_FIXTURES = ROOT / "tests" / "fixtures" / "postmark"
 
 
 def build(name: str) -> FastAPI:
@@ -199,6 +202,57 @@ async def test_the_idempotency_headers_are_documented() -> None:
             header = operation["responses"][status]["headers"]["Idempotent-Replayed"]
             assert header["schema"] == {"type": "string", "enum": ["true"]}
     assert "Idempotent-Replayed" not in str(paths["/v1/users/{user_id}"])
+
+
+async def test_the_webhook_body_is_one_postmark_record_by_its_record_type() -> None:
+    document = await served(build("notifier"))
+    body = document["paths"]["/webhooks/postmark"]["post"]["requestBody"]
+    assert body["required"] is True
+    schema = body["content"]["application/json"]["schema"]
+    mapping = schema["discriminator"]["mapping"]
+    assert schema["discriminator"]["propertyName"] == "RecordType"
+    assert set(mapping) >= {"Bounce", "SpamComplaint", "Delivery", "SubscriptionChange"}
+    assert {ref["$ref"] for ref in schema["oneOf"]} == set(mapping.values())
+    components = document["components"]["schemas"]
+    for record_type, ref in mapping.items():
+        record = components[ref.removeprefix("#/components/schemas/")]
+        assert "RecordType" in record["required"]
+        assert record["properties"]["RecordType"] != {}, record_type
+    assert {"ID", "Email", "Type"} <= set(components["BounceRecord"]["required"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "record"),
+    [
+        ("bounce_hard", "BounceRecord"),
+        ("spam_complaint", "BounceRecord"),
+        ("delivery", "DeliveryRecord"),
+        ("subscription_change", "SubscriptionChangeRecord"),
+        (None, "OtherRecord"),
+    ],
+)
+async def test_postmarks_own_bodies_match_exactly_one_documented_record(
+    fixture: str | None, record: str
+) -> None:
+    document = await served(build("notifier"))
+    body_schema = document["paths"]["/webhooks/postmark"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]
+    # The $refs point into the document's components: validate with them at hand.
+    schema = {**body_schema, "components": document["components"]}
+    body = (
+        json.loads((POSTMARK_FIXTURES / f"{fixture}.json").read_text())
+        if fixture
+        else {"RecordType": "Open", "MessageID": "x"}
+    )
+
+    jsonschema_rs.validate(schema, body)
+    matching = [
+        branch["$ref"]
+        for branch in body_schema["oneOf"]
+        if jsonschema_rs.is_valid({**branch, "components": document["components"]}, body)
+    ]
+    assert matching == [f"#/components/schemas/{record}"]
 
 
 async def test_every_reference_resolves(document: dict[str, Any]) -> None:
