@@ -10,10 +10,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from notifier import listings
 from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
-from postroom import problems
+from postroom import cursors, problems
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.text import NO_CONTROL_CHARACTERS
@@ -46,8 +47,14 @@ class NotificationOut(BaseModel):
     )
 
 
+NEXT_CURSOR = Field(
+    description="Pass as `cursor` (with the same filters) for the next page; null on the last page."
+)
+
+
 class NotificationList(BaseModel):
     items: list[NotificationOut]
+    next_cursor: str | None = NEXT_CURSOR
 
 
 class SuppressionOut(BaseModel):
@@ -60,6 +67,7 @@ class SuppressionOut(BaseModel):
 
 class SuppressionList(BaseModel):
     items: list[SuppressionOut]
+    next_cursor: str | None = NEXT_CURSOR
 
 
 router = APIRouter()
@@ -67,13 +75,29 @@ router = APIRouter()
 # What every route here may answer: it needs the bearer token and the database.
 AUTHENTICATED = (problems.UNAUTHORIZED, problems.DATABASE_UNAVAILABLE)
 
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=cursors.MAX_LENGTH,
+        pattern=cursors.PATTERN,
+        description="The `next_cursor` of the previous page; without it, the first page.",
+    ),
+]
+
+
+def _invalid_cursor() -> ProblemError:
+    return ProblemError(
+        problems.INVALID_CURSOR,
+        "This cursor was not given by this list with these filters; start again without it.",
+    )
+
 
 @router.get(
     "/v1/notifications",
     response_model=NotificationList,
     tags=["notifications"],
-    dependencies=[only_query("user_id", "email", "status", "limit")],
-    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR),
+    dependencies=[only_query("user_id", "email", "status", "limit", "cursor")],
+    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR, problems.INVALID_CURSOR),
 )
 async def list_notifications(
     _: PrincipalDep,
@@ -82,18 +106,21 @@ async def list_notifications(
     email: Annotated[str | None, Query(max_length=320, pattern=NO_CONTROL_CHARACTERS)] = None,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Cursor = None,
 ) -> Any:
-    """Notifications, newest first, filtered by user, recipient and status."""
-    query = sa.select(notifications).order_by(notifications.c.created_at.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(notifications.c.user_id == user_id)
-    if email is not None:
-        query = query.where(sa.func.lower(notifications.c.recipient) == email.lower())
-    if status is not None:
-        query = query.where(notifications.c.status == status)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return NotificationList(items=[NotificationOut.model_validate(dict(row)) for row in rows])
+    """Notifications, newest first (by creation, then id), filtered by user, recipient and
+    status; a page at a time, `next_cursor` leading to the next."""
+    try:
+        async with engine.connect() as conn:
+            page = await listings.notifications_page(
+                conn, user_id=user_id, email=email, status=status, limit=limit, cursor=cursor
+            )
+    except listings.InvalidCursor:
+        raise _invalid_cursor() from None
+    return NotificationList(
+        items=[NotificationOut.model_validate(dict(row)) for row in page.rows],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get(
@@ -118,26 +145,26 @@ async def get_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: 
     "/v1/suppressions",
     response_model=SuppressionList,
     tags=["suppressions"],
-    dependencies=[only_query("limit")],
-    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR),
+    dependencies=[only_query("limit", "cursor")],
+    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR, problems.INVALID_CURSOR),
 )
 async def list_suppressions(
     _: PrincipalDep,
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Cursor = None,
 ) -> Any:
-    """Suppressed addresses, newest first: nothing is sent to them."""
-    async with engine.connect() as conn:
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit)
-                )
-            )
-            .mappings()
-            .all()
-        )
-    return SuppressionList(items=[SuppressionOut.model_validate(dict(row)) for row in rows])
+    """Suppressed addresses, newest first (by when, then address): nothing is sent to them.
+    A page at a time, `next_cursor` leading to the next."""
+    try:
+        async with engine.connect() as conn:
+            page = await listings.suppressions_page(conn, limit=limit, cursor=cursor)
+    except listings.InvalidCursor:
+        raise _invalid_cursor() from None
+    return SuppressionList(
+        items=[SuppressionOut.model_validate(dict(row)) for row in page.rows],
+        next_cursor=page.next_cursor,
+    )
 
 
 class SuppressionCreate(BaseModel):

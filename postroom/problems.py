@@ -124,6 +124,12 @@ TOKEN_SUPERSEDED = _known(
 NOTIFICATION_NOT_FOUND = _known(
     "notification-not-found", 404, "No notification has this id.", title="Notification not found"
 )
+INVALID_CURSOR = _known(
+    "invalid-cursor",
+    422,
+    "The cursor is not one this list gave with these filters (or was altered).",
+    title="Invalid cursor",
+)
 ALREADY_SUPPRESSED = _known(
     "already-suppressed", 409, "The address is already suppressed.", title="Already suppressed"
 )

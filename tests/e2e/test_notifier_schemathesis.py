@@ -99,4 +99,8 @@ def test_the_notifier_keeps_its_published_promises(
         ]
     else:
         headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        # A cursor's validity is its digest, which no schema can describe: a schema-valid
+        # random one is rightly refused (422 invalid-cursor).
+        if "cursor" in (case.query or {}):
+            excluded.append(schemathesis.checks.positive_data_acceptance)
     case.call_and_validate(base_url=notifier_url, headers=headers, excluded_checks=excluded)

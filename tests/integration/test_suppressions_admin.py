@@ -220,7 +220,8 @@ async def test_a_misspelt_filter_is_an_error_not_an_unfiltered_list(
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["loc"] == ["query", "emial"]
     assert (await notifier.get("/v1/notifications", params={"email": "a@example.com"})).json() == {
-        "items": []
+        "items": [],
+        "next_cursor": None,
     }
 
 
