@@ -23,6 +23,7 @@ from postroom.web import (
     database_problem,
     include_routers,
     install_problem_handlers,
+    operation_id,
     operations_router,
 )
 
@@ -61,6 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
+        generate_unique_id_function=operation_id,
         title="Postroom API",
         version="1.0.0",
         summary="User accounts whose every change is committed with the event that announces it.",

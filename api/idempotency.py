@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from postroom.db import Connection
-from postroom.problems import ProblemError
+from postroom.problems import IDEMPOTENCY_KEY_REUSED, ProblemError
 
 MAX_KEY_LENGTH = 255
 KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: what clients put in a header without quoting
@@ -68,10 +68,7 @@ async def claim(
     assert stored is not None  # the conflict above saw it, and keys are deleted only when old
     if stored["request_hash"] != fingerprint or stored["status_code"] is None:
         raise ProblemError(
-            422,
-            "idempotency-key-reused",
-            "This Idempotency-Key was already used for a different request.",
-            title="Idempotency key reused",
+            IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was already used for a different request."
         )
     return StoredAnswer(
         stored["status_code"],

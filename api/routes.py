@@ -18,7 +18,7 @@ from api import idempotency, pages
 from api import users as use_cases
 from api.schemas import EmailVerificationRequest, UserCreate, UserOut, UserPatch
 from api.settings import ApiSettings
-from postroom import tokens
+from postroom import problems, tokens
 from postroom.auth import bearer_scheme, principal_of
 from postroom.db import Connection, is_unavailable
 from postroom.outbox import OutboxWriter
@@ -76,7 +76,10 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        description="Replays the first answer for a repeat of the same request.",
+        description="Makes a retry safe: a repeat with the same key and the same body, within "
+        "IDEMPOTENCY_KEY_TTL, writes nothing and replays the first answer (with "
+        "`Idempotent-Replayed: true`); the same key with another body is a 422 "
+        "`idempotency-key-reused` problem.",
         min_length=1,
         max_length=idempotency.MAX_KEY_LENGTH,
         pattern=idempotency.KEY_PATTERN,
@@ -85,21 +88,28 @@ IdempotencyKey = Annotated[
 
 # The use cases' refusals, as the problems this API answers them with.
 REFUSALS: dict[type[use_cases.Refused], ProblemError] = {
-    use_cases.UserNotFound: ProblemError(
-        404, "user-not-found", "No user has this id.", title="User not found"
-    ),
+    use_cases.UserNotFound: ProblemError(problems.USER_NOT_FOUND, "No user has this id."),
     use_cases.EmailTaken: ProblemError(
-        409,
-        "email-taken",
-        "Another user already has this email address.",
-        title="Email address taken",
+        problems.EMAIL_TAKEN, "Another user already has this email address."
     ),
     use_cases.LinkSuperseded: ProblemError(
-        410,
-        "token-superseded",
+        problems.TOKEN_SUPERSEDED,
         "This link is for an address the account no longer has, or a deleted account.",
-        title="Verification link no longer valid",
     ),
+}
+# What every /v1 route that needs the bearer token, and every route that reads a JSON body,
+# may answer.
+AUTHENTICATED = (problems.UNAUTHORIZED, problems.DATABASE_UNAVAILABLE)
+JSON_BODY = (problems.BAD_REQUEST, problems.BODY_TOO_LARGE, problems.VALIDATION_ERROR)
+# A POST that takes an Idempotency-Key: the key reused for another body, and a replay about a
+# user deleted since (which carries Idempotent-Replayed too).
+IDEMPOTENT = (problems.IDEMPOTENCY_KEY_REUSED, problems.USER_DELETED)
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same Idempotency-Key (nothing was written this time); absent otherwise.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
 }
 
 
@@ -125,8 +135,16 @@ def _replay(answer: idempotency.StoredAnswer) -> JSONResponse:
     status_code=201,
     response_model=UserOut,
     responses={
-        201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, 401, 409, 413, 422, 503),
+        201: {
+            "description": "Created",
+            "headers": {
+                "Location": {"description": "The user's URL.", "schema": {"type": "string"}},
+                **REPLAYED,
+            },
+        },
+        **problem_responses(
+            *AUTHENTICATED, *JSON_BODY, *IDEMPOTENT, problems.EMAIL_TAKEN, headers={410: REPLAYED}
+        ),
     },
 )
 async def create_user(
@@ -166,9 +184,11 @@ async def create_user(
 
 
 @users_router.get(
-    "/users/{user_id}", response_model=UserOut, responses=problem_responses(401, 404, 422, 503)
+    "/users/{user_id}",
+    response_model=UserOut,
+    responses=problem_responses(*AUTHENTICATED, problems.USER_NOT_FOUND, problems.VALIDATION_ERROR),
 )
-async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
+async def get_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
     """Read one user."""
     async with caller.api.connection() as conn:
         return UserOut.from_row(await use_cases.get_user(conn, user_id=user_id))
@@ -177,9 +197,11 @@ async def read_user(user_id: uuid.UUID, caller: CallerDep) -> Any:
 @users_router.patch(
     "/users/{user_id}",
     response_model=UserOut,
-    responses=problem_responses(400, 401, 404, 409, 413, 422, 503),
+    responses=problem_responses(
+        *AUTHENTICATED, *JSON_BODY, problems.USER_NOT_FOUND, problems.EMAIL_TAKEN
+    ),
 )
-async def patch_user(
+async def update_user(
     user_id: uuid.UUID,
     body: UserPatch,
     caller: CallerDep,
@@ -198,9 +220,9 @@ async def patch_user(
     "/users/{user_id}",
     status_code=204,
     response_class=Response,
-    responses=problem_responses(401, 404, 422, 503),
+    responses=problem_responses(*AUTHENTICATED, problems.USER_NOT_FOUND, problems.VALIDATION_ERROR),
 )
-async def remove_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
+async def delete_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
     """Delete a user; emits `user.deleted`."""
     api = caller.api
     async with api.connection() as conn, conn.transaction():
@@ -217,24 +239,29 @@ def _claim_from(token: str, settings: ApiSettings) -> tokens.VerificationClaim:
         )
     except tokens.TokenExpired:
         raise ProblemError(
-            410,
-            "token-expired",
-            "This verification link has expired; ask for a new one.",
-            title="Verification link expired",
+            problems.TOKEN_EXPIRED, "This verification link has expired; ask for a new one."
         ) from None
     except tokens.TokenInvalid:
         raise ProblemError(
-            400,
-            "token-invalid",
-            "This verification token is not valid.",
-            title="Invalid verification token",
+            problems.TOKEN_INVALID, "This verification token is not valid."
         ) from None
 
 
 @users_router.post(
     "/email-verifications",
     response_model=UserOut,
-    responses=problem_responses(400, 410, 413, 422, 503),
+    responses={
+        200: {"description": "Verified", "headers": REPLAYED},
+        **problem_responses(
+            *JSON_BODY,
+            *IDEMPOTENT,
+            problems.TOKEN_INVALID,
+            problems.TOKEN_EXPIRED,
+            problems.TOKEN_SUPERSEDED,
+            problems.DATABASE_UNAVAILABLE,
+            headers={410: REPLAYED},
+        ),
+    },
     openapi_extra={"security": []},
 )
 async def verify_email(
@@ -306,7 +333,7 @@ async def verify_email_page(request: Request, api: ApiDep) -> HTMLResponse:
         400: {"content": _HTML, "description": "Missing or invalid token"},
         410: {"content": _HTML, "description": "Expired or superseded link"},
         503: {"content": _HTML, "description": "Database unavailable"},
-        **problem_responses(413),
+        **problem_responses(problems.BODY_TOO_LARGE),
     },
     # Read by hand, like the page that posts it.
     openapi_extra={

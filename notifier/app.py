@@ -14,10 +14,10 @@ from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
 from notifier.postmark import Postmark
 from notifier.retries import RetryLoop
-from notifier.routes import readiness, router
+from notifier.routes import NOT_READY, readiness, router
 from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
-from notifier.webhooks import WebhookMetrics, build_router
+from notifier.webhooks import WebhookMetrics, build_router, webhook_schemas
 from postroom.db import create_engine
 from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
@@ -26,7 +26,13 @@ from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
 from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
-from postroom.web import include_routers, install_problem_handlers, operations_router
+from postroom.web import (
+    include_routers,
+    install_problem_handlers,
+    operation_id,
+    operations_router,
+    publish_schemas,
+)
 
 
 def create_app(settings: NotifierSettings | None = None, *, consume: bool = True) -> FastAPI:
@@ -91,6 +97,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
+        generate_unique_id_function=operation_id,
         title="Postroom notifier",
         version="1.0.0",
         summary="Emails that follow from user events, sent once through Postmark.",
@@ -101,8 +108,9 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     app.state.registry = registry
     app.state.metrics = metrics
     webhooks = build_router(settings, outbox=outbox, metrics=WebhookMetrics(registry))
-    include_routers(app, [router, webhooks, operations_router(readiness)])
+    include_routers(app, [router, webhooks, operations_router(readiness, NOT_READY)])
     install_problem_handlers(app)
+    publish_schemas(app, webhook_schemas())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, registry=registry, access_log=settings.access_log)
     return app

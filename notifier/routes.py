@@ -10,9 +10,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from notifier import listings
 from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
+from postroom import cursors, problems
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.text import NO_CONTROL_CHARACTERS
@@ -45,8 +47,14 @@ class NotificationOut(BaseModel):
     )
 
 
+NEXT_CURSOR = Field(
+    description="Pass as `cursor` (with the same filters) for the next page; null on the last page."
+)
+
+
 class NotificationList(BaseModel):
     items: list[NotificationOut]
+    next_cursor: str | None = NEXT_CURSOR
 
 
 class SuppressionOut(BaseModel):
@@ -59,17 +67,37 @@ class SuppressionOut(BaseModel):
 
 class SuppressionList(BaseModel):
     items: list[SuppressionOut]
+    next_cursor: str | None = NEXT_CURSOR
 
 
 router = APIRouter()
+
+# What every route here may answer: it needs the bearer token and the database.
+AUTHENTICATED = (problems.UNAUTHORIZED, problems.DATABASE_UNAVAILABLE)
+
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=cursors.MAX_LENGTH,
+        pattern=cursors.PATTERN,
+        description="The `next_cursor` of the previous page; without it, the first page.",
+    ),
+]
+
+
+def _invalid_cursor() -> ProblemError:
+    return ProblemError(
+        problems.INVALID_CURSOR,
+        "This cursor was not given by this list with these filters; start again without it.",
+    )
 
 
 @router.get(
     "/v1/notifications",
     response_model=NotificationList,
     tags=["notifications"],
-    dependencies=[only_query("user_id", "email", "status", "limit")],
-    responses=problem_responses(401, 422, 503),
+    dependencies=[only_query("user_id", "email", "status", "limit", "cursor")],
+    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR, problems.INVALID_CURSOR),
 )
 async def list_notifications(
     _: PrincipalDep,
@@ -78,38 +106,38 @@ async def list_notifications(
     email: Annotated[str | None, Query(max_length=320, pattern=NO_CONTROL_CHARACTERS)] = None,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Cursor = None,
 ) -> Any:
-    """Notifications, newest first, filtered by user, recipient and status."""
-    query = sa.select(notifications).order_by(notifications.c.created_at.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(notifications.c.user_id == user_id)
-    if email is not None:
-        query = query.where(sa.func.lower(notifications.c.recipient) == email.lower())
-    if status is not None:
-        query = query.where(notifications.c.status == status)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return NotificationList(items=[NotificationOut.model_validate(dict(row)) for row in rows])
+    """Notifications, newest first (by creation, then id), filtered by user, recipient and
+    status; a page at a time, `next_cursor` leading to the next."""
+    try:
+        async with engine.connect() as conn:
+            page = await listings.notifications_page(
+                conn, user_id=user_id, email=email, status=status, limit=limit, cursor=cursor
+            )
+    except listings.InvalidCursor:
+        raise _invalid_cursor() from None
+    return NotificationList(
+        items=[NotificationOut.model_validate(dict(row)) for row in page.rows],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get(
     "/v1/notifications/{notification_id}",
     response_model=NotificationOut,
     tags=["notifications"],
-    responses=problem_responses(401, 404, 422, 503),
+    responses=problem_responses(
+        *AUTHENTICATED, problems.NOTIFICATION_NOT_FOUND, problems.VALIDATION_ERROR
+    ),
 )
-async def read_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
+async def get_notification(notification_id: uuid.UUID, _: PrincipalDep, engine: EngineDep) -> Any:
     """One notification."""
     async with engine.connect() as conn:
         query = sa.select(notifications).where(notifications.c.id == notification_id)
         row = (await conn.execute(query)).mappings().one_or_none()
     if row is None:
-        raise ProblemError(
-            404,
-            "notification-not-found",
-            "No notification has this id.",
-            title="Notification not found",
-        )
+        raise ProblemError(problems.NOTIFICATION_NOT_FOUND, "No notification has this id.")
     return NotificationOut.model_validate(dict(row))
 
 
@@ -117,26 +145,26 @@ async def read_notification(notification_id: uuid.UUID, _: PrincipalDep, engine:
     "/v1/suppressions",
     response_model=SuppressionList,
     tags=["suppressions"],
-    dependencies=[only_query("limit")],
-    responses=problem_responses(401, 422, 503),
+    dependencies=[only_query("limit", "cursor")],
+    responses=problem_responses(*AUTHENTICATED, problems.VALIDATION_ERROR, problems.INVALID_CURSOR),
 )
 async def list_suppressions(
     _: PrincipalDep,
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Cursor = None,
 ) -> Any:
-    """Suppressed addresses, newest first: nothing is sent to them."""
-    async with engine.connect() as conn:
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit)
-                )
-            )
-            .mappings()
-            .all()
-        )
-    return SuppressionList(items=[SuppressionOut.model_validate(dict(row)) for row in rows])
+    """Suppressed addresses, newest first (by when, then address): nothing is sent to them.
+    A page at a time, `next_cursor` leading to the next."""
+    try:
+        async with engine.connect() as conn:
+            page = await listings.suppressions_page(conn, limit=limit, cursor=cursor)
+    except listings.InvalidCursor:
+        raise _invalid_cursor() from None
+    return SuppressionList(
+        items=[SuppressionOut.model_validate(dict(row)) for row in page.rows],
+        next_cursor=page.next_cursor,
+    )
 
 
 class SuppressionCreate(BaseModel):
@@ -155,7 +183,13 @@ class SuppressionCreate(BaseModel):
     status_code=201,
     response_model=SuppressionOut,
     tags=["suppressions"],
-    responses=problem_responses(400, 401, 409, 413, 422, 503),
+    responses=problem_responses(
+        *AUTHENTICATED,
+        problems.BAD_REQUEST,
+        problems.BODY_TOO_LARGE,
+        problems.VALIDATION_ERROR,
+        problems.ALREADY_SUPPRESSED,
+    ),
 )
 async def add_suppression(
     body: SuppressionCreate, _: PrincipalDep, engine: EngineDep, outbox: OutboxDep
@@ -169,12 +203,7 @@ async def add_suppression(
         details=body.details,
     )
     if not added:
-        raise ProblemError(
-            409,
-            "already-suppressed",
-            "This address is already suppressed.",
-            title="Already suppressed",
-        )
+        raise ProblemError(problems.ALREADY_SUPPRESSED, "This address is already suppressed.")
     async with engine.connect() as conn:
         row = (
             (
@@ -193,7 +222,13 @@ async def add_suppression(
     status_code=204,
     response_class=Response,
     tags=["suppressions"],
-    responses=problem_responses(401, 404, 409, 422, 502, 503),
+    responses=problem_responses(
+        *AUTHENTICATED,
+        problems.VALIDATION_ERROR,
+        problems.NOT_SUPPRESSED,
+        problems.SPAM_COMPLAINT,
+        problems.POSTMARK_REFUSED,
+    ),
 )
 async def lift_suppression(
     email: Annotated[str, Path(min_length=3, max_length=320, pattern=NO_CONTROL_CHARACTERS)],
@@ -207,33 +242,31 @@ async def lift_suppression(
     try:
         await suppression_admin.lift(engine, outbox, request.app.state.postmark, email=email)
     except suppression_admin.NotSuppressed:
-        raise ProblemError(
-            404, "not-suppressed", "This address is not suppressed.", title="Not suppressed"
-        ) from None
+        raise ProblemError(problems.NOT_SUPPRESSED, "This address is not suppressed.") from None
     except suppression_admin.CannotLift:
         raise ProblemError(
-            409,
-            "spam-complaint",
+            problems.SPAM_COMPLAINT,
             "The recipient reported spam; this suppression cannot be lifted.",
-            title="Cannot lift a spam complaint",
         ) from None
     except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
         raise ProblemError(
-            502,
-            "postmark-refused",
-            f"Postmark did not reactivate the address: {exc}",
-            title="Bad Gateway",
+            problems.POSTMARK_REFUSED, f"Postmark did not reactivate the address: {exc}"
         ) from None
     return Response(status_code=204)
+
+
+NOT_READY = (problems.CONSUMER_HALTED, problems.CONSUMER_NOT_READY, problems.DATABASE_UNAVAILABLE)
 
 
 async def readiness(request: Request) -> Response | None:
     """Ready: the consumer is consuming and the database answers."""
     consumer: Consumer = request.app.state.consumer
     if consumer.state is State.HALTED:
-        return problem_response(503, "consumer-halted", consumer.halt_reason)
+        return problem_response(problems.CONSUMER_HALTED, consumer.halt_reason)
     if consumer.state is not State.CONSUMING:
         return problem_response(
-            503, "consumer-not-ready", "Not consuming from Kafka yet.", headers={"Retry-After": "1"}
+            problems.CONSUMER_NOT_READY,
+            "Not consuming from Kafka yet.",
+            headers={"Retry-After": "1"},
         )
     return await database_ready(request)

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier import suppressions as suppression_list
 from notifier.settings import NotifierSettings
-from postroom import events
+from postroom import events, problems
 from postroom.models import bounces, notifications, webhook_receipts
 from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, problem_responses
@@ -202,6 +202,57 @@ class WebhookAnswer(BaseModel):
     status: Literal["recorded", "duplicate", "ignored"]
 
 
+# The records the route acts on, by RecordType; everything else is acknowledged and counted.
+_RECORDS: dict[str, type[_Message]] = {
+    "Bounce": BounceRecord,
+    "SpamComplaint": BounceRecord,
+    "Delivery": DeliveryRecord,
+    "SubscriptionChange": SubscriptionChangeRecord,
+}
+_OTHER_RECORD = "OtherRecord"
+
+
+def webhook_schemas() -> dict[str, dict[str, Any]]:
+    """The OpenAPI components describing the webhook bodies, by name."""
+    schemas = {
+        model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for model in _RECORDS.values()
+    }
+    schemas[_OTHER_RECORD] = {
+        "title": _OTHER_RECORD,
+        "description": "Open, Click, and any record type Postmark adds: acknowledged with 200 "
+        "(`ignored`) and counted, so that Postmark does not retry it.",
+        "type": "object",
+        "properties": {"RecordType": {"type": "string", "not": {"enum": sorted(_RECORDS)}}},
+        "required": ["RecordType"],
+    }
+    return schemas
+
+
+def _request_body() -> dict[str, Any]:
+    """The webhook body as the OpenAPI document describes it: one record, told apart by its
+    RecordType. The route reads the bytes itself (hostile ones get a 4xx problem, never a
+    5xx), so this documents what Postmark sends rather than how the route parses it."""
+    mapping = {
+        record_type: f"#/components/schemas/{model.__name__}"
+        for record_type, model in _RECORDS.items()
+    }
+    mapping |= {
+        record_type: f"#/components/schemas/{_OTHER_RECORD}" for record_type in ("Open", "Click")
+    }
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [{"$ref": ref} for ref in dict.fromkeys(mapping.values())],
+                    "discriminator": {"propertyName": "RecordType", "mapping": mapping},
+                }
+            }
+        },
+    }
+
+
 def _uuid(value: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(value) if value else None
@@ -225,8 +276,7 @@ def build_router(
         ok &= hmac.compare_digest(password, settings.webhook_password.get_secret_value().encode())
         if not ok:
             raise ProblemError(
-                401,
-                "unauthorized",
+                problems.UNAUTHORIZED,
                 "Webhook credentials are missing or wrong.",
                 headers={"WWW-Authenticate": 'Basic realm="postmark-webhooks"'},
             )
@@ -235,20 +285,23 @@ def build_router(
         "/webhooks/postmark",
         response_model=WebhookAnswer,
         dependencies=[Depends(authenticate)],
-        responses=problem_responses(400, 401, 413, 415, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-        },
+        responses=problem_responses(
+            problems.INVALID_WEBHOOK,
+            problems.UNAUTHORIZED,
+            problems.BODY_TOO_LARGE,
+            problems.UNSUPPORTED_MEDIA_TYPE,
+            problems.DATABASE_UNAVAILABLE,
+        ),
+        openapi_extra={"requestBody": _request_body()},
     )
-    async def postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
+    async def receive_postmark_webhook(request: Request, engine: EngineDep) -> WebhookAnswer:
         """One Postmark webhook: Bounce, SpamComplaint, Delivery or SubscriptionChange;
-        Open, Click and unknown record types are acknowledged and counted."""
+        Open, Click and unknown record types are acknowledged and counted. The body is read
+        leniently, as Postmark sends it: stored as far as it can be, or refused with a 4xx
+        problem, never a 5xx."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
-            raise ProblemError(415, "unsupported-media-type", "Send the webhook as JSON.")
+            raise ProblemError(problems.UNSUPPORTED_MEDIA_TYPE, "Send the webhook as JSON.")
         raw = await request.body()
         try:
             body = json.loads(raw, parse_constant=_refuse_constant)
@@ -259,7 +312,7 @@ def build_router(
         except (ValueError, RecursionError, ValidationError) as exc:
             log.warning("webhook refused", reason=_why(exc), size=len(raw))
             raise ProblemError(
-                400, "invalid-webhook", "The body is not a Postmark webhook."
+                problems.INVALID_WEBHOOK, "The body is not a Postmark webhook."
             ) from None
         record_type = label(record.record_type, RECORD_TYPES)
         digest = hashlib.sha256(
@@ -277,8 +330,7 @@ def build_router(
                 size=len(raw),
             )
             raise ProblemError(
-                400,
-                "invalid-webhook",
+                problems.INVALID_WEBHOOK,
                 f"The {record_type} body lacks what that record type needs.",
             ) from None
         metrics.received.labels(record_type, outcome).inc()

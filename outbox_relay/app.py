@@ -13,10 +13,15 @@ from fastapi import FastAPI, Request, Response
 from outbox_relay.metrics import RelayMetrics
 from outbox_relay.relay import Relay
 from outbox_relay.settings import RelaySettings
-from postroom.problems import problem_response
+from postroom.problems import RELAY_NOT_READY, problem_response
 from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
-from postroom.web import include_routers, install_problem_handlers, operations_router
+from postroom.web import (
+    include_routers,
+    install_problem_handlers,
+    operation_id,
+    operations_router,
+)
 
 
 async def readiness(request: Request) -> Response | None:
@@ -25,8 +30,7 @@ async def readiness(request: Request) -> Response | None:
     if relay.ready:
         return None
     return problem_response(
-        503,
-        "relay-not-ready",
+        RELAY_NOT_READY,
         "Not connected to PostgreSQL and Kafka yet.",
         headers={"Retry-After": "1"},
     )
@@ -48,6 +52,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     app = FastAPI(
         telemetry={"exclude": is_probe},
+        generate_unique_id_function=operation_id,
         title="Postroom outbox relay",
         version="1.0.0",
         summary="Committed outbox rows to Kafka, in order per aggregate.",
@@ -56,7 +61,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.relay = relay
     app.state.registry = metrics.registry
-    include_routers(app, [operations_router(readiness)])
+    include_routers(app, [operations_router(readiness, [RELAY_NOT_READY])])
     install_problem_handlers(app)
     return app
 

@@ -9,13 +9,13 @@ from collections.abc import Iterable
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from postroom.problems import ProblemError
+from postroom.problems import UNAUTHORIZED, ProblemError
 
 bearer_scheme = HTTPBearer(auto_error=False, description="A token from API_TOKENS.")
 
 
 def _unauthorized(detail: str) -> ProblemError:
-    return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+    return ProblemError(UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 def principal_of(

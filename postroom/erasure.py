@@ -18,16 +18,17 @@ import json
 import uuid
 
 from postroom.db import Connection
+from postroom.problems import PROBLEM_MEDIA_TYPE, USER_DELETED
 
 _GONE = json.dumps(
     {
-        "type": "urn:postroom:problem:user-deleted",
-        "title": "Gone",
-        "status": 410,
+        "type": USER_DELETED.uri,
+        "title": USER_DELETED.title,
+        "status": USER_DELETED.status,
         "detail": "The user this request created or changed has been deleted.",
     }
 )
-_PROBLEM_HEADERS = json.dumps({"content-type": "application/problem+json"})
+_PROBLEM_HEADERS = json.dumps({"content-type": PROBLEM_MEDIA_TYPE})
 
 # $1: the user id, $2: the address as stored, $3: lower-cased; $4, $5: the stored 410.
 _ERASE = """

@@ -13,6 +13,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from postroom.problems import REQUEST_HEADER_TOO_LARGE
+
 MAX_HEAD_BYTES = 32 * 1024  # the request line and every header field, together
 MAX_HEADER_FIELDS = 100
 # How long a refused connection is drained before it is closed.
@@ -20,9 +22,9 @@ _LINGER = 2.0
 
 _PROBLEM = json.dumps(
     {
-        "type": "urn:postroom:problem:request-header-too-large",
-        "title": "Request Header Fields Too Large",
-        "status": 431,
+        "type": REQUEST_HEADER_TOO_LARGE.uri,
+        "title": REQUEST_HEADER_TOO_LARGE.title,
+        "status": REQUEST_HEADER_TOO_LARGE.status,
         "detail": (
             f"The request line and headers must stay within {MAX_HEAD_BYTES} bytes and "
             f"{MAX_HEADER_FIELDS} fields."

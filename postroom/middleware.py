@@ -8,7 +8,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from postroom.problems import problem_response
+from postroom.problems import BODY_TOO_LARGE, problem_response
 
 _access = structlog.get_logger("postroom.access")
 
@@ -58,10 +58,8 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            413,
-            "body-too-large",
+            BODY_TOO_LARGE,
             f"The request body must be at most {self.max_bytes} bytes.",
-            title="Content Too Large",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

@@ -121,6 +121,8 @@ notifications = sa.Table(
 sa.Index("ix_notifications_user_id", notifications.c.user_id)
 sa.Index("ix_notifications_recipient_lower", sa.func.lower(notifications.c.recipient))
 sa.Index("ix_notifications_message_id", notifications.c.message_id)
+# The operators' list, newest first a page at a time (notifier/listings.py).
+sa.Index("ix_notifications_created_at_id", notifications.c.created_at, notifications.c.id)
 # The retry loop's work list: pending notifications by when they are due.
 sa.Index(
     "ix_notifications_due",
@@ -141,6 +143,9 @@ suppressions = sa.Table(
     sa.Column("changed_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("email = lower(email)", name="email_lower"),
 )
+
+# The suppression list, newest first a page at a time (notifier/listings.py).
+sa.Index("ix_suppressions_created_at_email", suppressions.c.created_at, suppressions.c.email)
 
 # The newest lift of each address that was ever unsuppressed: a suppression older than it,
 # arriving late, changes nothing.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -18,85 +20,226 @@ from starlette.responses import JSONResponse
 from postroom.db import is_unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-_TYPE_PREFIX = "urn:postroom:problem:"
+TYPE_PREFIX = "urn:postroom:problem:"
+# Where the OpenAPI documents publish the Problem schema, once.
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One kind of problem: a stable `type` URI with its status and title, and when it is
+    answered (for the OpenAPI documents)."""
+
+    slug: str
+    status: int
+    title: str
+    about: str
+
+    @property
+    def uri(self) -> str:
+        return TYPE_PREFIX + self.slug
+
+
+# Every problem type any Postroom process answers with, by slug: the handlers raise these
+# and the OpenAPI documents list them, so the two cannot drift apart.
+PROBLEM_TYPES: dict[str, ProblemType] = {}
+
+
+def _phrase(status: int) -> str:
+    """The status's reason phrase, by RFC 9110's names (Python 3.11 has older ones)."""
+    return {413: "Content Too Large", 422: "Unprocessable Content"}.get(
+        status, HTTPStatus(status).phrase
+    )
+
+
+def _known(slug: str, status: int, about: str, *, title: str | None = None) -> ProblemType:
+    if slug in PROBLEM_TYPES:
+        raise ValueError(f"problem type {slug} is defined twice")
+    kind = ProblemType(slug, status, title or _phrase(status), about)
+    PROBLEM_TYPES[slug] = kind
+    return kind
+
+
+# Any route.
+BAD_REQUEST = _known("bad-request", 400, "The body could not be read (for example, not UTF-8).")
+UNAUTHORIZED = _known("unauthorized", 401, "The credentials are missing or wrong.")
+NOT_FOUND = _known("not-found", 404, "No route has this path.")
+METHOD_NOT_ALLOWED = _known(
+    "method-not-allowed", 405, "The path does not take this method; `Allow` names those it does."
+)
+BODY_TOO_LARGE = _known("body-too-large", 413, "The body is larger than MAX_BODY_BYTES.")
+UNSUPPORTED_MEDIA_TYPE = _known(
+    "unsupported-media-type", 415, "The body is not in a media type the route reads."
+)
+VALIDATION_ERROR = _known(
+    "validation-error",
+    422,
+    "A parameter or the body is not valid; `errors` says where and why.",
+)
+REQUEST_HEADER_TOO_LARGE = _known(
+    "request-header-too-large",
+    431,
+    "The request line and headers are too large; answered before any route sees the request.",
+)
+INTERNAL_ERROR = _known("internal-error", 500, "A fault on our side; the logs say more.")
+DATABASE_UNAVAILABLE = _known(
+    "database-unavailable", 503, "The database does not answer; retry after `Retry-After`."
+)
+# The api.
+USER_NOT_FOUND = _known("user-not-found", 404, "No user has this id.", title="User not found")
+EMAIL_TAKEN = _known(
+    "email-taken",
+    409,
+    "Another user has this email address, in any letter case.",
+    title="Email address taken",
+)
+USER_DELETED = _known(
+    "user-deleted",
+    410,
+    "A replay (same `Idempotency-Key`) of a request about a user deleted since: nothing of "
+    "them is shown.",
+)
+IDEMPOTENCY_KEY_REUSED = _known(
+    "idempotency-key-reused",
+    422,
+    "This `Idempotency-Key` was already used for a different request.",
+    title="Idempotency key reused",
+)
+TOKEN_INVALID = _known(
+    "token-invalid",
+    400,
+    "The verification token is not one of ours, or was altered.",
+    title="Invalid verification token",
+)
+TOKEN_EXPIRED = _known(
+    "token-expired", 410, "The verification link has expired.", title="Verification link expired"
+)
+TOKEN_SUPERSEDED = _known(
+    "token-superseded",
+    410,
+    "The link is for an address the account no longer has, or for a deleted account.",
+    title="Verification link no longer valid",
+)
+# The notifier.
+NOTIFICATION_NOT_FOUND = _known(
+    "notification-not-found", 404, "No notification has this id.", title="Notification not found"
+)
+INVALID_CURSOR = _known(
+    "invalid-cursor",
+    422,
+    "The cursor is not one this list gave with these filters (or was altered).",
+    title="Invalid cursor",
+)
+ALREADY_SUPPRESSED = _known(
+    "already-suppressed", 409, "The address is already suppressed.", title="Already suppressed"
+)
+NOT_SUPPRESSED = _known(
+    "not-suppressed", 404, "The address is not suppressed.", title="Not suppressed"
+)
+SPAM_COMPLAINT = _known(
+    "spam-complaint",
+    409,
+    "The recipient reported spam: this suppression cannot be lifted.",
+    title="Cannot lift a spam complaint",
+)
+POSTMARK_REFUSED = _known(
+    "postmark-refused", 502, "Postmark did not reactivate the address; nothing changed."
+)
+INVALID_WEBHOOK = _known(
+    "invalid-webhook", 400, "The body is not a Postmark webhook, or lacks what its record needs."
+)
+CONSUMER_HALTED = _known(
+    "consumer-halted", 503, "The notifier stopped consuming (Postmark refused its server token)."
+)
+CONSUMER_NOT_READY = _known("consumer-not-ready", 503, "Not consuming from Kafka yet.")
+# The relay.
+RELAY_NOT_READY = _known("relay-not-ready", 503, "Not connected to PostgreSQL and Kafka yet.")
 
 
 class Problem(BaseModel):
     """An error, as RFC 9457 describes it."""
 
-    type: str = Field(examples=[f"{_TYPE_PREFIX}email-taken"])
-    title: str
+    type: str = Field(
+        description="What went wrong, as a stable URI: one of those listed above (more may "
+        "come; a client that does not know one goes by `status`).",
+        examples=[kind.uri for kind in PROBLEM_TYPES.values()],
+    )
+    title: str = Field(description="The same for every problem of this type.")
     status: int
     detail: str | None = None
-    instance: str | None = None
+    instance: str | None = Field(default=None, description="The path that was asked for.")
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Field-level reasons, for validation problems."
     )
+
+
+def problem_schema() -> dict[str, Any]:
+    """The Problem component of the OpenAPI documents, listing every known type."""
+    schema = Problem.model_json_schema()
+    schema["description"] = "\n".join(
+        [
+            "An error, as RFC 9457 describes it. Its `type` is one of:",
+            "",
+            *(
+                f"- `{kind.uri}` ({kind.status} {kind.title}): {kind.about}"
+                for kind in PROBLEM_TYPES.values()
+            ),
+        ]
+    )
+    return schema
 
 
 class ProblemError(Exception):
     """Raise to answer with a problem; the transaction around it rolls back."""
 
     def __init__(
-        self,
-        status: int,
-        slug: str,
-        detail: str | None = None,
-        *,
-        title: str | None = None,
-        headers: dict[str, str] | None = None,
+        self, kind: ProblemType, detail: str | None = None, *, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(detail or slug)
-        self.status = status
-        self.slug = slug
+        super().__init__(detail or kind.slug)
+        self.kind = kind
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
         self.headers = headers
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
 
 
 def problem_response(
-    status: int,
-    slug: str,
+    kind: ProblemType,
     detail: str | None = None,
     *,
-    title: str | None = None,
     instance: str | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": _TYPE_PREFIX + slug,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-    }
+    body: dict[str, Any] = {"type": kind.uri, "title": kind.title, "status": kind.status}
     if detail is not None:
         body["detail"] = detail
     if instance is not None:
         body["instance"] = instance
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+    return JSONResponse(
+        body, status_code=kind.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
 
 
 async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    return problem_response(
-        exc.status,
-        exc.slug,
-        exc.detail,
-        title=exc.title,
-        instance=request.url.path,
-        headers=exc.headers,
+    return problem_response(exc.kind, exc.detail, instance=request.url.path, headers=exc.headers)
+
+
+_HTTP_PROBLEMS = {
+    kind.status: kind
+    for kind in (
+        BAD_REQUEST,
+        UNAUTHORIZED,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        BODY_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
     )
-
-
-_HTTP_SLUGS = {
-    400: "bad-request",
-    401: "unauthorized",
-    404: "not-found",
-    405: "method-not-allowed",
-    413: "body-too-large",
-    415: "unsupported-media-type",
 }
 
 
@@ -113,16 +256,15 @@ def _allowed_methods(request: Request) -> str:
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    slug = _HTTP_SLUGS.get(exc.status_code, f"http-{exc.status_code}")
+    status = exc.status_code
+    kind = _HTTP_PROBLEMS.get(status) or ProblemType(f"http-{status}", status, _phrase(status), "")
     detail: str | None = exc.detail if isinstance(exc.detail, str) else None
-    if detail == HTTPStatus(exc.status_code).phrase:
+    if detail == HTTPStatus(status).phrase:
         detail = None
     headers = dict(exc.headers or {})
-    if exc.status_code == 405:
+    if status == 405:
         headers["Allow"] = _allowed_methods(request)
-    return problem_response(
-        exc.status_code, slug, detail, instance=request.url.path, headers=headers or None
-    )
+    return problem_response(kind, detail, instance=request.url.path, headers=headers or None)
 
 
 def _clean_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -136,27 +278,42 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
     assert isinstance(exc, RequestValidationError)
     errors = [_clean_error(e) for e in jsonable_encoder(exc.errors())]
     return problem_response(
-        422,
-        "validation-error",
+        VALIDATION_ERROR,
         "The request is not valid; see errors.",
-        title="Unprocessable Content",
         instance=request.url.path,
         errors=errors,
     )
 
 
-_PROBLEM_SCHEMA = Problem.model_json_schema()
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problems a route can answer with."""
-    return {
-        status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_SCHEMA}},
+def problem_responses(
+    *kinds: ProblemType, headers: Mapping[int, dict[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route can answer with: per status, the types it
+    answers (described, and one example each) and the Problem component; `headers` adds
+    response headers to a status."""
+    by_status: dict[int, list[ProblemType]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, of_status in sorted(by_status.items()):
+        lines = [f"{_phrase(status)}, as one of these problem types:", ""]
+        lines += [f"- `{kind.uri}`: {kind.about}" for kind in of_status]
+        examples = {
+            kind.slug: {
+                "summary": kind.title,
+                "value": {"type": kind.uri, "title": kind.title, "status": status},
+            }
+            for kind in of_status
         }
-        for status in statuses
-    }
+        responses[status] = {
+            "description": "\n".join(lines),
+            "content": {
+                PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": examples}
+            },
+        }
+        if headers and status in headers:
+            responses[status]["headers"] = headers[status]
+    return responses
 
 
 log = structlog.get_logger("postroom.http")
@@ -175,10 +332,8 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     if is_unavailable(exc):
         log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
         return problem_response(
-            503,
-            "database-unavailable",
+            DATABASE_UNAVAILABLE,
             "The database does not answer; try again shortly.",
-            title="Service Unavailable",
             instance=request.url.path,
             headers={"Retry-After": "1"},
         )
@@ -201,5 +356,5 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     else:
         log.error("unexpected error", path=request.url.path, exc_info=exc)
     return problem_response(
-        500, "internal-error", "Something went wrong on our side.", instance=request.url.path
+        INTERNAL_ERROR, "Something went wrong on our side.", instance=request.url.path
     )

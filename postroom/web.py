@@ -4,7 +4,7 @@ operations routes (`/healthz`, `/readyz`, `/metrics`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 import asyncpg
@@ -23,19 +23,38 @@ from postroom.auth import bearer_scheme, principal_of
 from postroom.db import ping
 from postroom.outbox import OutboxWriter
 from postroom.problems import (
+    DATABASE_UNAVAILABLE,
     ProblemError,
+    ProblemType,
     handle_http_exception,
     handle_problem,
     handle_unexpected,
     handle_validation_error,
     problem_response,
     problem_responses,
+    problem_schema,
 )
 from postroom.settings import CommonSettings, HttpServiceSettings
 
 
+def publish_schemas(app: FastAPI, schemas: Mapping[str, dict[str, Any]]) -> None:
+    """Add `schemas` to the components of `app`'s OpenAPI document, for the `$ref`s that
+    routes write by hand (FastAPI publishes only the models routes parse or answer with)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Every error answers `application/problem+json`; database outages answer 503."""
+    """Every error answers `application/problem+json`; database outages answer 503. The
+    OpenAPI document publishes the Problem schema once, for every problem response to refer
+    to (`problem_responses`)."""
+    publish_schemas(app, {"Problem": problem_schema()})
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
@@ -48,6 +67,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         Exception,
     ):
         app.add_exception_handler(unexpected, handle_unexpected)
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id: its function's name in camelCase (`create_user` ->
+    `createUser`), stable whatever its path or method."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
 
 
 def include_routers(app: FastAPI, routers: Iterable[APIRouter]) -> None:
@@ -129,8 +155,7 @@ async def database_problem(db: AsyncEngine | asyncpg.Pool, *, within: float) -> 
         await ping(db, within=within)
     except Exception:
         return problem_response(
-            503,
-            "database-unavailable",
+            DATABASE_UNAVAILABLE,
             "The database does not answer.",
             headers={"Retry-After": "1"},
         )
@@ -145,9 +170,12 @@ async def database_ready(request: Request) -> Response | None:
     )
 
 
-def operations_router(readiness: Readiness) -> APIRouter:
-    """`/healthz` (the process answers), `/readyz` (`readiness` finds nothing wrong) and
-    `/metrics` (the registry in `app.state.registry`): the same three routes in every process."""
+def operations_router(
+    readiness: Readiness, not_ready: Iterable[ProblemType] = (DATABASE_UNAVAILABLE,)
+) -> APIRouter:
+    """`/healthz` (the process answers), `/readyz` (`readiness` finds nothing wrong, else one
+    of the `not_ready` problems) and `/metrics` (the registry in `app.state.registry`): the
+    same three routes in every process."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", response_model=Health)
@@ -155,7 +183,7 @@ def operations_router(readiness: Readiness) -> APIRouter:
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @router.get("/readyz", response_model=Health, responses=problem_responses(503))
+    @router.get("/readyz", response_model=Health, responses=problem_responses(*not_ready))
     async def readyz(request: Request) -> Any:
         """Readiness: this process can do its work."""
         return await readiness(request) or Health(status="ready")

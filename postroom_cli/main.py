@@ -440,50 +440,62 @@ def dlq_replay(
 
 @suppressions_app.command("list")
 def suppressions_list(
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonOption = False
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    cursor: Annotated[
+        str | None,
+        typer.Option(help="Where the previous page ended: the cursor it printed (on stderr)."),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Suppressed addresses, newest first."""
-    import sqlalchemy as sa
+    """Suppressed addresses, newest first, LIMIT at a time; when more follow, the command for
+    the next page goes to stderr (so --json output stays one JSON list)."""
     from rich.console import Console
     from rich.table import Table
 
-    from postroom.models import suppressions
+    from notifier import listings
 
     settings = _load("suppressions", NotifierSettings)
 
-    async def work(engine: Any, _outbox: Any, _postmark: Any) -> list[Any]:
+    async def work(engine: Any, _outbox: Any, _postmark: Any) -> listings.Page:
         async with engine.connect() as conn:
-            query = sa.select(suppressions).order_by(suppressions.c.created_at.desc())
-            return list(await conn.execute(query.limit(limit)))
+            return await listings.suppressions_page(conn, limit=limit, cursor=cursor)
 
-    rows = _run("suppressions", _with_notifier_parts(settings, work), settings)
+    try:
+        page = _run("suppressions", _with_notifier_parts(settings, work), settings)
+    except listings.InvalidCursor:
+        raise typer.BadParameter("not a cursor this list printed", param_hint="--cursor") from None
     if as_json:
         _print_json(
             [
                 {
-                    "email": row.email,
-                    "reason": row.reason,
-                    "origin": row.origin,
-                    "created_at": row.created_at.isoformat(),
-                    "details": row.details,
+                    "email": row["email"],
+                    "reason": row["reason"],
+                    "origin": row["origin"],
+                    "created_at": row["created_at"].isoformat(),
+                    "details": row["details"],
                 }
-                for row in rows
+                for row in page.rows
             ]
         )
-        return
-    if not rows:
-        typer.echo("no suppressed addresses")
-        return
-    table = Table("email", "reason", "origin", "since", "details")
-    for row in rows:
-        table.add_row(
-            row.email,
-            row.reason,
-            row.origin,
-            f"{row.created_at:%Y-%m-%d %H:%M}",
-            row.details or "",
+    elif not page.rows:
+        typer.echo("no more suppressed addresses" if cursor else "no suppressed addresses")
+    else:
+        table = Table("email", "reason", "origin", "since", "details")
+        for row in page.rows:
+            table.add_row(
+                row["email"],
+                row["reason"],
+                row["origin"],
+                f"{row['created_at']:%Y-%m-%d %H:%M}",
+                row["details"] or "",
+            )
+        Console(width=160).print(table)
+    if page.next_cursor is not None:
+        typer.echo(
+            f"more: postroom suppressions list{' --json' if as_json else ''} --limit {limit} "
+            f"--cursor {page.next_cursor}",
+            err=True,
         )
-    Console(width=160).print(table)
 
 
 @suppressions_app.command("add")

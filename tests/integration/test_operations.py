@@ -23,7 +23,8 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
 async def test_openapi_lists_every_answer_a_route_gives(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
     expected = {
-        ("/v1/users", "post"): {"201", "400", "401", "409", "413", "422", "503"},
+        # 410: a replayed Idempotency-Key whose user was deleted since.
+        ("/v1/users", "post"): {"201", "400", "401", "409", "410", "413", "422", "503"},
         ("/v1/users/{user_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/v1/users/{user_id}", "patch"): {"200", "400", "401", "404", "409", "413", "422", "503"},
         ("/v1/users/{user_id}", "delete"): {"204", "401", "404", "422", "503"},

@@ -213,6 +213,28 @@ def test_the_suppressions_verbs(database_url: str, sandbox: Sandbox) -> None:
     assert "no suppressed addresses" in cli(database_url, sandbox, "list").stdout
 
 
+def test_an_operator_pages_through_the_suppressions(database_url: str, sandbox: Sandbox) -> None:
+    for n in range(5):
+        assert cli(database_url, sandbox, "add", f"page{n}@example.com").returncode == 0
+
+    listed: list[str] = []
+    args = ["list", "--json", "--limit", "2"]
+    while True:
+        page = cli(database_url, sandbox, *args)
+        assert page.returncode == 0, page.stderr
+        listed += [row["email"] for row in json.loads(page.stdout)]
+        if "more:" not in page.stderr:
+            break
+        [more] = [line for line in page.stderr.splitlines() if line.startswith("more: ")]
+        args = more.split()[3:]  # after "more: postroom suppressions"
+        assert len(listed) < 10, "the cursor does not move"
+
+    assert listed == [f"page{n}@example.com" for n in (4, 3, 2, 1, 0)]
+    refused = cli(database_url, sandbox, "list", "--cursor", "garbage")
+    assert refused.returncode == 2
+    assert "--cursor" in refused.stderr
+
+
 async def test_a_misspelt_filter_is_an_error_not_an_unfiltered_list(
     notifier: httpx.AsyncClient,
 ) -> None:
@@ -220,7 +242,8 @@ async def test_a_misspelt_filter_is_an_error_not_an_unfiltered_list(
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["loc"] == ["query", "emial"]
     assert (await notifier.get("/v1/notifications", params={"email": "a@example.com"})).json() == {
-        "items": []
+        "items": [],
+        "next_cursor": None,
     }
 
 
