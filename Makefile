@@ -18,13 +18,17 @@ $(STAMP): pyproject.toml requirements/dev.txt
 	@touch $(STAMP)
 
 # The lock, from pyproject.toml: requirements/main.txt is what the image installs,
-# requirements/dev.txt adds the extras `make dev` and `make test` need, at the same versions.
+# requirements/dev.txt adds the extras `make dev` and `make test` need, at the same versions,
+# and requirements/build.txt is what builds the wheel (the build-system's requirements).
 # Pins already in a file are kept unless pyproject.toml rules them out (UPGRADE=1 lifts them).
-LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+LOCK = $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes \
 	--quiet --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+BUILD_REQUIRES = $(BIN)/python -c "import tomllib; \
+	print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')"
 lock: $(STAMP)
-	$(LOCK) -o requirements/main.txt
-	$(LOCK) --extra dev -c requirements/main.txt -o requirements/dev.txt
+	$(LOCK) pyproject.toml -o requirements/main.txt
+	$(LOCK) pyproject.toml --extra dev -c requirements/main.txt -o requirements/dev.txt
+	$(BUILD_REQUIRES) | $(LOCK) - -c requirements/dev.txt -o requirements/build.txt
 
 dev: $(STAMP)
 	$(BIN)/postroom dev

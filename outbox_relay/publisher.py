@@ -209,7 +209,14 @@ class Publisher:
                     halted.add(row.shard)
                 results[index] = refusal
                 if spans is not None:
-                    tracing.end_failed(spans.pop(index), refusal)
+                    span = spans.pop(index)
+                    if isinstance(refusal, Deferred):
+                        # Backpressure, not a failure: the row is sent (with a new span) in a
+                        # later cycle, so a draining backlog raises no span errors.
+                        span.set_attribute("postroom.relay.deferred", True)
+                        span.end()
+                    else:
+                        tracing.end_failed(span, refusal)
                 continue
             members.append(index)
 

@@ -40,7 +40,11 @@ def encode(
 ) -> str:
     """The cursor after the row (`created_at`, `key`) of `listing` filtered by `filters`."""
     at = created_at.isoformat()
-    payload = json.dumps([at, key, _digest(listing, filters, at, key)], separators=(",", ":"))
+    # Not ASCII-escaped: a key of 320 characters beyond the BMP (an address a webhook stored)
+    # stays well inside MAX_LENGTH as UTF-8, where \U escapes would pass it.
+    payload = json.dumps(
+        [at, key, _digest(listing, filters, at, key)], separators=(",", ":"), ensure_ascii=False
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 

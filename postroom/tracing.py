@@ -50,8 +50,9 @@ _OPAQUE_KEY = re.compile(
 
 
 # Query parameters whose values are credentials (the verification link's signed token) or
-# personal data (the notifier's `?email=` filter).
-REDACTED_QUERY_PARAMETERS = frozenset({"token", "email"})
+# personal data (the notifier's `?email=` filter, and its page cursors, which hold the last
+# row's key: an address in the suppression list).
+REDACTED_QUERY_PARAMETERS = frozenset({"token", "email", "cursor"})
 # A path segment holding an email address (`DELETE /v1/suppressions/{email}`), raw or encoded.
 _ADDRESS_SEGMENT = re.compile(r"[^/?#]*(?:@|%40)[^/?#]*", re.IGNORECASE)
 # Health probes and scrapes: called every few seconds, worth no span.

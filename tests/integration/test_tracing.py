@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from unittest.mock import ANY
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from notifier.app import create_app as create_notifier
-from postroom import tokens
+from postroom import cursors, tokens
 from postroom.tracing import RedactSecrets
 from tests.support.kafka import read_topic, registered_record
 from tests.support.names import unique
@@ -227,13 +228,19 @@ async def test_no_span_holds_an_address_the_operator_api_was_given(
         listed = await notifier.get("/v1/notifications", params={"email": email, "limit": 5})
         lifted = await notifier.delete(f"/v1/suppressions/{quote(email)}")
         also = await notifier.delete(f"/v1/suppressions/{email}")
+        # A page cursor of the suppression list holds an address (base64, not hidden).
+        cursor = cursors.encode("suppressions", {}, created_at=datetime.now(UTC), key=email)
+        paged = await notifier.get("/v1/suppressions", params={"cursor": cursor})
     assert (listed.status_code, lifted.status_code, also.status_code) == (200, 404, 404)
+    assert paged.status_code == 200
     servers = [span for span in spans.get_finished_spans() if span.kind.name == "SERVER"]
-    assert len(servers) == 3
+    assert len(servers) == 4
+    assert (servers[3].attributes or {}).get("url.query") == "cursor=REDACTED"
     attributes = [dict(span.attributes or {}) for span in servers]
     assert attributes[0].get("url.query") == "email=REDACTED&limit=5"
     assert all(
-        a.get("url.path") in ("/v1/notifications", "/v1/suppressions/REDACTED") for a in attributes
+        a.get("url.path") in ("/v1/notifications", "/v1/suppressions/REDACTED", "/v1/suppressions")
+        for a in attributes
     )
     everything = repr(
         [

@@ -165,7 +165,10 @@ def test_postgres_runs_the_major_version_make_dev_runs(config: dict[str, Any]) -
     postgres = config["services"]["postgres"]
     assert postgres["image"] == f"postgres:{match[1]}"
     # From 18 the image keeps a folder per major version under /var/lib/postgresql.
-    assert [v.split(":")[1] for v in postgres["volumes"]] == ["/var/lib/postgresql"]
+    # A volume of its own: an older major version's data is never taken for an empty cluster.
+    assert [v.split(":")[:2] for v in postgres["volumes"]] == [
+        [f"postgres{match[1]}-data", "/var/lib/postgresql"]
+    ]
 
 
 def test_the_sandbox_and_its_inbox_are_published_on_loopback_only(

@@ -30,6 +30,16 @@ def test_a_cursor_stands_for_its_row_to_the_microsecond() -> None:
     assert re.fullmatch(r"[A-Za-z0-9_-]+", cursor)  # nothing to escape in a URL
 
 
+def test_the_longest_key_a_webhook_can_store_still_makes_a_cursor_the_api_takes() -> None:
+    # A webhook's Email is stored as given, up to 320 characters, any of them beyond the BMP.
+    key = "\N{GRINNING FACE}" * 320
+    cursor = cursors.encode("suppressions", {}, created_at=AT, key=key)
+
+    assert len(cursor) <= cursors.MAX_LENGTH
+    assert re.fullmatch(cursors.PATTERN, cursor)
+    assert cursors.decode(cursor, "suppressions", {}) == (AT, key)
+
+
 def test_a_cursor_is_refused_with_other_filters_or_by_another_list() -> None:
     cursor = cursors.encode("notifications", FILTERS, created_at=AT, key="k")
 
@@ -57,8 +67,11 @@ def test_every_single_character_change_is_refused() -> None:
 
 
 def forged(created_at: datetime, key: str) -> str:
-    """A cursor with a digest that matches: made by someone who read the code."""
-    return cursors.encode("suppressions", {}, created_at=created_at, key=key)
+    """A cursor with a digest that matches: made by someone who read the code (with JSON's
+    escapes, which carry what UTF-8 cannot, such as a lone surrogate)."""
+    at = created_at.isoformat()
+    digest = cursors._digest("suppressions", {}, at, key)
+    return b64(json.dumps([at, key, digest]).encode())
 
 
 @pytest.mark.parametrize(

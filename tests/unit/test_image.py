@@ -21,9 +21,17 @@ def test_the_build_stage_installs_every_package_from_the_lock_and_not_editable()
     build, final = stages()
     for package in packages:
         assert f"COPY {package}/ {package}/" in build, package
-    assert "COPY requirements/main.txt" in build
-    assert "pip install --require-hashes -r" in build
-    assert "pip install --no-deps ." in build
+    assert "COPY requirements/main.txt requirements/build.txt" in build
+    assert "python -m venv --without-pip /opt/postroom" in build
+    # Nothing is fetched unchecked: every download is a hashed lock line; the wheel is built
+    # with the locked setuptools (no build isolation, which would fetch its own).
+    commands = re.sub(r"\\\n\s*", "", build)
+    installs = re.findall(r"pip (?:--python \S+ )?(?:install|wheel) [^&\n]*", commands)
+    assert len(installs) == 4, installs
+    for install in installs:
+        assert "--require-hashes -r" in install or "--no-deps" in install, install
+    assert "pip wheel --no-deps --no-build-isolation" in commands
+    assert "install --no-deps /tmp/dist/postroom-" in commands
     assert " -e " not in DOCKERFILE
     # The final stage copies the environment only: no source tree, no pip install.
     assert "COPY --from=build /opt/postroom /opt/postroom" in final

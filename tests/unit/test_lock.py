@@ -62,6 +62,15 @@ def test_the_lock_pins_every_requirement_at_an_allowed_version_with_hashes(
     assert unhashed == []
 
 
+def test_the_build_lock_pins_what_builds_the_wheel() -> None:
+    pinned = pins("build.txt")
+    for line in PYPROJECT["build-system"]["requires"]:
+        requirement = Requirement(line)
+        version, hashes = pinned[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version), (requirement, version)
+        assert hashes > 0
+
+
 def test_the_image_lock_has_no_local_infrastructure_and_dev_agrees_with_it() -> None:
     main, dev = pins("main.txt"), pins("dev.txt")
     for line in PROJECT["optional-dependencies"]["local"]:
