@@ -60,9 +60,11 @@ from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import cloudevent_headers
 from postroom import events, tokens
 from postroom.kafka import create_missing_topics
-from postroom.migrate import PROJECT_ROOT, upgrade
+from postroom.migrate import upgrade
 from postroom.settings import KafkaSettings
 from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, tansu_binary
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: git describe, wrk's cwd
 
 PARTITIONS = 6  # KAFKA_TOPIC_PARTITIONS' default, what the relay creates
 BATCH = 500  # Postmark's batch limit

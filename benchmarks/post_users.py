@@ -59,9 +59,11 @@ from typing import Any
 import asyncpg
 
 from api.settings import ApiSettings
-from postroom.migrate import PROJECT_ROOT, upgrade
+from postroom.migrate import upgrade
 from postroom.settings import plain_url
 from postroom_cli.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: git describe, wrk's cwd
 
 LUA_SCRIPT = Path(__file__).with_name("post_users.lua")
 PATCH_LUA_SCRIPT = Path(__file__).with_name("patch_users.lua")

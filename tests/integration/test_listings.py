@@ -13,11 +13,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from notifier.app import create_app
 from postroom import cursors
-from tests.support.settings import API_TOKEN, make_notifier_settings
+from tests.support.settings import make_notifier_settings
+from tests.support.stack import operator_api
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -25,15 +24,7 @@ T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 @pytest.fixture
 async def notifier(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9", "t-list")
-    app = create_app(settings, consume=False)
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://notifier",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as client,
-    ):
+    async with operator_api(settings) as client:
         yield client
 
 

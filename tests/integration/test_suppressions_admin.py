@@ -15,10 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 
-from notifier.app import create_app
 from tests.support.postmark import Sandbox
 from tests.support.settings import (
     API_TOKEN,
@@ -27,20 +24,13 @@ from tests.support.settings import (
     WEBHOOK_USER,
     make_notifier_settings,
 )
+from tests.support.stack import operator_api
 
 
 @pytest.fixture
 async def notifier(database_url: str, sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
     settings = make_notifier_settings(database_url, "127.0.0.1:9", sandbox.url, "t-admin")
-    app: FastAPI = create_app(settings, consume=False)
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://notifier",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as client,
-    ):
+    async with operator_api(settings) as client:
         yield client
 
 

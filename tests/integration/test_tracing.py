@@ -15,22 +15,25 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from asgi_lifespan import LifespanManager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from notifier.app import create_app as create_notifier
-from postroom import cursors, tokens
+from outbox_relay import claims
+from outbox_relay.publisher import Deferred, Publisher
+from postroom import cursors, events, tokens
+from postroom.outbox import add_event
+from postroom.settings import asyncpg_url
 from postroom.tracing import RedactSecrets
 from tests.support.kafka import read_topic, registered_record
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
 from tests.support.relay import wait_published
-from tests.support.settings import EMAIL_SECRET, make_notifier_settings
-from tests.support.stack import http_client, running_stack
+from tests.support.settings import EMAIL_SECRET, make_notifier_settings, make_relay_settings
+from tests.support.stack import operator_api, running_stack
 
 pytestmark = pytest.mark.kafka
 
@@ -221,10 +224,9 @@ async def test_no_span_holds_an_address_the_operator_api_was_given(
     spans: InMemorySpanExporter, database_url: str
 ) -> None:
     settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9/", "pii")
-    app = create_notifier(settings, consume=False)
     email = f"{unique('Private.Person')}@example.com"
     spans.clear()
-    async with LifespanManager(app), http_client(app, "http://notifier") as notifier:
+    async with operator_api(settings) as notifier:
         listed = await notifier.get("/v1/notifications", params={"email": email, "limit": 5})
         lifted = await notifier.delete(f"/v1/suppressions/{quote(email)}")
         also = await notifier.delete(f"/v1/suppressions/{email}")
@@ -250,3 +252,51 @@ async def test_no_span_holds_an_address_the_operator_api_was_given(
     ).lower()
     local_part = email.split("@")[0].lower()
     assert local_part not in everything
+
+
+async def test_a_full_producer_batch_defers_rows_without_failing_their_spans(
+    spans: InMemorySpanExporter, db: asyncpg.Connection, database_url: str, kafka_bootstrap: str
+) -> None:
+    # The relay trims a cycle to half a producer batch, so a batch fills only when headers
+    # outgrow that margin: here the publisher is handed more than a batch holds directly.
+    # Producer batches of 32 KiB (the smallest RELAY_BATCH_BYTES allows); one user's 12
+    # updates of 4 KiB, all in one partition.
+    settings = make_relay_settings(
+        database_url, kafka_bootstrap, relay_shards=1, relay_batch_bytes=16 * 1024
+    )
+    user_id = uuid.uuid4()
+    engine = create_async_engine(asyncpg_url(database_url))
+    try:
+        async with engine.begin() as conn:
+            for version in range(1, 13):
+                update = events.UserUpdated(
+                    user_id=user_id,
+                    version=version,
+                    email="a@example.com",
+                    name=f"{version:04d}" + "x" * 4096,
+                    changed=["name"],
+                )
+                await add_event(conn, events.Event(update), shards=1)
+    finally:
+        await engine.dispose()
+    rows = await claims.claim(db, shards=[0], per_shard=100)
+    publisher = Publisher(settings, client_id=unique("deferring"))
+    await publisher.start()
+    try:
+        spans.clear()
+        results = await publisher.publish(rows)
+    finally:
+        await publisher.stop()
+
+    sent = [result is None for result in results]
+    assert sent[0]
+    assert not sent[-1], "the batch did not fill"
+    assert sent == sorted(sent, reverse=True), "a row overtook one held back before it"
+    assert all(isinstance(result, Deferred) for result in results[sent.count(True) :])
+    sends = [span for span in spans.get_finished_spans() if span.kind is SpanKind.PRODUCER]
+    # The row that found the batch full ends its span marked deferred, not failed; the rows
+    # behind it in its shard make no span until they are sent.
+    [deferred] = [span for span in sends if (span.attributes or {}).get("postroom.relay.deferred")]
+    assert deferred.status.status_code is StatusCode.UNSET
+    assert not [span for span in sends if span.status.status_code is StatusCode.ERROR]
+    assert len(sends) == sent.count(True) + 1

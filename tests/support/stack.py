@@ -95,6 +95,15 @@ def http_client(app: FastAPI, base_url: str) -> httpx.AsyncClient:
 
 
 @asynccontextmanager
+async def operator_api(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The notifier's HTTP app without its consumer (its operator routes need no broker),
+    started, and a client of it authenticated with `API_TOKEN`."""
+    app = create_notifier(settings, consume=False)
+    async with LifespanManager(app), http_client(app, "http://notifier") as client:
+        yield client
+
+
+@asynccontextmanager
 async def running_stack(
     database_url: str, kafka_bootstrap: str, sandbox: Sandbox, **notifier_overrides: Any
 ) -> AsyncIterator[Stack]:
