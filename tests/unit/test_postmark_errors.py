@@ -26,7 +26,8 @@ from notifier.postmark import (
 )
 from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
 
-REFERENCE = Path("/work/shared/reference/postmark")
+# The shared reference beside the checkout (`../shared`), where the project is developed.
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "postmark"
 TIMEOUT = 0.5
 
 
