@@ -64,6 +64,8 @@ def configure_logging(
         add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # A foreign record's logger name, or the name our printer carries.
+        structlog.stdlib.add_logger_name,
     ]
     if service is not None:
         shared.append(_service(service))
@@ -72,7 +74,7 @@ def configure_logging(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
@@ -89,12 +91,7 @@ def configure_logging(
 
     # structlog's own loggers print straight to the stream: no trip through `logging`.
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_NamedPrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

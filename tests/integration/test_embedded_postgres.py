@@ -20,6 +20,15 @@ def modes(path: Path) -> dict[Path, int]:
     return {folder: stat.S_IMODE(folder.stat().st_mode) for folder in [path, *path.parents]}
 
 
+async def answers(server: EmbeddedPostgres) -> bool:
+    """Whether the server takes a connection and answers a query."""
+    conn = await asyncpg.connect(server.admin_url)
+    try:
+        return bool(await conn.fetchval("SELECT 1") == 1)
+    finally:
+        await conn.close()
+
+
 async def test_a_server_in_a_private_folder_runs_and_changes_no_folder(tmp_path: Path) -> None:
     private = Path(tempfile.mkdtemp(prefix="postroom-private-", dir=tmp_path))
     os.chmod(private, 0o700)
@@ -27,11 +36,7 @@ async def test_a_server_in_a_private_folder_runs_and_changes_no_folder(tmp_path:
     server = EmbeddedPostgres(private / "data", port=free_port(), durable=False)
     try:
         server.start()
-        conn = await asyncpg.connect(server.admin_url)
-        try:
-            assert await conn.fetchval("SELECT 1") == 1
-        finally:
-            await conn.close()
+        assert await answers(server)
         assert (private / "data" / "PG_VERSION").exists()  # where the caller asked for it
     finally:
         server.discard()
@@ -60,11 +65,7 @@ async def test_binaries_in_a_private_folder_run_from_the_server_users_copy(
     server = EmbeddedPostgres(tmp_path / "data", port=free_port(), durable=False)
     try:
         server.start()
-        conn = await asyncpg.connect(server.admin_url)
-        try:
-            assert await conn.fetchval("SELECT 1") == 1
-        finally:
-            await conn.close()
+        assert await answers(server)
     finally:
         server.discard()
     assert modes(bin_dir) == before

@@ -83,14 +83,9 @@ def test_database_urls_in_any_common_spelling(given: str, expected: str) -> None
     assert asyncpg_url(given) == expected
 
 
-def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
-    env = {
-        **os.environ,
-        "APP_ENV": "production",
-        "API_TOKENS": "changeme",
-        "EMAIL_TOKEN_SECRET": "x" * 40,
-    }
-    proc = subprocess.run(
+def run_api(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m api` with `env`, which it is expected to refuse."""
+    return subprocess.run(
         [sys.executable, "-m", "api"],
         env=env,
         capture_output=True,
@@ -98,6 +93,16 @@ def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "API_TOKENS": "changeme",
+        "EMAIL_TOKEN_SECRET": "x" * 40,
+    }
+    proc = run_api(env)
     assert proc.returncode == 2
     # Outside development the line is JSON, like every other line of the process's log.
     [line] = proc.stderr.strip().splitlines()
@@ -116,14 +121,7 @@ def test_the_api_refuses_to_start_with_a_one_line_reason() -> None:
 def test_in_development_the_refusal_is_one_readable_line() -> None:
     env = {**os.environ, "APP_ENV": "development", "API_TOKENS": ""}
     env.pop("EMAIL_TOKEN_SECRET", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "api"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_api(env)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("postroom api: configuration error: ")
