@@ -63,6 +63,10 @@ async def pending(db: asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
 
+async def published(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"))
+
+
 async def wait_drained(db: asyncpg.Connection, *, within: float) -> None:
     async with asyncio.timeout(within):
         while await pending(db):
@@ -93,11 +97,20 @@ async def test_sigkill_again_and_again_loses_nothing_and_keeps_order(
     async def kill_repeatedly(stop: asyncio.Event) -> None:
         nonlocal kills
         rng = random.Random(7)
-        while not stop.is_set():
-            await asyncio.sleep(rng.uniform(0.4, 1.2))
-            relay.kill()
-            kills += 1
-            relay.start()
+        watch = await asyncpg.connect(database_url)
+        try:
+            while not stop.is_set():
+                # Each relay publishes something before it dies, however slowly it started
+                # (a loaded machine starts Python slower than the kills would come).
+                before = await published(watch)
+                await asyncio.sleep(rng.uniform(0.4, 1.2))
+                while not stop.is_set() and await published(watch) == before:
+                    await asyncio.sleep(0.05)
+                relay.kill()
+                kills += 1
+                relay.start()
+        finally:
+            await watch.close()
 
     stop = asyncio.Event()
     killer = asyncio.create_task(kill_repeatedly(stop))
