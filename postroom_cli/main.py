@@ -55,7 +55,7 @@ def _load(process: str, cls: type[S]) -> S:
 # Exit codes of the operator verbs (README): 0 done, 1 refused (not found, not parked, ...),
 # 2 a configuration error, 3 the database or the broker does not answer, 4 Postmark refused.
 UNREACHABLE = 3
-POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate the address
+POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate it (refused or too slow)
 
 T = TypeVar("T")
 
@@ -354,10 +354,12 @@ async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
     from postroom.outbox import OutboxWriter
 
     engine = create_engine(settings, application_name="postroom-cli")
+    postmark = Postmark(settings)
     try:
         outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
-        return await work(engine, outbox, Postmark(settings))
+        return await work(engine, outbox, postmark)
     finally:
+        postmark.close()
         await engine.dispose()
 
 
@@ -538,7 +540,14 @@ def suppressions_remove(email: str) -> None:
     except admin.CannotLift:
         typer.echo(f"{email.lower()} reported spam: this suppression cannot be lifted", err=True)
         raise typer.Exit(code=1) from None
-    except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+    except PostmarkUnavailable as exc:
+        typer.echo(
+            f"Postmark did not answer in time or is unavailable ({exc}): {email.lower()} is "
+            "still suppressed; try again later",
+            err=True,
+        )
+        raise typer.Exit(code=POSTMARK_REFUSED) from None
+    except (PostmarkUnauthorized, RequestRejected) as exc:
         typer.echo(f"Postmark did not reactivate {email.lower()}: {exc}", err=True)
         raise typer.Exit(code=POSTMARK_REFUSED) from None
     if lifted.reactivated_bounce is None:
