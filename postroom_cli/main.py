@@ -530,7 +530,12 @@ def suppressions_remove(email: str) -> None:
     settings = _load("suppressions", NotifierSettings)
 
     async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
-        return await admin.lift(engine, outbox, postmark, email=email)
+        # Postmark's errors come back as values: a broken connection to Postmark is not the
+        # database being unreachable (which `_run` reports).
+        try:
+            return await admin.lift(engine, outbox, postmark, email=email)
+        except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+            return exc
 
     try:
         lifted = _run("suppressions", _with_notifier_parts(settings, work), settings)
@@ -540,16 +545,16 @@ def suppressions_remove(email: str) -> None:
     except admin.CannotLift:
         typer.echo(f"{email.lower()} reported spam: this suppression cannot be lifted", err=True)
         raise typer.Exit(code=1) from None
-    except PostmarkUnavailable as exc:
+    if isinstance(lifted, PostmarkUnavailable):
         typer.echo(
-            f"Postmark did not answer in time or is unavailable ({exc}): {email.lower()} is "
+            f"Postmark did not answer in time or is unavailable ({lifted}): {email.lower()} is "
             "still suppressed; try again later",
             err=True,
         )
-        raise typer.Exit(code=POSTMARK_REFUSED) from None
-    except (PostmarkUnauthorized, RequestRejected) as exc:
-        typer.echo(f"Postmark did not reactivate {email.lower()}: {exc}", err=True)
-        raise typer.Exit(code=POSTMARK_REFUSED) from None
+        raise typer.Exit(code=POSTMARK_REFUSED)
+    if isinstance(lifted, PostmarkUnauthorized | RequestRejected):
+        typer.echo(f"Postmark did not reactivate {email.lower()}: {lifted}", err=True)
+        raise typer.Exit(code=POSTMARK_REFUSED)
     if lifted.reactivated_bounce is None:
         typer.echo(f"lifted {lifted.email}")
     else:
