@@ -210,7 +210,7 @@ _FINAL = """
         recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
-    WHERE n.id = v.id AND n.status = 'pending'
+    WHERE n.id = v.id AND n.status = 'pending'{held}
     RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, before.recipient,
               {returned}
     """
@@ -226,6 +226,8 @@ _MARK_SENT = sa.text(
         values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
         detail="mids",
         returned="n.message_id",
+        # Under the sender's claim; any other acceptance is late (_MARK_LATE).
+        held=" AND n.lease_owner = :owner",
     )
 )
 
@@ -281,6 +283,7 @@ _FINISH = sa.text(
         "THEN replace(v.detail, before.recipient, '[erased]') ELSE v.detail END",
         detail="errors",
         returned="n.last_error",
+        held="",
     )
 )
 
@@ -470,17 +473,34 @@ class NotificationStore:
         `claim`), which are recorded on their rows too."""
         if not accepted:
             return 0, []
-        params = {
-            "ids": [i for i, _ in accepted],
-            "mids": [mid for _, mid in accepted],
-            "owner": claim,
-        }
         async with self.engine.begin() as conn:
-            late = (await conn.execute(_MARK_LATE, params)).all()
-            moved = [
-                *(await conn.execute(_MARK_SENT, params)).all(),
-                *(row for row in late if row.moves),
-            ]
+            moved: list[Any] = list(
+                (
+                    await conn.execute(
+                        _MARK_SENT,
+                        {
+                            "ids": [i for i, _ in accepted],
+                            "mids": [mid for _, mid in accepted],
+                            "owner": claim,
+                        },
+                    )
+                ).all()
+            )
+            done = {row.id for row in moved}
+            rest = [(i, mid) for i, mid in accepted if i not in done]
+            late: Sequence[Any] = ()
+            if rest:  # final already, or claimed by another since
+                late = (
+                    await conn.execute(
+                        _MARK_LATE,
+                        {
+                            "ids": [i for i, _ in rest],
+                            "mids": [mid for _, mid in rest],
+                            "owner": claim,
+                        },
+                    )
+                ).all()
+                moved += [row for row in late if row.moves]
             await self.outbox.add_many(
                 conn,
                 [
