@@ -19,7 +19,8 @@ from postroom import events
 from postroom.db import create_engine
 from postroom.outbox import OutboxWriter
 from tests.support.names import unique
-from tests.support.settings import make_api_settings
+from tests.support.settings import make_api_settings, make_notifier_settings
+from tests.support.stack import operator_api
 
 
 def registration(email: str) -> tuple[PlannedEmail, SourceRecord]:
@@ -348,3 +349,25 @@ async def test_an_acceptance_is_never_dropped_and_one_that_came_late_is_recorded
         "accepted by Postmark after it was marked suppressed: suppressed: HardBounce"
     )
     assert sorted(sent_events) == ["m-failed", "m-ours", "m-suppressed", "m-taken"]
+
+
+async def test_an_operator_sees_a_late_acceptance_on_the_notification(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    store = store_of(engine)
+    [p] = await record(store, f"{unique('shown')}@example.com")
+    await store.mark_suppressed([(p.id, "suppressed: HardBounce")])
+    await store.mark_sent([(p.id, "m-late")], claim="first")
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9", "t")
+
+    async with operator_api(settings) as notifier:
+        shown = (await notifier.get(f"/v1/notifications/{p.id}")).json()
+        listed = (await notifier.get("/v1/notifications", params={"status": "sent"})).json()
+
+    assert (shown["status"], shown["message_id"], shown["late_message_ids"]) == (
+        "sent",
+        "m-late",
+        ["m-late"],
+    )
+    assert shown["late_at"] is not None
+    assert listed["items"] == [shown]
