@@ -145,14 +145,13 @@ _RECORD = sa.text(
     """
 )
 
-# When the attempt of row `n` could last have reached Postmark.
-_LAST_REACH = "n.attempt_started_at + make_interval(secs => :reach)"
-
 _CLAIM = """
     UPDATE notifications AS n
     SET lease_owner = :owner,
         lease_until = now() + make_interval(secs => :lease),
-        doubt_since = CASE WHEN n.attempt_open THEN {last_reach} ELSE n.doubt_since END,
+        doubt_since = CASE WHEN n.attempt_open
+                           THEN n.attempt_started_at + make_interval(secs => :reach)
+                           ELSE n.doubt_since END,
         attempt_open = false,
         updated_at = now()
     FROM (
@@ -172,9 +171,9 @@ _CLAIM = """
                   AS suppressed,
               n.last_error
     """
-_CLAIM_IDS = sa.text(_CLAIM.format(which="id = ANY(CAST(:ids AS uuid[]))", last_reach=_LAST_REACH))
+_CLAIM_IDS = sa.text(_CLAIM.format(which="id = ANY(CAST(:ids AS uuid[]))"))
 # Rows recorded before their source was kept are left to the Kafka record that asked for them.
-_CLAIM_DUE = sa.text(_CLAIM.format(which="source IS NOT NULL", last_reach=_LAST_REACH))
+_CLAIM_DUE = sa.text(_CLAIM.format(which="source IS NOT NULL"))
 
 # Begin an attempt on the rows a claim still holds whose address is still not suppressed
 # (read again here, the last look before the send); the others come back with their reason.
@@ -299,10 +298,12 @@ _ERASE_FINISHED = sa.text(
 
 # Hand a claimed row back, due again after its delay (or, `settle`, when its settle window
 # ends). `ambiguous`: the attempt that just ended may have been accepted.
-_HAND_BACK = """
+_RELEASE = sa.text(
+    """
     UPDATE notifications AS n
     SET lease_owner = NULL, lease_until = NULL,
-        doubt_since = CASE WHEN :ambiguous AND n.attempt_open THEN {last_reach}
+        doubt_since = CASE WHEN :ambiguous AND n.attempt_open
+                           THEN n.attempt_started_at + make_interval(secs => :reach)
                            ELSE n.doubt_since END,
         attempt_open = false,
         attempts = n.attempts + :count_attempt,
@@ -315,7 +316,7 @@ _HAND_BACK = """
     FROM unnest(CAST(:ids AS uuid[]), CAST(:delays AS float8[])) AS v(id, delay)
     WHERE n.id = v.id AND n.status = 'pending' AND n.lease_owner = :owner
     """
-_RELEASE = sa.text(_HAND_BACK.format(last_reach=_LAST_REACH))
+)
 
 _KEEP_SOURCES = sa.text(
     """
