@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import random
 import uuid
@@ -57,7 +58,7 @@ from notifier.postmark import (
     refuse_late_start,
 )
 from notifier.rendering import Renderer
-from notifier.settings import CALL_START_WINDOW
+from notifier.settings import CALL_START_WINDOW, NotifierSettings
 from notifier.store import ClaimedRow, LateAcceptance
 from postroom import events
 from tests.support.settings import make_notifier_settings
@@ -481,6 +482,23 @@ def make_events(rng: random.Random) -> list[SourceRecord]:
     return records
 
 
+@functools.cache
+def simulated_settings(*, max_attempts: int, batch_size: int) -> NotifierSettings:
+    return make_notifier_settings(
+        "postgresql://sim@127.0.0.1/sim",
+        "127.0.0.1:9",
+        "http://127.0.0.1:9",
+        "sim",
+        postmark_timeout=TIMEOUT,
+        notifier_lease=LEASE,
+        notifier_search_settle=SETTLE,
+        notifier_max_attempts=max_attempts,
+        notifier_backoff_initial=0.2,
+        notifier_backoff_max=2.0,
+        notifier_batch_size=batch_size,
+    )
+
+
 async def run_schedule(seed: int) -> None:
     rng = random.Random(seed)
     uuid_rng = random.Random(seed ^ 0x5EED)
@@ -489,19 +507,10 @@ async def run_schedule(seed: int) -> None:
     suppressed: dict[str, float] = {}
     postmark = FakePostmark(world)
     dead_letters = FakeDeadLetters(world)
-    settings = make_notifier_settings(
-        "postgresql://sim@127.0.0.1/sim",
-        "127.0.0.1:9",
-        "http://127.0.0.1:9",
-        "sim",
-        postmark_timeout=TIMEOUT,
-        notifier_lease=LEASE,
-        notifier_search_settle=SETTLE,
+    settings = simulated_settings(
         # Few attempts make give-ups common: rows final while an answer is still to come.
-        notifier_max_attempts=rng.choice([2, MAX_ATTEMPTS]),
-        notifier_backoff_initial=0.2,
-        notifier_backoff_max=2.0,
-        notifier_batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
+        max_attempts=rng.choice([2, MAX_ATTEMPTS]),
+        batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
     records = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
