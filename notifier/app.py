@@ -51,6 +51,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             outbox,
             lease=settings.notifier_lease,
             settle=settings.notifier_search_settle,
+            reach=settings.call_reach,
         )
         delivery = Delivery(
             settings,

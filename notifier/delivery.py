@@ -7,12 +7,19 @@
 - Only the holder of a live claim sends, and only the rows its claim statement returned
   (`notifier/store.py`). A second notifier that reads the same record, during a rebalance or
   after a crash, finds the rows claimed and leaves them.
+- An attempt is stamped only once a send slot is held (`Postmark.send_slot`): its call then
+  starts at once, never waits for a thread while its claim runs out, and ends by its total
+  deadline; so it reaches Postmark within `call_reach` of its stamp, well inside its claim.
 - Postmark has no idempotency key. When an attempt's outcome is unknown (a timeout, a broken
   connection, a 5xx, a crash) the notification is in doubt: before it is sent again Postmark
   is searched for any message carrying its `notification_id`, and "not found" is believed
-  only once `NOTIFIER_SEARCH_SETTLE` seconds have passed since that attempt began, as
-  Postmark's search lags behind acceptance. Until then the notification waits in the table;
-  the retry loop picks it up when it is due, so it holds up nothing else.
+  only once `NOTIFIER_SEARCH_SETTLE` seconds have passed since that attempt could last have
+  reached Postmark, as Postmark's search lags behind acceptance. Until then the notification
+  waits in the table; the retry loop picks it up when it is due, so it holds up nothing
+  else. A notification in doubt whose address was suppressed meanwhile is searched for too,
+  and ends `sent` if Postmark holds it: its status says what Postmark accepted.
+- An acceptance that comes when its row is final already, or claimed by another notifier,
+  is never dropped: the row ends `sent` and records it as late, and it is counted.
 - A definite refusal (an ErrorCode) is final at once; 429 and a refused connection are
   definite non-acceptances and are simply retried after a backoff.
 - Failures to search count toward the attempts; after `NOTIFIER_MAX_ATTEMPTS` the email is
@@ -28,6 +35,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import structlog
@@ -37,22 +45,23 @@ from notifier.metrics import NotifierMetrics
 from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, replan
 from notifier.postmark import (
     INACTIVE_RECIPIENT,
+    SEARCH_THREADS,
     Accepted,
     MessageResult,
     PostmarkUnauthorized,
     PostmarkUnavailable,
     RequestRejected,
+    SendSlot,
 )
 from notifier.rendering import Renderer
 from notifier.settings import NotifierSettings
-from notifier.store import ClaimedRow, NotificationStore
+from notifier.store import ClaimedRow, LateAcceptance, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
 from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")
 
-SEARCH_CONCURRENCY = 8
 DELIVERY_FAILED = "delivery-failed"
 # Longest wait for the dead-letter topic to acknowledge one record.
 DEAD_LETTER_TIMEOUT = 15.0
@@ -61,7 +70,11 @@ DEAD_LETTER_TIMEOUT = 15.0
 class Mailer(Protocol):
     """What delivery needs of Postmark (`notifier.postmark.Postmark`)."""
 
-    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]: ...
+    def send_slot(self) -> AbstractAsyncContextManager[SendSlot]: ...
+
+    async def send_batch(
+        self, messages: Sequence[dict[str, Any]], *, slot: SendSlot
+    ) -> list[MessageResult]: ...
 
     async def find_sent(self, notification_id: str) -> str | None: ...
 
@@ -95,7 +108,7 @@ class Delivery:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.renderer = Renderer()
-        self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
+        self._searches = asyncio.Semaphore(SEARCH_THREADS)
 
     async def intake(
         self, planned: Sequence[PlannedEmail], sources: dict[uuid.UUID, SourceRecord]
@@ -113,23 +126,25 @@ class Delivery:
         for at in range(0, len(fresh), size):
             chunk = fresh[at : at + size]
             attempt_id = uuid.uuid4().hex
-            # Recorded, claimed, screened and begun in one statement, then sent at once:
-            # nothing else happens between this claim and the Postmark call.
-            claimed, suppressed = await self.store.record(
-                chunk,
-                sources,
-                not_allowed={
-                    plan.id: "not on STAGING_ALLOWED_RECIPIENTS"
-                    for plan in chunk
-                    if not self.settings.allowed_in_staging(plan.recipient)
-                },
-                attempt_id=attempt_id,
-                claim=claim,
-            )
+            messages = self._messages(chunk, attempt_id)
+            # Recorded, claimed, screened and begun in one statement under a send slot, then
+            # sent at once: nothing else happens between this claim and the Postmark call.
+            async with self.postmark.send_slot() as slot:
+                claimed, suppressed = await self.store.record(
+                    chunk,
+                    sources,
+                    not_allowed={
+                        plan.id: "not on STAGING_ALLOWED_RECIPIENTS"
+                        for plan in chunk
+                        if not self.settings.allowed_in_staging(plan.recipient)
+                    },
+                    attempt_id=attempt_id,
+                    claim=claim,
+                )
+                await self._send(claimed, by_id, messages, claim, slot)
             self.metrics.suppressed.inc(len(suppressed))
             seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
             earlier += [plan.id for plan in chunk if plan.id not in seen]
-            await self._send(claimed, by_id, attempt_id, claim)
         if earlier:
             # Recorded before (a repeat, a replay, another notifier's): the retry loop works
             # on whichever of them are pending and due. Rows recorded before sources were
@@ -164,19 +179,24 @@ class Delivery:
     ) -> None:
         if not rows:
             return
-        blocked: list[tuple[uuid.UUID, str]] = []
+        blocked: dict[uuid.UUID, str] = {}
         for row in rows:
             if row.suppressed is not None:
-                blocked.append((row.id, f"suppressed: {row.suppressed}"))
+                blocked[row.id] = f"suppressed: {row.suppressed}"
             elif not self.settings.allowed_in_staging(plans[row.id].recipient):
-                blocked.append((row.id, "not on STAGING_ALLOWED_RECIPIENTS"))
-        if blocked:
-            self.metrics.suppressed.inc(await self.store.mark_suppressed(blocked))
-        blocked_ids = {row_id for row_id, _ in blocked}
-        rows = [row for row in rows if row.id not in blocked_ids]
+                blocked[row.id] = "not on STAGING_ALLOWED_RECIPIENTS"
+        # A blocked row is never sent again; one in doubt may have been sent already, so
+        # Postmark is asked first and its status says what Postmark holds.
+        sure = [(row.id, blocked[row.id]) for row in rows if row.id in blocked and not row.in_doubt]
+        if sure:
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(sure))
 
-        sendable = [row for row in rows if not row.in_doubt]
-        sendable += await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
+        sendable = [row for row in rows if not row.in_doubt and row.id not in blocked]
+        cleared = await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
+        never = [(row.id, blocked[row.id]) for row in cleared if row.id in blocked]
+        if never:
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(never))
+        sendable += [row for row in cleared if row.id not in blocked]
 
         limit = self.settings.notifier_max_attempts
         exhausted = [row for row in sendable if row.attempts >= limit]
@@ -198,11 +218,16 @@ class Delivery:
         size = self.settings.notifier_batch_size
         for at in range(0, len(sendable), size):
             chunk = sendable[at : at + size]
-            # Begun right before its call, so the claim, the suppression list and the
-            # attempt's start are all checked and stamped as late as they can be.
             attempt_id = uuid.uuid4().hex
-            ids = [row.id for row in chunk]
-            held = await self.store.start_attempt(ids, attempt_id, claim=claim)
+            messages = self._messages([plans[row.id] for row in chunk], attempt_id)
+            # Begun right before its call, under a send slot, so the claim, the suppression
+            # list and the attempt's start are all checked and stamped as late as they can be.
+            async with self.postmark.send_slot() as slot:
+                held = await self.store.start_attempt(
+                    [row.id for row in chunk], attempt_id, claim=claim
+                )
+                begun = [row for row in chunk if row.id in held and held[row.id] is None]
+                await self._send(begun, plans, messages, claim, slot)
             late = [
                 (row_id, f"suppressed: {reason}")
                 for row_id, reason in held.items()
@@ -210,9 +235,7 @@ class Delivery:
             ]
             if late:  # suppressed while its search or backoff went on
                 self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
-            begun = [row for row in chunk if row.id in held and held[row.id] is None]
             self.metrics.retries.inc(len(begun))
-            await self._send(begun, plans, attempt_id, claim)
 
     async def _reconcile(
         self, rows: list[ClaimedRow], plans: dict[uuid.UUID, PlannedEmail], claim: str
@@ -252,9 +275,10 @@ class Delivery:
             if count:
                 self.metrics.searches.labels(outcome).inc(count)
         if found:
-            moved = await self.store.mark_sent(found)
+            moved, late = await self.store.mark_sent(found, claim=claim)
             self.metrics.reconciled.inc(moved)
             self.metrics.sent.inc(moved)
+            self._note_late(late)
             log.info("found earlier sends at Postmark; not sending again", count=moved)
         if waiting:
             await self.store.wait_for_settle([row.id for row in waiting], claim=claim)
@@ -289,14 +313,15 @@ class Delivery:
         self,
         chunk: list[ClaimedRow],
         plans: dict[uuid.UUID, PlannedEmail],
-        attempt_id: str,
+        messages: dict[uuid.UUID, dict[str, Any]],
         claim: str,
+        slot: SendSlot,
     ) -> None:
-        """One Postmark batch call for rows whose attempt was just begun, and its outcome."""
+        """One Postmark batch call for rows whose attempt was just begun under `slot`, and
+        its outcome."""
         if not chunk:
             return
         emails = [plans[row.id] for row in chunk]
-        messages = [self._message(plan, attempt_id) for plan in emails]
         loop = asyncio.get_running_loop()
         started = loop.time()
         # Child of the first email's trace (its record's `process` span on a first attempt,
@@ -311,15 +336,18 @@ class Delivery:
                 kind=SpanKind.CLIENT,
                 attributes={"messaging.batch.message_count": len(emails)},
             ):
-                results = await self.postmark.send_batch(messages)
+                results = await self.postmark.send_batch(
+                    [messages[row.id] for row in chunk], slot=slot
+                )
         except PostmarkUnauthorized:
             # Nothing was accepted: hand the rows back, in no doubt, and stop.
             await self.store.release({row.id: 0.0 for row in chunk}, claim=claim)
             raise
         except (PostmarkUnavailable, RequestRejected) as exc:
             # Ambiguous: search soon (the index may have caught up), and again after the
-            # settle window before sending. Definite (429, a refused connection, the whole
-            # request refused as it stands): back off and try again, up to the attempts.
+            # settle window before sending. Definite (429, a refused connection, a call that
+            # could not start in time, the whole request refused as it stands): back off and
+            # try again, up to the attempts.
             ambiguous = isinstance(exc, PostmarkUnavailable) and exc.ambiguous
             await self.store.release(
                 {row.id: self._backoff(row.attempts) for row in chunk},
@@ -346,7 +374,9 @@ class Delivery:
                 inactive.append((plan.id, f"inactive at Postmark: {result.message}"))
             else:
                 refused.append((plan.id, f"ErrorCode {result.error_code}: {result.message}"))
-        self.metrics.sent.inc(await self.store.mark_sent(accepted))
+        moved, late = await self.store.mark_sent(accepted, claim=claim)
+        self.metrics.sent.inc(moved)
+        self._note_late(late)
         if inactive:
             moved = await self.store.mark_suppressed(inactive, inactive_at_postmark=True)
             self.metrics.suppressed.inc(moved)
@@ -387,12 +417,31 @@ class Delivery:
             failed = [(row.id, reason) for row, reason in written]
             self.metrics.failed.inc(await self.store.mark_failed(failed))
 
+    def _note_late(self, late: list[LateAcceptance]) -> None:
+        if not late:
+            return
+        self.metrics.late_acceptances.inc(len(late))
+        log.warning(
+            "postmark accepted messages for notifications already final or claimed by "
+            "another notifier; recorded on them as late",
+            count=len(late),
+            notifications=[str(item.id) for item in late[:20]],
+            statuses=sorted({item.was for item in late}),
+        )
+
     def _backoff(self, failures: int) -> float:
         return delay_after(
             failures,
             initial=self.settings.notifier_backoff_initial,
             cap=self.settings.notifier_backoff_max,
         )
+
+    def _messages(
+        self, emails: Sequence[PlannedEmail], attempt_id: str
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        """Each email's message, rendered before its attempt is stamped (rendering takes
+        time, and nothing may stand between the stamp and the call)."""
+        return {plan.id: self._message(plan, attempt_id) for plan in emails}
 
     def _message(self, plan: PlannedEmail, attempt_id: str) -> dict[str, Any]:
         context = dict(plan.context)

@@ -27,6 +27,12 @@ class NotifierMetrics:
             "Messages found already sent at Postmark after an ambiguous attempt.",
             registry=r,
         )
+        self.late_acceptances = Counter(
+            "postroom_notifier_late_acceptances",
+            "Messages Postmark accepted for a notification already final or claimed by another "
+            "notifier: recorded on the notification; a call outlived its claim.",
+            registry=r,
+        )
         self.searches = Counter(
             "postroom_notifier_searches",
             "Searches of Postmark's sent messages for a notification in doubt, by outcome.",

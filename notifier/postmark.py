@@ -1,31 +1,57 @@
 """Postmark through `postmarker`, with its answers sorted into what the notifier does next.
 
 postmarker is synchronous (requests), so calls run in worker threads, each with a client of
-its own (a requests session is not meant to be shared between threads)."""
+its own (a requests session is not meant to be shared between threads). Three rules keep a
+call inside the claim it was made under (invariant 11):
+- Sends, searches and reactivations each have threads of their own, a bounded number: a
+  flood of one kind never delays another.
+- A send runs only under a send slot (`send_slot`), taken before its attempt is stamped in
+  the database; there is a thread for every slot, so the call starts at once. The thread
+  still refuses a call that has not started within CALL_START_WINDOW of the slot (a process
+  stalled meanwhile): that is a definite non-acceptance.
+- POSTMARK_TIMEOUT is a total deadline per call, connect, send and read together
+  (`notifier/watchdog.py`). A call cut by it is ambiguous, unless it never connected.
+So a request reaches Postmark no later than its attempt's stamp + `call_reach`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import requests
 import urllib3
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from notifier.settings import NotifierSettings
+from notifier.settings import CALL_START_WINDOW, NotifierSettings
+from notifier.watchdog import DeadlinePassed, call_with_deadline, watched_session
 
 BATCH_LIMIT = 500
 SEARCH_PAGE = 50
-# Calls in flight at once: searches (at most 8 at a time) beside a send and a reactivation.
-THREADS = 12
+# Threads per kind of call. Each notifier sends at most two batches at once (the consumer's
+# and the retry loop's); searches run 8 at a time (`Delivery`); an operator's reactivations
+# are rare, and past 2 at once they wait for a thread (at most POSTMARK_TIMEOUT, then 503).
+SEND_THREADS = 4
+SEARCH_THREADS = 8
+REACTIVATE_THREADS = 2
 INACTIVE_RECIPIENT = 406
 BAD_TOKEN = 10
+
+CallKind = Literal["send", "search", "reactivate"]
+_THREADS: dict[CallKind, int] = {
+    "send": SEND_THREADS,
+    "search": SEARCH_THREADS,
+    "reactivate": REACTIVATE_THREADS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +70,14 @@ class Rejected:
 MessageResult = Accepted | Rejected
 
 
+@dataclass(frozen=True, slots=True)
+class SendSlot:
+    """A send slot held: a thread is free for one send, which must start by `start_by`
+    (on the clock of the mailer that gave it)."""
+
+    start_by: float
+
+
 class PostmarkUnavailable(Exception):
     """429, 5xx, a timeout or a broken connection: worth retrying. `ambiguous` when Postmark
     may have accepted the messages anyway (so look before sending again)."""
@@ -57,15 +91,29 @@ class PostmarkUnauthorized(Exception):
     """The server token is wrong (401 / ErrorCode 10): nothing can be sent until it is fixed."""
 
 
+def refuse_late_start(slot: SendSlot, now: float) -> None:
+    """A send that did not start in time is not made: nothing left, nothing accepted."""
+    if now > slot.start_by:
+        raise PostmarkUnavailable(
+            f"not started: {now - slot.start_by:.3f} s past its start window", ambiguous=False
+        )
+
+
 class Postmark:
     def __init__(self, settings: NotifierSettings) -> None:
         self._settings = settings
+        self._timeout = settings.postmark_timeout
         self._local = threading.local()
-        # Threads of its own: a send never queues behind other work of the default pool.
-        self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="postmark")
+        self._threads = {
+            kind: ThreadPoolExecutor(max_workers=count, thread_name_prefix=f"postmark-{kind}")
+            for kind, count in _THREADS.items()
+        }
+        self._send_slots = asyncio.Semaphore(SEND_THREADS)
+        self._reactivations = asyncio.Semaphore(REACTIVATE_THREADS)
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        for threads in self._threads.values():
+            threads.shutdown(wait=False, cancel_futures=True)
 
     def _client(self) -> PostmarkClient:
         client: PostmarkClient | None = getattr(self._local, "client", None)
@@ -73,16 +121,26 @@ class Postmark:
             client = PostmarkClient(
                 server_token=self._settings.postmark_server_token.get_secret_value(),
                 root_api_url=self._settings.postmark_api_url,
-                timeout=self._settings.postmark_timeout,
             )
+            client._session = watched_session()  # what postmarker's `session` gives out
             self._local.client = client
         return client
 
-    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]:
+    @asynccontextmanager
+    async def send_slot(self) -> AsyncIterator[SendSlot]:
+        """Hold a send slot: take it before the attempt is stamped, send under it."""
+        async with self._send_slots:
+            yield SendSlot(start_by=time.monotonic() + CALL_START_WINDOW)
+
+    async def send_batch(
+        self, messages: Sequence[dict[str, Any]], *, slot: SendSlot
+    ) -> list[MessageResult]:
         """Send up to 500 messages in one call; one result per message, in order."""
         if not 1 <= len(messages) <= BATCH_LIMIT:
             raise ValueError(f"a batch holds 1 to {BATCH_LIMIT} messages, not {len(messages)}")
-        answers = await self._call(lambda client: client.emails.send_batch(*messages))
+        answers = await self._call(
+            "send", lambda client: client.emails.send_batch(*messages), slot=slot
+        )
         if not isinstance(answers, list) or len(answers) != len(messages):
             raise PostmarkUnavailable("batch answer does not match the request", ambiguous=True)
         results: list[MessageResult] = []
@@ -98,18 +156,20 @@ class Postmark:
         """The MessageID of the earliest message Postmark holds for a notification, found by
         the `notification_id` Metadata every attempt's message carried; None if it holds
         none (which, while its search index lags, does not yet mean none was accepted)."""
+
+        def search(client: PostmarkClient, at: int) -> Any:
+            return client.call(
+                "GET",
+                "/messages/outbound",
+                count=SEARCH_PAGE,
+                offset=at,
+                metadata_notification_id=notification_id,
+            )
+
         found: list[tuple[datetime, str]] = []
         offset = 0
         while True:
-            page = await self._call(
-                lambda client, at=offset: client.call(
-                    "GET",
-                    "/messages/outbound",
-                    count=SEARCH_PAGE,
-                    offset=at,
-                    metadata_notification_id=notification_id,
-                )
-            )
+            page = await self._call("search", functools.partial(search, at=offset))
             messages = page.get("Messages") or []
             for message in messages:
                 metadata = message.get("Metadata") or {}
@@ -121,13 +181,38 @@ class Postmark:
         return min(found)[1] if found else None
 
     async def reactivate(self, bounce_id: int) -> None:
-        """Ask Postmark to let mail reach a bounced address again."""
-        await self._call(lambda client: client.bounces.activate(bounce_id))
-
-    async def _call(self, call: Any) -> Any:
+        """Ask Postmark to let mail reach a bounced address again: done, or an exception,
+        within POSTMARK_TIMEOUT (waiting for a thread included)."""
+        deadline = time.monotonic() + self._timeout
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads, lambda: call(self._client()))
+            async with asyncio.timeout(self._timeout):
+                await self._reactivations.acquire()
+        except TimeoutError:
+            raise PostmarkUnavailable(
+                f"no reactivation could start within {self._timeout:g} s", ambiguous=False
+            ) from None
+        try:
+            await self._call(
+                "reactivate", lambda client: client.bounces.activate(bounce_id), deadline=deadline
+            )
+        finally:
+            self._reactivations.release()
+
+    async def _call(
+        self,
+        kind: CallKind,
+        call: Callable[[PostmarkClient], Any],
+        *,
+        slot: SendSlot | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._threads[kind], lambda: self._run(call, slot=slot, deadline=deadline)
+            )
+        except DeadlinePassed as exc:
+            raise PostmarkUnavailable(f"POSTMARK_TIMEOUT: {exc}", ambiguous=exc.connected) from exc
         except ClientError as exc:
             raise self._translate(exc) from exc
         except requests.HTTPError as exc:  # an error answer without Postmark's JSON
@@ -154,6 +239,26 @@ class Postmark:
             raise PostmarkUnavailable(
                 f"unreadable answer: {type(exc).__name__}", ambiguous=True
             ) from exc
+
+    def _run(
+        self,
+        call: Callable[[PostmarkClient], Any],
+        *,
+        slot: SendSlot | None,
+        deadline: float | None,
+    ) -> Any:
+        """In a worker thread: start the call if still in time, and cut it at its deadline."""
+        started = time.monotonic()
+        if slot is not None:
+            refuse_late_start(slot, started)
+        ends = (
+            started + self._timeout if deadline is None else min(deadline, started + self._timeout)
+        )
+        client = self._client()
+        # requests' own timeout bounds the connect, before the watchdog has a socket to shut.
+        left = ends - started
+        client.timeout = (left, left)
+        return call_with_deadline(lambda: call(client), ends)
 
     @staticmethod
     def _translate(exc: ClientError) -> Exception:

@@ -42,9 +42,17 @@ class NotificationOut(BaseModel):
         "end of its settle window)."
     )
     doubt_since: datetime | None = Field(
-        description="When the newest attempt whose outcome is unknown began (a timeout, a "
-        "5xx, a crash): Postmark is searched before any resend."
+        description="The last instant the newest attempt whose outcome is unknown (a timeout, "
+        "a 5xx, a crash) could have reached Postmark: Postmark is searched before any resend, "
+        "and finding nothing counts only once NOTIFIER_SEARCH_SETTLE has passed since."
     )
+    late_message_ids: list[str] = Field(
+        description="Messages Postmark accepted after the notification was final, or no longer "
+        "claimed by the notifier that sent them (a call that outlived its claim). A row that "
+        "was not sent then became `sent` with the first of them; one already sent keeps its "
+        "`message_id`, and these went out as well."
+    )
+    late_at: datetime | None = Field(description="When the newest late acceptance came.")
 
 
 NEXT_CURSOR = Field(
@@ -228,6 +236,7 @@ async def add_suppression(
         problems.NOT_SUPPRESSED,
         problems.SPAM_COMPLAINT,
         problems.POSTMARK_REFUSED,
+        problems.POSTMARK_UNAVAILABLE,
     ),
 )
 async def lift_suppression(
@@ -238,7 +247,9 @@ async def lift_suppression(
     outbox: OutboxDep,
 ) -> Response:
     """Lift a suppression, reactivating the address at Postmark when a bounce made it
-    inactive there. A spam complaint cannot be lifted (409). Emits `email.reactivated`."""
+    inactive there. A spam complaint cannot be lifted (409). Postmark has POSTMARK_TIMEOUT
+    to answer; when it refuses (502), or is slow or unavailable (503), nothing changes.
+    Emits `email.reactivated`."""
     try:
         await suppression_admin.lift(engine, outbox, request.app.state.postmark, email=email)
     except suppression_admin.NotSuppressed:
@@ -248,7 +259,13 @@ async def lift_suppression(
             problems.SPAM_COMPLAINT,
             "The recipient reported spam; this suppression cannot be lifted.",
         ) from None
-    except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+    except PostmarkUnavailable as exc:
+        raise ProblemError(
+            problems.POSTMARK_UNAVAILABLE,
+            f"Postmark did not reactivate the address in time ({exc}); the address is still "
+            "suppressed. Try again later.",
+        ) from None
+    except (PostmarkUnauthorized, RequestRejected) as exc:
         raise ProblemError(
             problems.POSTMARK_REFUSED, f"Postmark did not reactivate the address: {exc}"
         ) from None

@@ -9,6 +9,11 @@ from pydantic_settings import NoDecode
 
 from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
 
+# How long a Postmark call may take to start once its attempt is stamped in the database
+# (a worker is free by then, so it starts at once; a call that has not is not made at all).
+# A call may thus reach Postmark until START_WINDOW + POSTMARK_TIMEOUT after its stamp.
+CALL_START_WINDOW = 0.5
+
 
 class NotifierSettings(KafkaSettings, HttpServiceSettings):
     """Settings of the `notifier` process."""
@@ -20,10 +25,12 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     notifier_backoff_initial: float = Field(default=0.5, gt=0, description="seconds")
     notifier_backoff_max: float = Field(default=30.0, gt=0, description="seconds")
     notifier_batch_size: int = Field(default=500, ge=1, le=500)
-    # How long a claim on a notification lasts; it must outlive the longest Postmark call.
+    # How long a claim on a notification lasts; it must outlive the last instant a call made
+    # under it can reach Postmark (`call_reach`).
     notifier_lease: float = Field(default=60.0, gt=0, description="seconds")
     # How long Postmark's search may lag behind an acceptance: after an ambiguous attempt, a
-    # search that finds nothing counts as "not sent" only once this much time has passed.
+    # search that finds nothing counts as "not sent" only once this much time has passed
+    # since the last instant that attempt could have reached Postmark.
     notifier_search_settle: float = Field(default=60.0, ge=0, description="seconds")
     # How long the broker may hold an idle fetch. Kafka answers it as soon as a record
     # arrives; some Kafka-compatible brokers (Tansu) hold it to about half this, so it bounds
@@ -37,6 +44,7 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     postmark_server_token: SecretStr = SecretStr("")
     postmark_api_url: str = "https://api.postmarkapp.com/"
     postmark_message_stream: str = "outbound"
+    # The total deadline of one Postmark call: connect, send and read together.
     postmark_timeout: float = Field(default=10.0, gt=0, description="seconds")
     webhook_username: str = ""
     webhook_password: SecretStr = SecretStr("")
@@ -48,21 +56,28 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     def _split_recipients(cls, value: object) -> object:
         return split_commas(value)
 
+    @property
+    def call_reach(self) -> float:
+        """Seconds after an attempt's stamp until which its call may still reach Postmark: it
+        starts within CALL_START_WINDOW and ends by POSTMARK_TIMEOUT after its start."""
+        return CALL_START_WINDOW + self.postmark_timeout
+
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> NotifierSettings:
-        if self.notifier_lease <= self.postmark_timeout:
+        if self.notifier_lease <= self.call_reach:
             raise ValueError(
                 f"NOTIFIER_LEASE ({self.notifier_lease:g} s) must be longer than "
-                f"POSTMARK_TIMEOUT ({self.postmark_timeout:g} s): a claim must outlive the "
-                "Postmark call it covers"
+                f"POSTMARK_TIMEOUT ({self.postmark_timeout:g} s) plus {CALL_START_WINDOW:g} s "
+                "for the call to start: a claim must outlive the Postmark call it covers"
             )
-        # A request may reach Postmark up to POSTMARK_TIMEOUT after its attempt began, and
-        # its search lags after that: a shorter window resends what was accepted. Development
-        # and tests talk to the sandbox, whose search lags only when told to.
-        if self.app_env != "development" and self.notifier_search_settle <= self.postmark_timeout:
+        # The settle window counts from the last instant an attempt could have reached
+        # Postmark, so it need only cover the search's lag; Postmark's search always lags.
+        # Development and tests talk to the sandbox, whose search lags only when told to.
+        if self.app_env != "development" and self.notifier_search_settle <= 0:
             raise ValueError(
-                f"NOTIFIER_SEARCH_SETTLE ({self.notifier_search_settle:g} s) must be longer "
-                f"than POSTMARK_TIMEOUT ({self.postmark_timeout:g} s) plus Postmark's search lag"
+                f"NOTIFIER_SEARCH_SETTLE ({self.notifier_search_settle:g} s) must cover "
+                "Postmark's search lag after the last instant an attempt could reach it "
+                "(its start + POSTMARK_TIMEOUT): give it the longest lag you have seen"
             )
         return self
 

@@ -10,9 +10,15 @@ never mailed by it.
 A send attempt is recorded before Postmark is called (`attempt_open`, `attempt_started_at`,
 a fresh `attempt_id`), and only by the holder of a live claim. Its outcome closes it. An
 attempt found still open when a row is claimed again was cut short (its sender died or lost
-its claim): its outcome is unknown, like a timeout's, and `doubt_since` records when it
-began. Postmark is searched before any resend of a row in doubt, and "not found" counts only
-once `settle` seconds have passed since `doubt_since`.
+its claim): its outcome is unknown, like a timeout's. `doubt_since` records the last instant
+an attempt in doubt could have reached Postmark: its start + `reach` (its call starts within
+a window of the stamp and has a total deadline, `notifier/postmark.py`). Postmark is
+searched before any resend of a row in doubt, and "not found" counts only once `settle`
+seconds (the search's lag) have passed since `doubt_since`.
+
+An acceptance is a fact: whatever the row says when Postmark's answer comes, the row ends
+`sent`. One that comes when the row is no longer pending under the sender's claim (final
+already, or claimed by another) is also recorded as late (`late_message_ids`, `late_at`).
 """
 
 from __future__ import annotations
@@ -65,6 +71,16 @@ class _Fields(Protocol):
     def template(self) -> str: ...
     @property
     def recipient(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LateAcceptance:
+    """Postmark accepted a message for a row that was no longer pending under the sender's
+    claim: `was` is the row's status then (a final one, or pending under another claim)."""
+
+    id: uuid.UUID
+    message_id: str
+    was: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +149,9 @@ _CLAIM = """
     UPDATE notifications AS n
     SET lease_owner = :owner,
         lease_until = now() + make_interval(secs => :lease),
-        doubt_since = CASE WHEN n.attempt_open THEN n.attempt_started_at ELSE n.doubt_since END,
+        doubt_since = CASE WHEN n.attempt_open
+                           THEN n.attempt_started_at + make_interval(secs => :reach)
+                           ELSE n.doubt_since END,
         attempt_open = false,
         updated_at = now()
     FROM (
@@ -191,7 +209,7 @@ _FINAL = """
         recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
-    WHERE n.id = v.id AND n.status = 'pending'
+    WHERE n.id = v.id AND n.status = 'pending'{held}
     RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, before.recipient,
               {returned}
     """
@@ -207,8 +225,54 @@ _MARK_SENT = sa.text(
         values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
         detail="mids",
         returned="n.message_id",
+        # Under the sender's claim; any other acceptance is late (_MARK_LATE).
+        held=" AND n.lease_owner = :owner",
     )
 )
+
+# Acceptances that came when their row was no longer pending under the sender's claim (final
+# already, or claimed by another since): each MessageID is recorded on its row once. A row
+# not sent yet becomes sent (the earlier outcome stays in its error); a sent row keeps its
+# first MessageID.
+_LATE = """
+    WITH locked AS (
+        SELECT id, status, lease_owner, message_id, late_message_ids, recipient
+        FROM notifications
+        WHERE id = ANY(CAST(:ids AS uuid[]))
+        ORDER BY id
+        FOR UPDATE
+    ), late AS (
+        SELECT locked.id, v.mid, locked.status AS was, locked.recipient,
+               locked.status IN ('pending', 'suppressed', 'failed') AS moves
+        FROM locked
+        JOIN unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, mid)
+          ON v.id = locked.id
+        WHERE NOT (locked.status = 'pending' AND locked.lease_owner = :owner)
+          AND locked.message_id IS DISTINCT FROM v.mid
+          AND NOT v.mid = ANY(locked.late_message_ids)
+    )
+    UPDATE notifications AS n
+    SET late_message_ids = n.late_message_ids || late.mid, late_at = now(),
+        status = CASE WHEN late.moves THEN 'sent' ELSE n.status END,
+        message_id = CASE WHEN late.moves THEN late.mid ELSE n.message_id END,
+        sent_at = CASE WHEN late.moves THEN now() ELSE n.sent_at END,
+        last_error = CASE
+            WHEN late.was = 'pending' THEN NULL
+            WHEN late.moves THEN 'accepted by Postmark after it was marked ' || late.was
+                                 || COALESCE(': ' || n.last_error, '')
+            ELSE n.last_error END,
+        attempt_open = n.attempt_open AND NOT late.moves,
+        lease_owner = CASE WHEN late.moves THEN NULL ELSE n.lease_owner END,
+        lease_until = CASE WHEN late.moves THEN NULL ELSE n.lease_until END,
+        source = CASE WHEN late.moves THEN NULL ELSE n.source END,
+        recipient = CASE WHEN late.moves AND {gone} THEN '' ELSE n.recipient END,
+        updated_at = now()
+    FROM late
+    WHERE n.id = late.id
+    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, late.recipient,
+              n.message_id, late.mid, late.was, late.moves
+    """
+_MARK_LATE = sa.text(_LATE.format(gone=_GONE))
 
 _FINISH = sa.text(
     _FINAL.format(
@@ -218,6 +282,7 @@ _FINISH = sa.text(
         "THEN replace(v.detail, before.recipient, '[erased]') ELSE v.detail END",
         detail="errors",
         returned="n.last_error",
+        held="",
     )
 )
 
@@ -237,7 +302,8 @@ _RELEASE = sa.text(
     """
     UPDATE notifications AS n
     SET lease_owner = NULL, lease_until = NULL,
-        doubt_since = CASE WHEN :ambiguous AND n.attempt_open THEN n.attempt_started_at
+        doubt_since = CASE WHEN :ambiguous AND n.attempt_open
+                           THEN n.attempt_started_at + make_interval(secs => :reach)
                            ELSE n.doubt_since END,
         attempt_open = false,
         attempts = n.attempts + :count_attempt,
@@ -272,12 +338,20 @@ class NotificationStore:
     """The send-once state machine's transactions on PostgreSQL, for one claimant."""
 
     def __init__(
-        self, engine: AsyncEngine, outbox: OutboxWriter, *, lease: float, settle: float
+        self,
+        engine: AsyncEngine,
+        outbox: OutboxWriter,
+        *,
+        lease: float,
+        settle: float,
+        reach: float,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
         self.lease = lease
         self.settle = settle
+        # How long after its stamp an attempt's call may still reach Postmark.
+        self.reach = reach
         # Called whenever rows are handed back to wait (or become retryable): the retry loop
         # looks at its clock again.
         self.on_hand_back: Callable[[], None] = lambda: None
@@ -350,6 +424,7 @@ class NotificationStore:
             "owner": claim,
             "lease": self.lease,
             "settle": self.settle,
+            "reach": self.reach,
             "limit": limit,
         }
         if ids is not None:
@@ -390,18 +465,43 @@ class NotificationStore:
             )
             return {row.id: row.suppressed for row in rows}
 
-    async def mark_sent(self, accepted: Sequence[tuple[uuid.UUID, str]]) -> int:
-        """Postmark holds these messages (notification id, MessageID): mark them sent, each
-        with its `email.sent` event. Returns how many moved (a final row is left alone)."""
+    async def mark_sent(
+        self, accepted: Sequence[tuple[uuid.UUID, str]], *, claim: str
+    ) -> tuple[int, list[LateAcceptance]]:
+        """Postmark holds these messages (notification id, MessageID), sent under `claim`:
+        mark them sent, each with its `email.sent` event. Returns how many became sent and
+        the acceptances that came late (the row final already, or no longer claimed by
+        `claim`), which are recorded on their rows too."""
         if not accepted:
-            return 0
+            return 0, []
         async with self.engine.begin() as conn:
-            moved = (
-                await conn.execute(
-                    _MARK_SENT,
-                    {"ids": [i for i, _ in accepted], "mids": [mid for _, mid in accepted]},
-                )
-            ).all()
+            moved: list[Any] = list(
+                (
+                    await conn.execute(
+                        _MARK_SENT,
+                        {
+                            "ids": [i for i, _ in accepted],
+                            "mids": [mid for _, mid in accepted],
+                            "owner": claim,
+                        },
+                    )
+                ).all()
+            )
+            done = {row.id for row in moved}
+            rest = [(i, mid) for i, mid in accepted if i not in done]
+            late: Sequence[Any] = ()
+            if rest:  # final already, or claimed by another since
+                late = (
+                    await conn.execute(
+                        _MARK_LATE,
+                        {
+                            "ids": [i for i, _ in rest],
+                            "mids": [mid for _, mid in rest],
+                            "owner": claim,
+                        },
+                    )
+                ).all()
+                moved += [row for row in late if row.moves]
             await self.outbox.add_many(
                 conn,
                 [
@@ -413,7 +513,7 @@ class NotificationStore:
                 ],
             )
             await _erase_after_goodbyes(conn, moved)
-        return len(moved)
+        return len(moved), [LateAcceptance(row.id, row.mid, row.was) for row in late]
 
     async def mark_suppressed(
         self, blocked: Sequence[tuple[uuid.UUID, str]], *, inactive_at_postmark: bool = False
@@ -518,6 +618,7 @@ class NotificationStore:
                     "ambiguous": ambiguous,
                     "count_attempt": int(count),
                     "settle": self.settle if settle else None,
+                    "reach": self.reach,
                     "error": error[:MAX_ERROR] if error else None,
                     "owner": claim,
                 },

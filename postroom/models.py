@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -98,7 +98,8 @@ notifications = sa.Table(
     sa.Column("attempt_id", sa.Text),
     sa.Column("attempt_started_at", sa.DateTime(timezone=True)),
     sa.Column("attempt_open", sa.Boolean, nullable=False, server_default=sa.false()),
-    # When the newest attempt whose outcome is unknown (timeout, reset, 5xx, crash) began:
+    # The last instant the newest attempt whose outcome is unknown (timeout, reset, 5xx,
+    # crash) could have reached Postmark (its start + POSTMARK_TIMEOUT + the start window):
     # Postmark is searched before any resend, and "not found" counts only after the settle.
     sa.Column("doubt_since", sa.DateTime(timezone=True)),
     # The claim: who works on the notification, until when; and when it may next be tried.
@@ -112,6 +113,10 @@ notifications = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
+    # Acceptances that came after the row was final, or no longer claimed by their sender
+    # (a call that outlived its claim): their MessageIDs, and when the newest came.
+    sa.Column("late_message_ids", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("late_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint(
         "status IN ('pending', 'sent', 'suppressed', 'failed', 'delivered', 'bounced', "
         "'complained')",

@@ -145,6 +145,13 @@ SPAM_COMPLAINT = _known(
 POSTMARK_REFUSED = _known(
     "postmark-refused", 502, "Postmark did not reactivate the address; nothing changed."
 )
+POSTMARK_UNAVAILABLE = _known(
+    "postmark-unavailable",
+    503,
+    "Postmark did not answer within POSTMARK_TIMEOUT, or is unavailable; nothing changed "
+    "here. Try again later (reactivating twice is harmless).",
+    title="Postmark unavailable",
+)
 INVALID_WEBHOOK = _known(
     "invalid-webhook", 400, "The body is not a Postmark webhook, or lacks what its record needs."
 )

@@ -55,7 +55,7 @@ def _load(process: str, cls: type[S]) -> S:
 # Exit codes of the operator verbs (README): 0 done, 1 refused (not found, not parked, ...),
 # 2 a configuration error, 3 the database or the broker does not answer, 4 Postmark refused.
 UNREACHABLE = 3
-POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate the address
+POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate it (refused or too slow)
 
 T = TypeVar("T")
 
@@ -354,10 +354,12 @@ async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
     from postroom.outbox import OutboxWriter
 
     engine = create_engine(settings, application_name="postroom-cli")
+    postmark = Postmark(settings)
     try:
         outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
-        return await work(engine, outbox, Postmark(settings))
+        return await work(engine, outbox, postmark)
     finally:
+        postmark.close()
         await engine.dispose()
 
 
@@ -528,7 +530,12 @@ def suppressions_remove(email: str) -> None:
     settings = _load("suppressions", NotifierSettings)
 
     async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
-        return await admin.lift(engine, outbox, postmark, email=email)
+        # Postmark's errors come back as values: a broken connection to Postmark is not the
+        # database being unreachable (which `_run` reports).
+        try:
+            return await admin.lift(engine, outbox, postmark, email=email)
+        except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
+            return exc
 
     try:
         lifted = _run("suppressions", _with_notifier_parts(settings, work), settings)
@@ -538,9 +545,16 @@ def suppressions_remove(email: str) -> None:
     except admin.CannotLift:
         typer.echo(f"{email.lower()} reported spam: this suppression cannot be lifted", err=True)
         raise typer.Exit(code=1) from None
-    except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
-        typer.echo(f"Postmark did not reactivate {email.lower()}: {exc}", err=True)
-        raise typer.Exit(code=POSTMARK_REFUSED) from None
+    if isinstance(lifted, PostmarkUnavailable):
+        typer.echo(
+            f"Postmark did not answer in time or is unavailable ({lifted}): {email.lower()} is "
+            "still suppressed; try again later",
+            err=True,
+        )
+        raise typer.Exit(code=POSTMARK_REFUSED)
+    if isinstance(lifted, PostmarkUnauthorized | RequestRejected):
+        typer.echo(f"Postmark did not reactivate {email.lower()}: {lifted}", err=True)
+        raise typer.Exit(code=POSTMARK_REFUSED)
     if lifted.reactivated_bounce is None:
         typer.echo(f"lifted {lifted.email}")
     else:

@@ -8,6 +8,12 @@ the client gave up waiting; the messages are accepted and captured (the answer w
 with `timeout_accepts` false, not (the request was lost on its way). `search_delay_ms` keeps
 each accepted message out of `GET /messages/outbound` for that long, as Postmark's search
 index lags behind its acceptance.
+
+`trickle_ms` answers slowly instead: the status and headers at once, then the body a byte at
+a time, `trickle_ms` apart, for the calls named in `trickle_on` (sends, searches,
+reactivations). No single read waits long, so a client whose timeout bounds each read never
+gives up; the work behind the answer (a message accepted, a bounce reactivated) is done
+before it starts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ErrorStatus = Literal[429, 500, 503]
+# Which calls a trickle applies to: POST /email and /email/batch, GET /messages/outbound,
+# PUT /bounces/{id}/activate.
+CallKind = Literal["send", "search", "reactivate"]
 
 _ERROR_BODIES: dict[int, dict[str, Any]] = {
     429: {
@@ -69,6 +78,15 @@ class Faults(BaseModel):
         le=600_000,
         description="How long an accepted message stays invisible to GET /messages/outbound.",
     )
+    trickle_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Delay between the bytes of the answer to each call named in `trickle_on`.",
+    )
+    trickle_on: tuple[CallKind, ...] = Field(
+        default=("send",), description="The calls whose answers trickle."
+    )
 
 
 class FaultsUpdate(BaseModel):
@@ -83,6 +101,8 @@ class FaultsUpdate(BaseModel):
     timeout_ms: int | None = Field(default=None, ge=0, le=600_000)
     timeout_accepts: bool | None = None
     search_delay_ms: int | None = Field(default=None, ge=0, le=600_000)
+    trickle_ms: int | None = Field(default=None, ge=0, le=60_000)
+    trickle_on: tuple[CallKind, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,7 @@ class Stats:
     calls: int = 0
     errors_injected: int = 0
     timeouts_injected: int = 0
+    trickles_injected: int = 0
     webhooks_delivered: int = 0
     webhooks_failed: int = 0
     # messages per `POST /email/batch` call -> how many calls carried that many
@@ -130,6 +151,14 @@ class FaultInjector:
     def reset(self) -> Faults:
         self.faults = Faults()
         return self.faults
+
+    def trickle(self, kind: CallKind) -> float:
+        """Seconds between the bytes of this call's answer; 0 to answer at once."""
+        faults = self.faults
+        if not faults.trickle_ms or kind not in faults.trickle_on:
+            return 0.0
+        self.stats.trickles_injected += 1
+        return faults.trickle_ms / 1000
 
     def decide(self) -> Decision:
         """Count one call and roll the dice for it."""

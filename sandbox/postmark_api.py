@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sandbox.bounces import Bounce
+from sandbox.faults import CallKind
 from sandbox.messages import PostmarkError
 from sandbox.state import Sandbox, SandboxDep
 
@@ -27,6 +29,25 @@ _METADATA_PREFIX = "metadata_"
 
 def error_response(exc: PostmarkError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _answer(sandbox: Sandbox, kind: CallKind, response: Response) -> Response:
+    """The answer as it is, or trickling a byte at a time when a fault says so."""
+    delay = sandbox.faults.trickle(kind)
+    if not delay:
+        return response
+    body = bytes(response.body)
+
+    async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+        for at in range(len(body)):
+            if at:
+                await asyncio.sleep(delay)
+            yield body[at : at + 1]
+
+    # The headers (Content-Length among them) go at once: only the body trickles.
+    return StreamingResponse(
+        one_byte_at_a_time(), status_code=response.status_code, headers=dict(response.headers)
+    )
 
 
 def _authorize(request: Request, sandbox: Sandbox) -> str:
@@ -111,7 +132,7 @@ async def _send(request: Request, sandbox: Sandbox, *, batch: bool) -> Response:
         response = error_response(exc)
     if decision.hold_answer:
         await asyncio.sleep(decision.hold_answer)
-    return response
+    return _answer(sandbox, "send", response)
 
 
 @router.post("/email")
@@ -152,7 +173,7 @@ async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
         _require_json(request, with_body=False)
         count, offset = _page(request)
     except PostmarkError as exc:
-        return error_response(exc)
+        return _answer(sandbox, "search", error_response(exc))
     params = request.query_params
     metadata = {
         key.removeprefix(_METADATA_PREFIX): value
@@ -173,8 +194,12 @@ async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
     now = time.monotonic()
     found = [message for message in found if message.searchable_at <= now]  # the index lags
     page = found[offset : offset + count]
-    return JSONResponse(
-        {"TotalCount": len(found), "Messages": [message.search_json() for message in page]}
+    return _answer(
+        sandbox,
+        "search",
+        JSONResponse(
+            {"TotalCount": len(found), "Messages": [message.search_json() for message in page]}
+        ),
     )
 
 
@@ -218,5 +243,7 @@ async def activate_bounce(bounce_id: str, request: Request, sandbox: SandboxDep)
         bounce = _find_bounce(bounce_id, sandbox)
         sandbox.activate(bounce)
     except PostmarkError as exc:
-        return error_response(exc)
-    return JSONResponse({"Message": "OK", "Bounce": bounce.as_json()})
+        return _answer(sandbox, "reactivate", error_response(exc))
+    return _answer(
+        sandbox, "reactivate", JSONResponse({"Message": "OK", "Bounce": bounce.as_json()})
+    )

@@ -89,6 +89,7 @@ class Sandbox:
             "calls": stats.calls,
             "errors_injected": stats.errors_injected,
             "timeouts_injected": stats.timeouts_injected,
+            "trickles_injected": stats.trickles_injected,
             "captured": self.store.captured_total,
             "stored": len(self.store),
             "webhooks_delivered": stats.webhooks_delivered,

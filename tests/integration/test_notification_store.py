@@ -19,7 +19,8 @@ from postroom import events
 from postroom.db import create_engine
 from postroom.outbox import OutboxWriter
 from tests.support.names import unique
-from tests.support.settings import make_api_settings
+from tests.support.settings import make_api_settings, make_notifier_settings
+from tests.support.stack import operator_api
 
 
 def registration(email: str) -> tuple[PlannedEmail, SourceRecord]:
@@ -48,10 +49,15 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         await created.dispose()
 
 
+REACH = 10.5  # POSTMARK_TIMEOUT 10 s and the start window
+
+
 def store_of(
     engine: AsyncEngine, *, lease: float = 30.0, settle: float = 60.0
 ) -> NotificationStore:
-    return NotificationStore(engine, OutboxWriter(shards=8), lease=lease, settle=settle)
+    return NotificationStore(
+        engine, OutboxWriter(shards=8), lease=lease, settle=settle, reach=REACH
+    )
 
 
 async def record(
@@ -130,7 +136,8 @@ async def test_a_claim_lost_to_expiry_can_neither_begin_an_attempt_nor_release(
     assert begun == {}
     assert row is not None
     assert (row["lease_owner"], row["attempts"], row["attempt_open"]) == ("new", 1, False)
-    assert row["doubt_since"] == row["attempt_started_at"]
+    # In doubt from the last instant that attempt's call could have reached Postmark.
+    assert (row["doubt_since"] - row["attempt_started_at"]).total_seconds() == REACH
 
 
 async def test_the_settle_window_counts_from_the_attempt_in_doubt(
@@ -269,3 +276,98 @@ async def test_a_deleted_users_goodbye_erases_their_addresses_however_it_ends(
     assert rows["goodbye"][0] == ""
     assert rows["welcome"] == ("", "ErrorCode 300: bad address [erased]")
     assert announced == [email, email]  # the events still name the address
+
+
+async def test_an_acceptance_is_never_dropped_and_one_that_came_late_is_recorded(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """Postmark's answer is a fact: whatever the row says when it comes, the row ends sent.
+    One that came when the row was final, or no longer its sender's, is recorded as late."""
+    store = store_of(engine)
+    ours, suppressed, failed, sent, taken = await record(
+        store, *(f"{unique('late')}@example.com" for _ in range(5))
+    )
+    await store.mark_suppressed([(suppressed.id, "suppressed: HardBounce")])
+    await store.mark_failed([(failed.id, "gave up after 6 attempts")])
+    assert await store.mark_sent([(sent.id, "m-sent-first")], claim="first") == (1, [])
+    await db.execute(
+        "UPDATE notifications SET lease_until = now() - interval '1 second' WHERE id = $1",
+        taken.id,
+    )
+    [reclaimed] = await store.claim([taken.id], claim="second")
+    await db.execute("DELETE FROM outbox")
+
+    moved, late = await store.mark_sent(
+        [
+            (ours.id, "m-ours"),
+            (suppressed.id, "m-suppressed"),
+            (failed.id, "m-failed"),
+            (sent.id, "m-sent-again"),
+            (taken.id, "m-taken"),
+        ],
+        claim="first",
+    )
+    again = await store.mark_sent([(sent.id, "m-sent-again"), (ours.id, "m-ours")], claim="first")
+    begun = await store.start_attempt([taken.id], "a2", claim="second")
+    rows = {
+        r["id"]: r
+        for r in await db.fetch(
+            "SELECT id, status, message_id, late_message_ids, late_at, last_error, lease_owner "
+            "FROM notifications"
+        )
+    }
+    sent_events = [
+        json.loads(r["payload"])["message_id"]
+        for r in await db.fetch(
+            "SELECT payload::text FROM outbox WHERE event_type = 'email.sent' ORDER BY id"
+        )
+    ]
+
+    assert moved == 4  # all but the one sent already
+    assert sorted((item.message_id, item.was) for item in late) == [
+        ("m-failed", "failed"),
+        ("m-sent-again", "sent"),
+        ("m-suppressed", "suppressed"),
+        ("m-taken", "pending"),
+    ]
+    assert again == (0, [])  # the same acceptance twice records nothing more
+    assert reclaimed.in_doubt
+    assert begun == {}  # the other claimant finds it sent: nothing more goes out
+    assert {
+        row_id: (r["status"], r["message_id"], r["late_message_ids"]) for row_id, r in rows.items()
+    } == {
+        ours.id: ("sent", "m-ours", []),
+        suppressed.id: ("sent", "m-suppressed", ["m-suppressed"]),
+        failed.id: ("sent", "m-failed", ["m-failed"]),
+        sent.id: ("sent", "m-sent-first", ["m-sent-again"]),
+        taken.id: ("sent", "m-taken", ["m-taken"]),
+    }
+    assert rows[ours.id]["late_at"] is None
+    assert all(rows[p.id]["late_at"] is not None for p in (suppressed, failed, sent, taken))
+    assert rows[taken.id]["lease_owner"] is None
+    assert rows[suppressed.id]["last_error"] == (
+        "accepted by Postmark after it was marked suppressed: suppressed: HardBounce"
+    )
+    assert sorted(sent_events) == ["m-failed", "m-ours", "m-suppressed", "m-taken"]
+
+
+async def test_an_operator_sees_a_late_acceptance_on_the_notification(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    store = store_of(engine)
+    [p] = await record(store, f"{unique('shown')}@example.com")
+    await store.mark_suppressed([(p.id, "suppressed: HardBounce")])
+    await store.mark_sent([(p.id, "m-late")], claim="first")
+    settings = make_notifier_settings(database_url, "127.0.0.1:9", "http://127.0.0.1:9", "t")
+
+    async with operator_api(settings) as notifier:
+        shown = (await notifier.get(f"/v1/notifications/{p.id}")).json()
+        listed = (await notifier.get("/v1/notifications", params={"status": "sent"})).json()
+
+    assert (shown["status"], shown["message_id"], shown["late_message_ids"]) == (
+        "sent",
+        "m-late",
+        ["m-late"],
+    )
+    assert shown["late_at"] is not None
+    assert listed["items"] == [shown]

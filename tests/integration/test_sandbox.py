@@ -6,6 +6,7 @@ ambiguous timeout, bounce and complaint webhooks that suppress addresses, and in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -28,9 +29,12 @@ import pytest
 import requests
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
+from pydantic import SecretStr
 
+from notifier.postmark import Postmark, PostmarkUnavailable
 from postroom_cli.embedded import free_port
 from tests.support.names import unique
+from tests.support.settings import make_notifier_settings
 
 T = TypeVar("T")
 
@@ -540,6 +544,8 @@ def test_faults_are_validated_and_updated_field_by_field(live_sandbox: LiveSandb
         "timeout_ms": 30000,
         "timeout_accepts": True,
         "search_delay_ms": 0,
+        "trickle_ms": 0,
+        "trickle_on": ["send"],
     }
     reset = live_sandbox.api("DELETE", "/api/faults").json()
     assert (reset["latency_ms"], reset["timeout_rate"]) == (0, 0.0)
@@ -701,12 +707,17 @@ def test_the_timeout_accepts_and_search_delay_faults_are_echoed_validated_and_re
         "timeout_ms": 30000,
         "timeout_accepts": True,
         "search_delay_ms": 0,
+        "trickle_ms": 0,
+        "trickle_on": ["send"],
     }
     assert live_sandbox.api("GET", "/api/faults").json() == defaults
     for refused in (
         {"search_delay_ms": -1},
         {"search_delay_ms": 600_001},
         {"timeout_accepts": "maybe"},
+        {"trickle_ms": -1},
+        {"trickle_ms": 60_001},
+        {"trickle_on": ["webhooks"]},
     ):
         answer = live_sandbox.api("PUT", "/api/faults", json=refused)
         assert 400 <= answer.status_code < 500, refused
@@ -724,3 +735,88 @@ def test_the_timeout_accepts_and_search_delay_faults_are_echoed_validated_and_re
     assert reset.status_code == 200
     assert (reset.json()["search_delay_ms"], reset.json()["timeout_accepts"]) == (0, True)
     assert live_sandbox.api("GET", "/api/faults").json() == defaults
+
+
+def test_a_trickle_answers_the_calls_it_names_a_byte_at_a_time(
+    live_sandbox: LiveSandbox, receiver: HookReceiver, postmark: PostmarkClient
+) -> None:
+    """Each byte comes well within a read timeout, so a client that bounds each read waits
+    for all of them; the work behind the answer is done before it starts."""
+    to = address("trickle")
+    sent = postmark.emails.send(**message(to, Headers={"X-PM-Bounce-Type": "HardBounce"}))
+    [hook] = wait_for(
+        lambda: [h for h in receiver.hooks if h.body.get("Email") == to], what="the bounce"
+    )
+    put = live_sandbox.api(
+        "PUT", "/api/faults", json={"trickle_ms": 5, "trickle_on": ["search", "reactivate"]}
+    )
+    assert put.json()["trickle_on"] == ["search", "reactivate"]
+    session = requests.Session()
+    headers = {"X-Postmark-Server-Token": SERVER_TOKEN, "Accept": "application/json"}
+
+    def timed(method: str, path: str, **kwargs: Any) -> tuple[float, requests.Response]:
+        started = time.monotonic()
+        answer = session.request(
+            method, f"{live_sandbox.url}{path}", headers=headers, timeout=0.5, **kwargs
+        )
+        return time.monotonic() - started, answer
+
+    send_took, _ = timed("POST", "/email", json=message(address("quick")))
+    search_took, found = timed(
+        "GET", "/messages/outbound", params={"count": 1, "offset": 0, "recipient": to}
+    )
+    activate_took, activated = timed("PUT", f"/bounces/{hook.body['ID']}/activate")
+    session.close()
+
+    assert send_took < 0.5  # not named: answered at once
+    assert found.json()["Messages"][0]["MessageID"] == sent["MessageID"]
+    assert search_took >= 0.005 * (len(found.content) - 1)
+    assert activated.json()["Bounce"]["Inactive"] is False
+    assert activate_took >= 0.005 * (len(activated.content) - 1)
+    assert live_sandbox.api("GET", "/api/stats").json()["trickles_injected"] == 2
+
+
+def test_the_notifiers_postmark_client_cuts_a_trickling_answer_at_postmark_timeout(
+    live_sandbox: LiveSandbox,
+    make_client: Callable[..., PostmarkClient],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A byte every 25 ms never trips requests' per-read timeout of 1 s: a plain client waits
+    out the whole answer. POSTMARK_TIMEOUT=1 is a total deadline: the notifier's call ends
+    after about 1 s, and since the request had left, it is in doubt."""
+    live_sandbox.api("PUT", "/api/faults", json={"trickle_ms": 25, "trickle_on": ["send"]})
+    plain = make_client(timeout=1.0)
+    started = time.monotonic()
+    [answer] = plain.emails.send_batch(message(address("plain")))
+    plain_took = time.monotonic() - started
+
+    settings = make_notifier_settings(
+        "postgresql://x@127.0.0.1/x",
+        "127.0.0.1:9",
+        live_sandbox.url,
+        "t",
+        postmark_server_token=SecretStr(SERVER_TOKEN),
+        postmark_timeout=1.0,
+    )
+    client = Postmark(settings)
+    to = address("cut")
+
+    async def send() -> float:
+        async with client.send_slot() as slot:
+            started = time.monotonic()
+            with pytest.raises(PostmarkUnavailable) as raised:
+                await client.send_batch([message(to)], slot=slot)
+            assert raised.value.ambiguous is True
+            return time.monotonic() - started
+
+    try:
+        cut_took = asyncio.run(send())
+    finally:
+        client.close()
+
+    with capsys.disabled():
+        print(f"\n[trickle] plain client {plain_took:.2f} s; the notifier's call {cut_took:.2f} s")
+    assert answer["ErrorCode"] == 0
+    assert plain_took > 3.0, plain_took  # the whole answer, ~170 bytes 25 ms apart
+    assert 1.0 <= cut_took < 1.5, cut_took
+    assert len(live_sandbox.captured(to=to)) == 1  # accepted: hence the doubt

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support.postmark import Sandbox
+from tests.support.postmark import Sandbox, sandbox_client
 from tests.support.settings import (
     API_TOKEN,
     POSTMARK_TOKEN,
@@ -155,7 +155,49 @@ async def test_when_postmark_refuses_to_reactivate_nothing_changes(
     assert await event_types(db) == []
 
 
-def cli(database_url: str, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+async def test_when_postmark_is_slow_to_reactivate_the_operator_hears_so_in_time(
+    database_url: str, db: asyncpg.Connection, sandbox: Sandbox, sandbox_faults: str
+) -> None:
+    """Postmark's answer trickles in a byte at a time: the reactivation ends at
+    POSTMARK_TIMEOUT with a 503 (the API) or one line and exit code 4 (the command), and the
+    address stays suppressed."""
+    await db.execute(
+        """
+        INSERT INTO bounces (id, record_type, type, email, inactive, can_activate, raw)
+        VALUES (9123372036854775002, 'Bounce', 'HardBounce', 'slow@example.com', true, true,
+                '{}');
+        INSERT INTO suppressions (email, reason, origin)
+        VALUES ('slow@example.com', 'HardBounce', 'Postmark');
+        """
+    )
+    async with sandbox_client(sandbox) as postmark:
+        await postmark.put("/api/faults", json={"trickle_ms": 200, "trickle_on": ["reactivate"]})
+    settings = make_notifier_settings(
+        database_url, "127.0.0.1:9", sandbox.url, "t-admin", postmark_timeout=1.0
+    )
+    async with operator_api(settings) as notifier:
+        started = time.monotonic()
+        answer = await notifier.delete("/v1/suppressions/slow@example.com")
+        took = time.monotonic() - started
+    command = await asyncio.to_thread(
+        cli, database_url, sandbox, "remove", "slow@example.com", POSTMARK_TIMEOUT="1"
+    )
+
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:postroom:problem:postmark-unavailable"
+    assert "still suppressed" in answer.json()["detail"]
+    assert took < 1.5, took
+    assert command.returncode == 4
+    assert command.stderr.count("\n") == 1
+    assert "still suppressed" in command.stderr
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 1
+    assert await event_types(db) == []
+
+
+def cli(
+    database_url: str, sandbox: Sandbox, *args: str, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "APP_ENV": "development",
@@ -166,6 +208,7 @@ def cli(database_url: str, sandbox: Sandbox, *args: str) -> subprocess.Completed
         "POSTMARK_API_URL": sandbox.url + "/",
         "WEBHOOK_USERNAME": WEBHOOK_USER,
         "WEBHOOK_PASSWORD": WEBHOOK_PASSWORD,
+        **extra_env,
     }
     return subprocess.run(
         [sys.executable, "-m", "postroom_cli", "suppressions", *args],

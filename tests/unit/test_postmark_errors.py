@@ -3,9 +3,11 @@ tiny HTTP server on loopback whose answers each test scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,13 +18,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from notifier.postmark import (
+    REACTIVATE_THREADS,
     SEARCH_PAGE,
+    SEARCH_THREADS,
     Accepted,
+    MessageResult,
     Postmark,
     PostmarkUnauthorized,
     PostmarkUnavailable,
     Rejected,
     RequestRejected,
+    SendSlot,
 )
 from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
 
@@ -94,6 +100,7 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-encoded unless bytes
     content_type: str = "application/json"
+    trickle: float = 0.0  # seconds between the bytes of the body
 
 
 Hang = Literal["hang"]  # read the request, then never answer
@@ -148,7 +155,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
-        self.wfile.write(raw)
+        if not reply.trickle:
+            self.wfile.write(raw)
+            return
+        self.wfile.flush()
+        for at in range(len(raw)):
+            if fake.released.wait(reply.trickle):
+                break
+            try:
+                self.wfile.write(raw[at : at + 1])
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                self.close_connection = True
+                return
 
 
 @dataclass
@@ -156,6 +175,8 @@ class FakePostmark:
     """Answers each request with the next scripted reply (500 when the script runs out)."""
 
     script: list[Script] = field(default_factory=list)
+    # Paths answered the same way every time, whatever the script says.
+    routes: dict[str, Script] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -180,6 +201,8 @@ class FakePostmark:
     def record(self, request: Seen) -> Script:
         with self._lock:
             self.seen.append(request)
+            if request.path in self.routes:
+                return self.routes[request.path]
             return self.script.pop(0) if self.script else Reply(500, {"unscripted": True})
 
     def stop(self) -> None:
@@ -198,9 +221,9 @@ def fake() -> Iterator[FakePostmark]:
         server.stop()
 
 
-def postmark_at(url: str) -> Postmark:
+def postmark_at(url: str, *, timeout: float = TIMEOUT) -> Postmark:
     settings = make_notifier_settings(
-        "postgresql://x@127.0.0.1/x", "127.0.0.1:9", url, "t", postmark_timeout=TIMEOUT
+        "postgresql://x@127.0.0.1/x", "127.0.0.1:9", url, "t", postmark_timeout=timeout
     )
     return Postmark(settings)
 
@@ -223,6 +246,12 @@ def message(to: str) -> dict[str, Any]:
 TWO = [message("receiver1@example.com"), message("inactive@example.com")]
 
 
+async def send(postmark: Postmark, messages: list[dict[str, Any]]) -> list[MessageResult]:
+    """A send as delivery makes it: under a send slot."""
+    async with postmark.send_slot() as slot:
+        return await postmark.send_batch(messages, slot=slot)
+
+
 # send_batch: answers per message
 
 
@@ -231,7 +260,7 @@ async def test_a_mixed_batch_answer_gives_one_result_per_message_in_order(
 ) -> None:
     fake.then(Reply(200, BATCH_MIXED))
 
-    results = await postmark.send_batch(TWO)
+    results = await send(postmark, TWO)
 
     assert results == [
         Accepted("b7bc2f4a-e38e-4336-af7d-e6c392c2f817"),
@@ -260,7 +289,7 @@ async def test_batch_entries_are_matched_by_position(
         )
     )
 
-    results = await postmark.send_batch([message(f"{n}@example.com") for n in "abcd"])
+    results = await send(postmark, [message(f"{n}@example.com") for n in "abcd"])
 
     assert results == [
         Rejected(300, INVALID_TO["Message"]),
@@ -285,7 +314,7 @@ async def test_a_batch_answer_of_the_wrong_shape_is_ambiguous(
     fake.then(Reply(200, answer))
 
     with pytest.raises(PostmarkUnavailable) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.ambiguous is True
 
@@ -296,16 +325,16 @@ async def test_a_batch_answer_that_is_not_json_is_ambiguous(
     fake.then(Reply(200, b"<html>proxy says hi</html>", content_type="text/html"))
 
     with pytest.raises(PostmarkUnavailable) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.ambiguous is True
 
 
 async def test_batch_size_is_checked_before_calling(fake: FakePostmark, postmark: Postmark) -> None:
     with pytest.raises(ValueError, match="1 to 500"):
-        await postmark.send_batch([])
+        await send(postmark, [])
     with pytest.raises(ValueError, match="1 to 500"):
-        await postmark.send_batch([message("a@example.com")] * 501)
+        await send(postmark, [message("a@example.com")] * 501)
     assert fake.seen == []
 
 
@@ -332,7 +361,7 @@ async def test_a_bad_token_is_unauthorized(
     fake.then(reply)
 
     with pytest.raises(PostmarkUnauthorized):
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
 
 @pytest.mark.parametrize(
@@ -353,7 +382,7 @@ async def test_retryable_answers_are_unavailable(
     fake.then(reply)
 
     with pytest.raises(PostmarkUnavailable) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.ambiguous is ambiguous
 
@@ -368,7 +397,7 @@ async def test_a_422_with_an_error_code_rejects_the_whole_request(
     fake.then(Reply(422, body))
 
     with pytest.raises(RequestRejected) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.error_code == body["ErrorCode"]
     assert body["Message"].splitlines()[0] in str(raised.value)
@@ -381,7 +410,7 @@ async def test_a_413_without_postmarks_json_rejects_the_request(
     fake.then(Reply(413, b"Request Entity Too Large", content_type="text/html"))
 
     with pytest.raises(RequestRejected):
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
 
 # send_batch: broken connections
@@ -393,7 +422,7 @@ async def test_no_answer_within_the_timeout_is_ambiguous(
     fake.then("hang")
 
     with pytest.raises(PostmarkUnavailable) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.ambiguous is True
     assert len(fake.seen) == 1  # the request did reach the server
@@ -405,7 +434,7 @@ async def test_a_connection_closed_after_the_request_is_ambiguous(
     fake.then("close")
 
     with pytest.raises(PostmarkUnavailable) as raised:
-        await postmark.send_batch(TWO)
+        await send(postmark, TWO)
 
     assert raised.value.ambiguous is True
     assert len(fake.seen) == 1
@@ -419,9 +448,89 @@ async def test_a_refused_connection_is_not_ambiguous() -> None:
         postmark = postmark_at(f"http://127.0.0.1:{port}")
 
         with pytest.raises(PostmarkUnavailable) as raised:
-            await postmark.send_batch(TWO)
+            await send(postmark, TWO)
 
     assert raised.value.ambiguous is False
+
+
+# deadlines and capacity
+
+
+ONE_ACCEPTED = [
+    {"ErrorCode": 0, "Message": "OK", "MessageID": "m-1", "To": "receiver1@example.com"},
+    {"ErrorCode": 0, "Message": "OK", "MessageID": "m-2", "To": "inactive@example.com"},
+]
+
+
+async def test_a_trickling_answer_is_cut_at_the_total_deadline(
+    fake: FakePostmark, postmark: Postmark
+) -> None:
+    # A byte every 0.1 s never trips a per-read timeout of 0.5 s: the whole answer would
+    # take ~20 s. The total deadline cuts it at 0.5 s.
+    fake.then(Reply(200, ONE_ACCEPTED, trickle=0.1))
+    started = time.monotonic()
+
+    with pytest.raises(PostmarkUnavailable) as raised:
+        await send(postmark, TWO)
+
+    elapsed = time.monotonic() - started
+    assert raised.value.ambiguous is True  # the request reached the server
+    assert "POSTMARK_TIMEOUT" in str(raised.value)
+    assert TIMEOUT <= elapsed < TIMEOUT + 0.4, elapsed
+    assert len(fake.seen) == 1
+
+
+async def test_a_send_that_could_not_start_in_its_window_is_not_made(
+    fake: FakePostmark, postmark: Postmark
+) -> None:
+    fake.then(Reply(200, ONE_ACCEPTED))
+
+    with pytest.raises(PostmarkUnavailable) as raised:
+        await postmark.send_batch(TWO, slot=SendSlot(start_by=time.monotonic() - 0.01))
+
+    assert raised.value.ambiguous is False  # nothing left: the rows go back without doubt
+    assert fake.seen == []
+
+
+async def test_slow_reactivations_and_searches_never_hold_up_a_send(fake: FakePostmark) -> None:
+    # Far more slow reactivations and searches than they have threads, all hanging.
+    postmark = postmark_at(fake.url, timeout=5.0)
+    fake.routes["/bounces/7/activate"] = "hang"
+    fake.routes["/messages/outbound"] = "hang"
+    fake.routes["/email/batch"] = Reply(200, ONE_ACCEPTED)
+    slow = [asyncio.ensure_future(postmark.reactivate(7)) for _ in range(12)]
+    slow += [asyncio.ensure_future(postmark.find_sent(f"n-{n}")) for n in range(20)]
+    while len(fake.seen) < REACTIVATE_THREADS + SEARCH_THREADS:
+        await asyncio.sleep(0.01)
+
+    results = await send(postmark, TWO)
+
+    assert results == [Accepted("m-1"), Accepted("m-2")]
+    assert not any(call.done() for call in slow)
+    # Each kind stayed within its own threads.
+    assert [s.path for s in fake.seen].count("/bounces/7/activate") == REACTIVATE_THREADS
+    assert [s.path for s in fake.seen].count("/messages/outbound") == SEARCH_THREADS
+    fake.released.set()
+    for call in slow:
+        call.cancel()
+    await asyncio.gather(*slow, return_exceptions=True)
+
+
+async def test_a_reactivation_answers_within_the_timeout_even_behind_others(
+    fake: FakePostmark, postmark: Postmark
+) -> None:
+    fake.routes["/bounces/7/activate"] = "hang"
+    started = time.monotonic()
+
+    outcomes = await asyncio.gather(
+        *(postmark.reactivate(7) for _ in range(REACTIVATE_THREADS * 2)), return_exceptions=True
+    )
+
+    elapsed = time.monotonic() - started
+    assert all(isinstance(outcome, PostmarkUnavailable) for outcome in outcomes), outcomes
+    # Those that got a thread were cut by the deadline; the others gave up waiting for one
+    # (or got a thread as it came, with no time left).
+    assert elapsed < TIMEOUT + 0.4, elapsed
 
 
 # find_sent

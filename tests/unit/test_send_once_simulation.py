@@ -8,14 +8,23 @@ letting the search index catch up), kills notifiers, starts new ones, and suppre
 addresses. Postmark may accept a batch and lose the answer, lose the request, throttle,
 fail its search, and shows a message to search only `LAG` seconds after accepting it.
 
+Each notifier's Postmark client is faked as `notifier.postmark.Postmark` behaves: a send
+holds a send slot, and its call may start any time after (a thread picking it up) but is
+refused past the slot's start window (the real `refuse_late_start`); its request and its
+answer may come any time after, but the call is cut at its total deadline (`TIMEOUT` after
+its start). Answers can thus come after the claim expired, and rows can be final by then.
+
 What must hold for every schedule:
 - Postmark never accepts two messages for one notification;
+- every acceptance comes within `REACH` of its attempt's stamp (what the code enforces and
+  the settle rule builds on);
 - nothing is accepted for an address suppressed before its attempt began;
-- a notification marked sent names the message Postmark accepted for it;
+- every notification's status is true to what Postmark accepted: sent naming the message it
+  accepted if it accepted one (or failed saying that this is unknown), never sent otherwise;
 - once the faults stop, every notification ends sent, suppressed or failed.
 
-Assumptions, as in production (docs/architecture.md): a request reaches Postmark within
-`TIMEOUT` of its attempt's start or never, and `SETTLE` ≥ `TIMEOUT` + `LAG`.
+Assumption, as in production (docs/architecture.md): the search shows an accepted message
+within `SETTLE` (≥ `LAG`) of the last instant its request could reach Postmark.
 
 A failure prints its seed; `SIMULATION_SEED=<seed> pytest tests/unit/test_send_once_simulation.py`
 replays it alone, and `SIMULATION_SEEDS=<n>` runs more schedules.
@@ -25,10 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,21 +49,32 @@ from prometheus_client import CollectorRegistry
 from notifier.delivery import Delivery
 from notifier.metrics import NotifierMetrics
 from notifier.plans import PlannedEmail, SourceRecord, plan
-from notifier.postmark import Accepted, MessageResult, PostmarkUnavailable
-from notifier.store import ClaimedRow
+from notifier.postmark import (
+    SEND_THREADS,
+    Accepted,
+    MessageResult,
+    PostmarkUnavailable,
+    SendSlot,
+    refuse_late_start,
+)
+from notifier.rendering import Renderer
+from notifier.settings import CALL_START_WINDOW, NotifierSettings
+from notifier.store import ClaimedRow, LateAcceptance
 from postroom import events
 from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
+REACH = CALL_START_WINDOW + TIMEOUT  # a call reaches Postmark by its stamp + REACH
 LEASE = 3.0  # NOTIFIER_LEASE
 LAG = 4.0  # how far Postmark's search lags behind acceptance, at most
-SETTLE = TIMEOUT + LAG  # NOTIFIER_SEARCH_SETTLE
+SETTLE = LAG  # NOTIFIER_SEARCH_SETTLE, counted from the stamp + REACH
 MAX_ATTEMPTS = 6
 CHAOS_STEPS = 160
 CALM_STEPS = 3000
 
 
 CURRENT_WORKER: contextvars.ContextVar[str] = contextvars.ContextVar("worker")
+RENDERER = Renderer()
 
 
 class Crashed(BaseException):
@@ -81,6 +103,9 @@ class World:
     parked: list[Parked] = field(default_factory=list)
     dead: set[str] = field(default_factory=set)
     trace: list[str] = field(default_factory=list)
+    attempt_started: dict[str, float] = field(default_factory=dict)  # attempt id -> stamp
+    # Acceptances a notifier learnt of and handed to its store: (notification id, MessageID).
+    reported: set[tuple[uuid.UUID, str]] = field(default_factory=set)
 
     async def step(self, what: str) -> None:
         """Wait until the scheduler lets the current worker's next operation happen."""
@@ -112,6 +137,7 @@ class Row:
     next_attempt_at: float = 0.0
     message_id: str | None = None
     last_error: str | None = None
+    late_message_ids: list[str] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -122,13 +148,10 @@ class MemoryStore:
         world: World,
         rows: dict[uuid.UUID, Row],
         suppressed: dict[str, float],
-        attempt_started: dict[str, float],
     ):
         self.world = world
         self.rows = rows
         self.suppressed = suppressed  # address -> when it was suppressed
-        self.attempts_begun: list[tuple[uuid.UUID, float]] = []
-        self.attempt_started = attempt_started  # attempt id -> when it began
 
     @property
     def now(self) -> float:
@@ -179,8 +202,7 @@ class MemoryStore:
             row.attempts, row.attempt_id = 1, attempt_id
             row.attempt_started_at, row.attempt_open = self.now, True
             row.lease_owner, row.lease_until = claim, self.now + LEASE
-            self.attempts_begun.append((p.id, self.now))
-            self.attempt_started[attempt_id] = self.now
+            self.world.attempt_started[attempt_id] = self.now
             claimed.append(self._claimed(row, started=True))
         return claimed, suppressed
 
@@ -201,7 +223,8 @@ class MemoryStore:
         for row in candidates[:limit]:
             row.lease_owner, row.lease_until = claim, self.now + LEASE
             if row.attempt_open:
-                row.doubt_since = row.attempt_started_at
+                assert row.attempt_started_at is not None
+                row.doubt_since = row.attempt_started_at + REACH
             row.attempt_open = False
             out.append(self._claimed(row))
         return out
@@ -222,20 +245,30 @@ class MemoryStore:
                 row.attempts += 1
                 row.attempt_id, row.attempt_started_at = attempt_id, self.now
                 row.attempt_open, row.lease_until = True, self.now + LEASE
-                self.attempts_begun.append((row_id, self.now))
-                self.attempt_started[attempt_id] = self.now
+                self.world.attempt_started[attempt_id] = self.now
         return held
 
-    async def mark_sent(self, accepted: Sequence[tuple[uuid.UUID, str]]) -> int:
+    async def mark_sent(
+        self, accepted: Sequence[tuple[uuid.UUID, str]], *, claim: str
+    ) -> tuple[int, list[LateAcceptance]]:
         await self.world.step("mark_sent")
+        self.world.reported.update(accepted)
         moved = 0
+        late: list[LateAcceptance] = []
         for row_id, message_id in accepted:
             row = self.rows[row_id]
-            if row.status == "pending":
+            if row.status == "pending" and row.lease_owner == claim:
                 row.status, row.message_id = "sent", message_id
                 self._finish(row)
                 moved += 1
-        return moved
+            elif row.message_id != message_id and message_id not in row.late_message_ids:
+                late.append(LateAcceptance(row_id, message_id, row.status))
+                row.late_message_ids.append(message_id)
+                if row.status in ("pending", "suppressed", "failed"):
+                    row.status, row.message_id = "sent", message_id
+                    self._finish(row)
+                    moved += 1
+        return moved, late
 
     async def mark_suppressed(
         self, blocked: Sequence[tuple[uuid.UUID, str]], *, inactive_at_postmark: bool = False
@@ -262,7 +295,8 @@ class MemoryStore:
             if row.status != "pending" or row.lease_owner != claim:
                 continue
             if ambiguous and row.attempt_open:
-                row.doubt_since = row.attempt_started_at
+                assert row.attempt_started_at is not None
+                row.doubt_since = row.attempt_started_at + REACH
             row.attempt_open = False
             row.attempts += int(count_attempt)
             row.next_attempt_at = self.now + delay
@@ -303,40 +337,37 @@ class MemoryStore:
 @dataclass
 class Acceptance:
     notification_id: str
+    attempt_id: str
     recipient: str
     message_id: str
     at: float
 
 
 class FakePostmark:
-    """Postmark as `notifier.postmark.Postmark` shows it, with faults while `faulty`."""
+    """Postmark itself, one for every notifier, with faults while `faulty`."""
 
-    def __init__(self, world: World, attempt_started: dict[str, float]) -> None:
+    def __init__(self, world: World) -> None:
         self.world = world
-        self.attempt_started = attempt_started
         self.faulty = True
         self.accepted: list[Acceptance] = []
         self.lag: dict[str, float] = {}  # message id -> searchable after
 
-    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[MessageResult]:
-        # Every message belongs to an attempt recorded before the call...
-        attempt_id = messages[0]["Metadata"]["attempt_id"]
-        assert attempt_id in self.attempt_started, "a send without a recorded attempt"
-        # ...and reaches Postmark within TIMEOUT of that attempt's start, or never.
-        sent_at = self.attempt_started[attempt_id]
+    async def call(self, messages: Sequence[dict[str, Any]], *, ends: float) -> list[MessageResult]:
+        """One batch call that the client cuts at `ends` (its total deadline)."""
         await self.world.step("postmark request")
         rng = self.world.rng
         fault = rng.choice(
             ["none", "lost-answer", "lost-request", "throttled"] if self.faulty else ["none"]
         )
-        arrived_in_time = self.world.clock.now - sent_at <= TIMEOUT
+        arrived = self.world.clock.now <= ends  # past the deadline, the call was cut before
         results: list[MessageResult] = []
-        if arrived_in_time and fault in ("none", "lost-answer"):
+        if arrived and fault in ("none", "lost-answer"):
             for message in messages:
                 message_id = uuid.uuid4().hex
                 self.accepted.append(
                     Acceptance(
                         message["Metadata"]["notification_id"],
+                        message["Metadata"]["attempt_id"],
                         message["To"],
                         message_id,
                         self.world.clock.now,
@@ -345,9 +376,11 @@ class FakePostmark:
                 self.lag[message_id] = self.world.clock.now + rng.uniform(0, LAG)
                 results.append(Accepted(message_id))
         await self.world.step("postmark answer")
+        if self.world.clock.now > ends:
+            raise PostmarkUnavailable("POSTMARK_TIMEOUT", ambiguous=True)
         if fault == "throttled":
             raise PostmarkUnavailable("429", ambiguous=False)
-        if fault != "none" or not arrived_in_time:
+        if fault != "none" or not arrived:
             raise PostmarkUnavailable("timed out", ambiguous=True)
         return results
 
@@ -362,6 +395,32 @@ class FakePostmark:
             if a.notification_id == notification_id and self.lag[a.message_id] <= now
         ]
         return min(visible, key=lambda a: a.at).message_id if visible else None
+
+
+class FakeMailer:
+    """One notifier's `notifier.postmark.Postmark`: its send slots, the start check of its
+    threads and its total deadline, in front of the one Postmark."""
+
+    def __init__(self, world: World, postmark: FakePostmark) -> None:
+        self.world = world
+        self.postmark = postmark
+        self._slots = asyncio.Semaphore(SEND_THREADS)
+
+    @asynccontextmanager
+    async def send_slot(self) -> AsyncIterator[SendSlot]:
+        async with self._slots:
+            await self.world.step("send slot")
+            yield SendSlot(start_by=self.world.clock.now + CALL_START_WINDOW)
+
+    async def send_batch(
+        self, messages: Sequence[dict[str, Any]], *, slot: SendSlot
+    ) -> list[MessageResult]:
+        await self.world.step("call start")  # a thread picks the call up, whenever
+        refuse_late_start(slot, self.world.clock.now)
+        return await self.postmark.call(messages, ends=self.world.clock.now + TIMEOUT)
+
+    async def find_sent(self, notification_id: str) -> str | None:
+        return await self.postmark.find_sent(notification_id)
 
 
 class FakeDeadLetters:
@@ -423,16 +482,9 @@ def make_events(rng: random.Random) -> list[SourceRecord]:
     return records
 
 
-async def run_schedule(seed: int) -> None:
-    rng = random.Random(seed)
-    uuid_rng = random.Random(seed ^ 0x5EED)
-    world = World(rng=rng)
-    rows: dict[uuid.UUID, Row] = {}
-    suppressed: dict[str, float] = {}
-    attempt_started: dict[str, float] = {}
-    postmark = FakePostmark(world, attempt_started)
-    dead_letters = FakeDeadLetters(world)
-    settings = make_notifier_settings(
+@functools.cache
+def simulated_settings(*, max_attempts: int, batch_size: int) -> NotifierSettings:
+    return make_notifier_settings(
         "postgresql://sim@127.0.0.1/sim",
         "127.0.0.1:9",
         "http://127.0.0.1:9",
@@ -440,27 +492,42 @@ async def run_schedule(seed: int) -> None:
         postmark_timeout=TIMEOUT,
         notifier_lease=LEASE,
         notifier_search_settle=SETTLE,
-        notifier_max_attempts=MAX_ATTEMPTS,
+        notifier_max_attempts=max_attempts,
         notifier_backoff_initial=0.2,
         notifier_backoff_max=2.0,
-        notifier_batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
+        notifier_batch_size=batch_size,
+    )
+
+
+async def run_schedule(seed: int) -> None:
+    rng = random.Random(seed)
+    uuid_rng = random.Random(seed ^ 0x5EED)
+    world = World(rng=rng)
+    rows: dict[uuid.UUID, Row] = {}
+    suppressed: dict[str, float] = {}
+    postmark = FakePostmark(world)
+    dead_letters = FakeDeadLetters(world)
+    settings = simulated_settings(
+        # Few attempts make give-ups common: rows final while an answer is still to come.
+        max_attempts=rng.choice([2, MAX_ATTEMPTS]),
+        batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
     records = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
     every = {p.id: p for _, plans in planned for p in plans}
     metrics = NotifierMetrics(CollectorRegistry())
-    stores: list[MemoryStore] = []
 
     def new_delivery() -> Delivery:
-        store = MemoryStore(world, rows, suppressed, attempt_started)
-        stores.append(store)
-        return Delivery(
+        store = MemoryStore(world, rows, suppressed)
+        delivery = Delivery(
             settings,
             store=store,  # type: ignore[arg-type]
-            postmark=postmark,
+            postmark=FakeMailer(world, postmark),
             dead_letters=dead_letters,
             metrics=metrics,
         )
+        delivery.renderer = RENDERER  # templates compiled once, not per notifier
+        return delivery
 
     async def notifier(name: str, delivery: Delivery, intake: bool) -> None:
         CURRENT_WORKER.set(name)
@@ -544,7 +611,7 @@ async def run_schedule(seed: int) -> None:
             else:
                 world.clock.now += 0.5
         try:
-            check(world, rows, every, suppressed, postmark, stores)
+            check(world, rows, every, suppressed, postmark)
         except AssertionError as exc:
             shown = world.trace if "SIMULATION_SEED" in os.environ else world.trace[-25:]
             raise AssertionError(f"{exc}\n" + "\n".join(shown)) from None
@@ -564,7 +631,6 @@ def check(
     every: dict[uuid.UUID, PlannedEmail],
     suppressed: dict[str, float],
     postmark: FakePostmark,
-    stores: list[MemoryStore],
 ) -> None:
     by_notification: dict[str, list[Acceptance]] = {}
     for a in postmark.accepted:
@@ -572,21 +638,36 @@ def check(
     twice = {n: len(found) for n, found in by_notification.items() if len(found) > 1}
     assert not twice, f"accepted more than once: {twice}"
 
-    begun = sorted(b for store in stores for b in store.attempts_begun)
+    started = world.attempt_started
     for a in postmark.accepted:
-        started = max(t for n, t in begun if str(n) == a.notification_id and t <= a.at)
+        assert a.at <= started[a.attempt_id] + REACH, (
+            f"{a.notification_id} accepted {a.at - started[a.attempt_id]:.2f} s after its "
+            f"attempt was stamped (at most {REACH})"
+        )
         since = suppressed.get(a.recipient.lower())
-        assert since is None or since >= started, (
-            f"{a.recipient} was suppressed at {since} and mailed by an attempt begun at {started}"
+        assert since is None or since >= started[a.attempt_id], (
+            f"{a.recipient} was suppressed at {since} and mailed by an attempt begun at "
+            f"{started[a.attempt_id]}"
         )
 
     assert set(rows) == set(every), "every planned email is recorded"
     stuck = {str(r.plan.id): r.status for r in rows.values() if r.status == "pending"}
     assert not stuck, f"still pending after the faults stopped: {stuck}"
     for row in rows.values():
-        if row.status == "sent":
-            accepted = [a.message_id for a in by_notification.get(str(row.plan.id), [])]
+        accepted = [a.message_id for a in by_notification.get(str(row.plan.id), [])]
+        if not accepted:
+            assert row.status != "sent", f"{row.plan.id} is sent, and Postmark holds nothing"
+        elif row.status != "sent":
+            accepted_but = f"{row.plan.id} is {row.status}, and Postmark accepted it"
+            assert row.status == "failed", accepted_but
+            assert "unknown" in (row.last_error or ""), accepted_but
+        else:
             assert row.message_id in accepted, "a sent notification names its accepted message"
+    for row_id, message_id in world.reported:
+        row = rows[row_id]
+        assert message_id in (row.message_id, *row.late_message_ids), (
+            f"{row_id}: Postmark's acceptance {message_id} was dropped; the row is {row.status}"
+        )
 
 
 def seeds() -> list[int]:

@@ -172,17 +172,30 @@ def test_the_staging_allowlist_takes_addresses_and_domains() -> None:
     assert production.allowed_in_staging("someone@example.com")
 
 
-def test_a_claim_must_outlive_the_postmark_call_it_covers() -> None:
+def test_a_claim_must_outlive_the_postmark_call_it_covers_and_its_start() -> None:
+    # A call may start up to CALL_START_WINDOW after its stamp, then lasts POSTMARK_TIMEOUT.
     with pytest.raises(ValueError, match=r"NOTIFIER_LEASE .* must be longer than POSTMARK_TIMEOUT"):
         NotifierSettings(
             app_env="production", notifier_lease=10, postmark_timeout=10, **NOTIFIER_GOOD
         )
+    with pytest.raises(ValueError, match=r"plus 0.5 s for the call to start"):
+        NotifierSettings(
+            app_env="production", notifier_lease=10.5, postmark_timeout=10, **NOTIFIER_GOOD
+        )
+    fits = NotifierSettings(
+        app_env="production", notifier_lease=10.6, postmark_timeout=10, **NOTIFIER_GOOD
+    )
+    assert fits.call_reach == 10.5
     assert NotifierSettings(app_env="production", **NOTIFIER_GOOD).notifier_lease == 60
 
 
-def test_outside_development_the_settle_window_must_outlast_a_call() -> None:
-    with pytest.raises(ValueError, match="NOTIFIER_SEARCH_SETTLE"):
-        NotifierSettings(app_env="production", notifier_search_settle=5, **NOTIFIER_GOOD)
-    short = NotifierSettings(app_env="development", notifier_search_settle=0.5, **NOTIFIER_GOOD)
-    assert short.notifier_search_settle == 0.5  # the sandbox's search does not lag
+def test_outside_development_the_settle_window_must_cover_the_search_lag() -> None:
+    # It counts from the last instant a call could reach Postmark, not from the attempt's
+    # start: shorter than POSTMARK_TIMEOUT is fine, but never nothing.
+    with pytest.raises(ValueError, match=r"NOTIFIER_SEARCH_SETTLE .* search lag"):
+        NotifierSettings(app_env="production", notifier_search_settle=0, **NOTIFIER_GOOD)
+    lag = NotifierSettings(app_env="production", notifier_search_settle=5, **NOTIFIER_GOOD)
+    assert lag.notifier_search_settle == 5
+    short = NotifierSettings(app_env="development", notifier_search_settle=0, **NOTIFIER_GOOD)
+    assert short.notifier_search_settle == 0  # the sandbox's search does not lag
     assert NotifierSettings(app_env="production", **NOTIFIER_GOOD).notifier_search_settle == 60
