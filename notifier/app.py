@@ -51,6 +51,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             outbox,
             lease=settings.notifier_lease,
             settle=settings.notifier_search_settle,
+            search_window=settings.search_window,
         )
         delivery = Delivery(
             settings,

@@ -18,6 +18,11 @@
 - Failures to search count toward the attempts; after `NOTIFIER_MAX_ATTEMPTS` the email is
   given up: its record goes to the dead-letter topic first, and only once Kafka holds it is
   the notification marked failed (a dead letter is never lost, at worst written twice).
+- Postmark's search shows only what its retention keeps (`POSTMARK_RETENTION_DAYS`): a row in
+  doubt whose first attempt is older than that, less a day, is never searched and sent again
+  on "not found"; it is given up as `outcome-unknown`.
+- Nothing goes to a deleted user but the goodbye (invariant 10): the store settles their other
+  rows, whichever way they come back (a redelivered record, a replay, a retry).
 - Each status change is committed together with its `email.*` event.
 """
 
@@ -45,7 +50,7 @@ from notifier.postmark import (
 )
 from notifier.rendering import Renderer
 from notifier.settings import NotifierSettings
-from notifier.store import ClaimedRow, NotificationStore
+from notifier.store import USER_DELETED, ClaimedRow, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
 from postroom.tracing import context_from, links_to, tracer
@@ -54,6 +59,7 @@ log = structlog.get_logger("postroom.notifier")
 
 SEARCH_CONCURRENCY = 8
 DELIVERY_FAILED = "delivery-failed"
+OUTCOME_UNKNOWN = "outcome-unknown"
 # Longest wait for the dead-letter topic to acknowledge one record.
 DEAD_LETTER_TIMEOUT = 15.0
 
@@ -143,6 +149,10 @@ class Delivery:
         that expired) and work on them; return how many were claimed."""
         claim = claimant_name()
         rows = await self.store.claim(claim=claim, limit=limit or self.settings.notifier_batch_size)
+        erased = [(row.id, USER_DELETED) for row in rows if row.erased]
+        if erased:  # settled as they are: not planned again, not searched, not dead-lettered
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(erased))
+            rows = [row for row in rows if not row.erased]
         plans: dict[uuid.UUID, PlannedEmail] = {}
         unplannable: list[tuple[ClaimedRow, str]] = []
         for row in rows:
@@ -175,6 +185,25 @@ class Delivery:
         blocked_ids = {row_id for row_id, _ in blocked}
         rows = [row for row in rows if row.id not in blocked_ids]
 
+        unsearchable = [row for row in rows if row.in_doubt and not row.searchable]
+        if unsearchable:
+            days = self.settings.postmark_retention_days
+            await self._give_up(
+                [
+                    (
+                        row,
+                        "gave up: an earlier attempt's outcome is unknown, and it may be older "
+                        f"than Postmark keeps messages (POSTMARK_RETENTION_DAYS={days}): its "
+                        "search could not tell whether it was sent",
+                    )
+                    for row in unsearchable
+                ],
+                plans,
+                claim,
+                dead_letter=OUTCOME_UNKNOWN,
+            )
+        rows = [row for row in rows if row.searchable or not row.in_doubt]
+
         sendable = [row for row in rows if not row.in_doubt]
         sendable += await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
 
@@ -201,14 +230,11 @@ class Delivery:
             # Begun right before its call, so the claim, the suppression list and the
             # attempt's start are all checked and stamped as late as they can be.
             attempt_id = uuid.uuid4().hex
-            ids = [row.id for row in chunk]
-            held = await self.store.start_attempt(ids, attempt_id, claim=claim)
-            late = [
-                (row_id, f"suppressed: {reason}")
-                for row_id, reason in held.items()
-                if reason is not None
-            ]
-            if late:  # suppressed while its search or backoff went on
+            held = await self.store.start_attempt(
+                {row.id: plans[row.id].recipient for row in chunk}, attempt_id, claim=claim
+            )
+            late = [(row_id, reason) for row_id, reason in held.items() if reason is not None]
+            if late:  # suppressed (or its user deleted) while its search or backoff went on
                 self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
             begun = [row for row in chunk if row.id in held and held[row.id] is None]
             self.metrics.retries.inc(len(begun))
@@ -358,6 +384,8 @@ class Delivery:
         rows: list[tuple[ClaimedRow, str]],
         plans: dict[uuid.UUID, PlannedEmail],
         claim: str,
+        *,
+        dead_letter: str = DELIVERY_FAILED,
     ) -> None:
         """Dead-letter each email's record, then mark it failed. If the dead-letter topic is
         out of reach the emails stay pending and are given up again later."""
@@ -367,7 +395,7 @@ class Delivery:
                 assert row.source is not None
                 async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
                     await self.dead_letters.write(
-                        row.source, reason=DELIVERY_FAILED, error=reason, notification_id=row.id
+                        row.source, reason=dead_letter, error=reason, notification_id=row.id
                     )
             except Exception as exc:  # any failure: this one and the rest stay pending
                 log.warning(
@@ -381,7 +409,7 @@ class Delivery:
                     error=reason,
                 )
                 break
-            self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
+            self.metrics.dead_letters.labels(dead_letter).inc()
             written.append((row, reason))
         if written:
             failed = [(row.id, reason) for row, reason in written]

@@ -9,6 +9,8 @@ from pydantic_settings import NoDecode
 
 from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
 
+RETENTION_MARGIN_DAYS = 1
+
 
 class NotifierSettings(KafkaSettings, HttpServiceSettings):
     """Settings of the `notifier` process."""
@@ -38,6 +40,10 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     postmark_api_url: str = "https://api.postmarkapp.com/"
     postmark_message_stream: str = "outbound"
     postmark_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    # How long the Postmark account keeps messages (its retention setting, 7 to 365 days):
+    # past that, its search cannot show an earlier attempt's message, and "not found" means
+    # nothing.
+    postmark_retention_days: int = Field(default=45, ge=7, le=365, description="days")
     webhook_username: str = ""
     webhook_password: SecretStr = SecretStr("")
     staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
@@ -76,6 +82,12 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
             "WEBHOOK_PASSWORD", self.webhook_password.get_secret_value(), min_length=16
         )
         return self
+
+    @property
+    def search_window(self) -> float:
+        """Seconds after a notification's first attempt during which Postmark's search still
+        shows what it sent: the retention less a day, as the purge's hour is not ours to know."""
+        return (self.postmark_retention_days - RETENTION_MARGIN_DAYS) * 86400.0
 
     def allowed_in_staging(self, address: str) -> bool:
         """Outside staging everyone is allowed; in staging only the listed addresses and
