@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sandbox.bounces import Bounce
-from sandbox.messages import PostmarkError
+from sandbox.messages import DEFAULT_STREAM, PostmarkError
 from sandbox.state import Sandbox, SandboxDep
 
 router = APIRouter()
@@ -146,7 +146,8 @@ def _page(request: Request) -> tuple[int, int]:
 
 @router.get("/messages/outbound")
 async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
-    """Outbound message search, with `metadata_<field>=<value>` filters."""
+    """Outbound message search, with `metadata_<field>=<value>` filters, in one message
+    stream: `messagestream`, or the default transactional stream, as Postmark's is."""
     try:
         _authorize(request, sandbox)
         _require_json(request, with_body=False)
@@ -165,7 +166,7 @@ async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
         sender=params.get("fromemail") or None,
         tag=params.get("tag") or None,
         subject=params.get("subject") or None,
-        stream=params.get("messagestream") or None,
+        stream=params.get("messagestream") or DEFAULT_STREAM,
         metadata=metadata,
     )
     if status and status.lower() != "sent":
