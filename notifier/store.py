@@ -97,6 +97,8 @@ class _Finished:
     recipient: str
     reason: str | None
     event_type: str = ""
+    # The address it was for, even when its event may not name it (a deleted user's).
+    address: str = ""
 
 
 async def _erase_after_goodbyes(conn: AsyncConnection, moved: Sequence[Any]) -> None:
@@ -222,7 +224,8 @@ _FINAL = """
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'
     RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template,
-              CASE WHEN {erased} THEN '' ELSE before.recipient END AS recipient, {returned}
+              CASE WHEN {erased} THEN '' ELSE before.recipient END AS recipient,
+              before.recipient AS address, {returned}
     """
 
 # The user is deleted: this is the goodbye, the user is erased, or their goodbye is final.
@@ -498,7 +501,7 @@ class NotificationStore:
             if inactive_at_postmark:
                 for row in moved:
                     await suppression_list.note_inactive(
-                        conn, row.recipient, details=row.reason or ""
+                        conn, row.address, details=row.reason or ""
                     )
             await self._announce_suppressed(conn, moved)
             await _erase_after_goodbyes(conn, moved)
@@ -626,7 +629,14 @@ class NotificationStore:
         )
         return [
             _Finished(
-                r.id, r.event_id, r.user_id, r.template, r.recipient, r.last_error, r.event_type
+                r.id,
+                r.event_id,
+                r.user_id,
+                r.template,
+                r.recipient,
+                r.last_error,
+                r.event_type,
+                r.address,
             )
             for r in result
         ]

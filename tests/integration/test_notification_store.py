@@ -444,3 +444,32 @@ async def test_a_row_in_doubt_older_than_postmark_keeps_messages_is_not_searchab
 
     assert (claimed[old.id].in_doubt, claimed[old.id].searchable) == (True, False)
     assert (claimed[recent.id].in_doubt, claimed[recent.id].searchable) == (True, True)
+
+
+async def test_a_406_for_a_deleted_users_email_still_suppresses_the_address_unnamed(
+    engine: AsyncEngine, json_db: asyncpg.Connection
+) -> None:
+    """The attempt began before the deletion; Postmark's 406 arrives after it: the address
+    goes on the suppression list (kept for deleted users too), the event names no address."""
+    db = json_db
+    store = store_of(engine)
+    email = f"{unique('inactive')}@example.com"
+    [welcome] = await record(store, email)
+    assert welcome.user_id is not None
+    await erase_user(db, user_id=welcome.user_id, email=email)
+
+    await store.mark_suppressed(
+        [(welcome.id, f"inactive at Postmark: {email} is inactive")], inactive_at_postmark=True
+    )
+    row = await db.fetchrow("SELECT recipient, last_error FROM notifications")
+    reason = await db.fetchval("SELECT reason FROM suppressions WHERE email = $1", email)
+
+    assert row is not None
+    assert (row["recipient"], row["last_error"]) == (
+        "",
+        "inactive at Postmark: [erased] is inactive",
+    )
+    assert reason == "InactiveRecipient"
+    assert await announced(db) == [
+        ("email.suppressed", "", "inactive at Postmark: [erased] is inactive")
+    ]
