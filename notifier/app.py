@@ -52,6 +52,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             lease=settings.notifier_lease,
             settle=settings.notifier_search_settle,
             reach=settings.call_reach,
+            search_window=settings.search_window,
         )
         delivery = Delivery(
             settings,

@@ -25,6 +25,11 @@
 - Failures to search count toward the attempts; after `NOTIFIER_MAX_ATTEMPTS` the email is
   given up: its record goes to the dead-letter topic first, and only once Kafka holds it is
   the notification marked failed (a dead letter is never lost, at worst written twice).
+- Postmark's search shows only what its retention keeps (`POSTMARK_RETENTION_DAYS`): a row in
+  doubt whose first attempt is older than that, less a day, is never searched and sent again
+  on "not found"; it is given up as `outcome-unknown`.
+- Nothing goes to a deleted user but the goodbye (invariant 10): the store settles their other
+  rows, whichever way they come back (a redelivered record, a replay, a retry).
 - Each status change is committed together with its `email.*` event.
 """
 
@@ -55,7 +60,7 @@ from notifier.postmark import (
 )
 from notifier.rendering import Renderer
 from notifier.settings import NotifierSettings
-from notifier.store import ClaimedRow, LateAcceptance, NotificationStore
+from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
 from postroom.tracing import context_from, links_to, tracer
@@ -63,6 +68,8 @@ from postroom.tracing import context_from, links_to, tracer
 log = structlog.get_logger("postroom.notifier")
 
 DELIVERY_FAILED = "delivery-failed"
+OUTCOME_UNKNOWN = "outcome-unknown"
+UNKNOWN_OUTCOME = "whether an earlier attempt was accepted is unknown"
 # Longest wait for the dead-letter topic to acknowledge one record.
 DEAD_LETTER_TIMEOUT = 15.0
 
@@ -158,6 +165,14 @@ class Delivery:
         that expired) and work on them; return how many were claimed."""
         claim = claimant_name()
         rows = await self.store.claim(claim=claim, limit=limit or self.settings.notifier_batch_size)
+        erased = [
+            (row.id, f"{USER_DELETED}; {UNKNOWN_OUTCOME}" if row.in_doubt else USER_DELETED)
+            for row in rows
+            if row.erased
+        ]
+        if erased:  # settled as they are: not planned again, not searched, not dead-lettered
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(erased))
+            rows = [row for row in rows if not row.erased]
         plans: dict[uuid.UUID, PlannedEmail] = {}
         unplannable: list[tuple[ClaimedRow, str]] = []
         for row in rows:
@@ -191,6 +206,35 @@ class Delivery:
         if sure:
             self.metrics.suppressed.inc(await self.store.mark_suppressed(sure))
 
+        # Postmark no longer keeps what an attempt this old may have left: its search could
+        # not tell, so such a row is never sent again (blocked anyway, or given up).
+        unsearchable = [row for row in rows if row.in_doubt and not row.searchable]
+        never_searched = [
+            (row.id, f"{blocked[row.id]}; {UNKNOWN_OUTCOME}")
+            for row in unsearchable
+            if row.id in blocked
+        ]
+        if never_searched:
+            self.metrics.suppressed.inc(await self.store.mark_suppressed(never_searched))
+        forgotten = [row for row in unsearchable if row.id not in blocked]
+        if forgotten:
+            days = self.settings.postmark_retention_days
+            await self._give_up(
+                [
+                    (
+                        row,
+                        "gave up: an earlier attempt's outcome is unknown, and it may be older "
+                        f"than Postmark keeps messages (POSTMARK_RETENTION_DAYS={days}): its "
+                        "search could not tell whether it was sent",
+                    )
+                    for row in forgotten
+                ],
+                plans,
+                claim,
+                dead_letter=OUTCOME_UNKNOWN,
+            )
+        rows = [row for row in rows if row.searchable or not row.in_doubt]
+
         sendable = [row for row in rows if not row.in_doubt and row.id not in blocked]
         cleared = await self._reconcile([row for row in rows if row.in_doubt], plans, claim)
         never = [(row.id, blocked[row.id]) for row in cleared if row.id in blocked]
@@ -221,19 +265,16 @@ class Delivery:
             attempt_id = uuid.uuid4().hex
             messages = self._messages([plans[row.id] for row in chunk], attempt_id)
             # Begun right before its call, under a send slot, so the claim, the suppression
-            # list and the attempt's start are all checked and stamped as late as they can be.
+            # list (on the address it goes to), the user's erasure and the attempt's start are
+            # all checked and stamped as late as they can be.
             async with self.postmark.send_slot() as slot:
                 held = await self.store.start_attempt(
-                    [row.id for row in chunk], attempt_id, claim=claim
+                    {row.id: plans[row.id].recipient for row in chunk}, attempt_id, claim=claim
                 )
                 begun = [row for row in chunk if row.id in held and held[row.id] is None]
                 await self._send(begun, plans, messages, claim, slot)
-            late = [
-                (row_id, f"suppressed: {reason}")
-                for row_id, reason in held.items()
-                if reason is not None
-            ]
-            if late:  # suppressed while its search or backoff went on
+            late = [(row_id, reason) for row_id, reason in held.items() if reason is not None]
+            if late:  # suppressed (or its user deleted) while its search or backoff went on
                 self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
             self.metrics.retries.inc(len(begun))
 
@@ -388,6 +429,8 @@ class Delivery:
         rows: list[tuple[ClaimedRow, str]],
         plans: dict[uuid.UUID, PlannedEmail],
         claim: str,
+        *,
+        dead_letter: str = DELIVERY_FAILED,
     ) -> None:
         """Dead-letter each email's record, then mark it failed. If the dead-letter topic is
         out of reach the emails stay pending and are given up again later."""
@@ -397,7 +440,7 @@ class Delivery:
                 assert row.source is not None
                 async with asyncio.timeout(DEAD_LETTER_TIMEOUT):
                     await self.dead_letters.write(
-                        row.source, reason=DELIVERY_FAILED, error=reason, notification_id=row.id
+                        row.source, reason=dead_letter, error=reason, notification_id=row.id
                     )
             except Exception as exc:  # any failure: this one and the rest stay pending
                 log.warning(
@@ -411,7 +454,7 @@ class Delivery:
                     error=reason,
                 )
                 break
-            self.metrics.dead_letters.labels(DELIVERY_FAILED).inc()
+            self.metrics.dead_letters.labels(dead_letter).inc()
             written.append((row, reason))
         if written:
             failed = [(row.id, reason) for row, reason in written]

@@ -7,7 +7,9 @@ callers mark nothing final until it returns.
 Replaying puts each record back on the topic it came from, with its original headers. A record
 that failed delivery also puts its notification back to `pending` first, due at once (its
 attempt count reset; its doubt kept, so the notifier still searches Postmark before sending
-again). Replays are tracked with the consumer group `<group>-dlq-replay`: a record is
+again). A notification of a deleted user (other than their goodbye) is not: it is settled as
+suppressed, "user deleted", and its record, which names the address, stays off the topic
+(invariant 10). Replays are tracked with the consumer group `<group>-dlq-replay`: a record is
 replayed once, and `--from-beginning` replays everything again.
 """
 
@@ -20,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import SourceRecord
 from notifier.settings import NotifierSettings
-from postroom.models import notifications
+from notifier.store import NotificationStore
+from postroom.outbox import OutboxWriter
 
 
 class DeadLetterWriter:
@@ -169,6 +171,15 @@ async def list_dead_letters(settings: NotifierSettings) -> list[DeadLetter]:
         await consumer.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay did: records put back on their topic, and records held back because
+    their notification's user has been deleted."""
+
+    replayed: int
+    held_back: int = 0
+
+
 async def replay(
     settings: NotifierSettings,
     engine: AsyncEngine,
@@ -176,8 +187,16 @@ async def replay(
     from_beginning: bool = False,
     reason: str | None = None,
     progress: Callable[[int, int], Any] = lambda done, total: None,
-) -> int:
-    """Replay dead letters not replayed yet (or all); return how many went back."""
+) -> Replayed:
+    """Replay dead letters not replayed yet (or all)."""
+    store = NotificationStore(
+        engine,
+        OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify),
+        lease=settings.notifier_lease,
+        settle=settings.notifier_search_settle,
+        reach=settings.call_reach,
+        search_window=settings.search_window,
+    )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.notifier_group_id}-dlq-replay",
@@ -193,29 +212,19 @@ async def replay(
     try:
         letters = await _read(settings, consumer, from_beginning=from_beginning)
         chosen = [letter for letter in letters if reason is None or letter.reason == reason]
+        held_back = 0
         for done, letter in enumerate(chosen, start=1):
             notification = letter.headers.get("dlq_notification_id")
-            if notification:
-                async with engine.begin() as conn:
-                    await conn.execute(
-                        sa.update(notifications)
-                        .where(
-                            notifications.c.id == uuid.UUID(notification),
-                            notifications.c.status == "failed",
-                        )
-                        .values(
-                            status="pending",
-                            attempts=0,
-                            lease_owner=None,
-                            lease_until=None,
-                            next_attempt_at=sa.func.now(),
-                            updated_at=sa.func.now(),
-                        )
-                    )
-            original = [(k, v) for k, v in letter.raw_headers if not k.startswith("dlq_")]
-            await producer.send_and_wait(
-                letter.headers["dlq_topic"], value=letter.value, key=letter.key, headers=original
-            )
+            if notification and not await store.replay_failed(uuid.UUID(notification)):
+                held_back += 1
+            else:
+                original = [(k, v) for k, v in letter.raw_headers if not k.startswith("dlq_")]
+                await producer.send_and_wait(
+                    letter.headers["dlq_topic"],
+                    value=letter.value,
+                    key=letter.key,
+                    headers=original,
+                )
             progress(done, len(chosen))
         if letters:
             topic = settings.topic("notifier.dlq")
@@ -223,7 +232,7 @@ async def replay(
             for letter in letters:
                 last[TopicPartition(topic, letter.partition)] = letter.offset + 1
             await consumer.commit(last)
-        return len(chosen)
+        return Replayed(replayed=len(chosen) - held_back, held_back=held_back)
     finally:
         await producer.stop()
         await consumer.stop()

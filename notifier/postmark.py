@@ -154,8 +154,9 @@ class Postmark:
 
     async def find_sent(self, notification_id: str) -> str | None:
         """The MessageID of the earliest message Postmark holds for a notification, found by
-        the `notification_id` Metadata every attempt's message carried; None if it holds
-        none (which, while its search index lags, does not yet mean none was accepted)."""
+        the `notification_id` Metadata every attempt's message carried, in the message stream
+        they were sent on (Postmark searches one stream, `outbound` unless told); None if it
+        holds none (which, while its search index lags, does not yet mean none was accepted)."""
 
         def search(client: PostmarkClient, at: int) -> Any:
             return client.call(
@@ -163,6 +164,7 @@ class Postmark:
                 "/messages/outbound",
                 count=SEARCH_PAGE,
                 offset=at,
+                messagestream=self._settings.postmark_message_stream,
                 metadata_notification_id=notification_id,
             )
 

@@ -13,6 +13,7 @@ from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
 # (a worker is free by then, so it starts at once; a call that has not is not made at all).
 # A call may thus reach Postmark until START_WINDOW + POSTMARK_TIMEOUT after its stamp.
 CALL_START_WINDOW = 0.5
+RETENTION_MARGIN_DAYS = 1
 
 
 class NotifierSettings(KafkaSettings, HttpServiceSettings):
@@ -46,6 +47,10 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     postmark_message_stream: str = "outbound"
     # The total deadline of one Postmark call: connect, send and read together.
     postmark_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    # How long the Postmark account keeps messages (its retention setting, 7 to 365 days):
+    # past that, its search cannot show an earlier attempt's message, and "not found" means
+    # nothing.
+    postmark_retention_days: int = Field(default=45, ge=7, le=365, description="days")
     webhook_username: str = ""
     webhook_password: SecretStr = SecretStr("")
     staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
@@ -91,6 +96,12 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
             "WEBHOOK_PASSWORD", self.webhook_password.get_secret_value(), min_length=16
         )
         return self
+
+    @property
+    def search_window(self) -> float:
+        """Seconds after a notification's first attempt during which Postmark's search still
+        shows what it sent: the retention less a day, as the purge's hour is not ours to know."""
+        return (self.postmark_retention_days - RETENTION_MARGIN_DAYS) * 86400.0
 
     def allowed_in_staging(self, address: str) -> bool:
         """Outside staging everyone is allowed; in staging only the listed addresses and

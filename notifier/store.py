@@ -14,11 +14,18 @@ its claim): its outcome is unknown, like a timeout's. `doubt_since` records the 
 an attempt in doubt could have reached Postmark: its start + `reach` (its call starts within
 a window of the stamp and has a total deadline, `notifier/postmark.py`). Postmark is
 searched before any resend of a row in doubt, and "not found" counts only once `settle`
-seconds (the search's lag) have passed since `doubt_since`.
+seconds (the search's lag) have passed since `doubt_since`, and only while Postmark still
+keeps every message the row's attempts may have left (`search_window` seconds since its
+first).
 
 An acceptance is a fact: whatever the row says when Postmark's answer comes, the row ends
 `sent`. One that comes when the row is no longer pending under the sender's claim (final
 already, or claimed by another) is also recorded as late (`late_message_ids`, `late_at`).
+
+Erased means never (invariant 10): a row of a deleted user (`erased_users`) other than their
+goodbye is never sent. The statements that record, claim and begin an attempt read the
+tombstone, and such a row is settled as suppressed, "user deleted", with no address left in
+it or in its event.
 """
 
 from __future__ import annotations
@@ -38,6 +45,17 @@ from postroom import events
 from postroom.outbox import OutboxWriter
 
 MAX_ERROR = 2000
+# Why an email for a deleted user is not sent.
+USER_DELETED = "user deleted"
+
+
+# The notification `{n}` (an alias) is for a deleted user and is not their goodbye.
+_ERASED = """({n}.event_type <> 'user.deleted' AND EXISTS (
+        SELECT 1 FROM erased_users AS e WHERE e.user_id = {n}.user_id))"""
+
+
+def _erased(n: str) -> str:
+    return _ERASED.format(n=n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +74,10 @@ class ClaimedRow:
     last_error: str | None = None
     # The claim also began a send attempt (a fresh row, recorded and claimed in one go).
     started: bool = False
+    # Its user has been deleted, and it is not their goodbye: it is never sent.
+    erased: bool = False
+    # Postmark still keeps any message its attempts may have left, so a search can tell.
+    searchable: bool = True
 
 
 class _Fields(Protocol):
@@ -92,6 +114,8 @@ class _Finished:
     recipient: str
     reason: str | None
     event_type: str = ""
+    # The address it was for, even when its event may not name it (a deleted user's).
+    address: str = ""
 
 
 async def _erase_after_goodbyes(conn: AsyncConnection, moved: Sequence[Any]) -> None:
@@ -112,15 +136,14 @@ def _event_fields(row: _Fields) -> dict[str, Any]:
 
 # Fresh rows are recorded and claimed in one statement, their first attempt begun; rows the
 # suppression list or the staging allowlist blocks are recorded as suppressed instead.
-_RECORD = sa.text(
-    """
+_RECORD_SQL = """
     INSERT INTO notifications AS n (
         id, event_id, event_type, user_id, template, recipient, source, status, last_error,
         attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
         next_attempt_at)
     SELECT v.id, v.event_id, v.event_type, v.user_id, v.template,
-           CASE WHEN blocked.reason IS NOT NULL AND v.event_type = 'user.deleted' THEN ''
-                ELSE v.recipient END,
+           CASE WHEN gone.erased OR (blocked.reason IS NOT NULL AND v.event_type = 'user.deleted')
+                THEN '' ELSE v.recipient END,
            CASE WHEN blocked.reason IS NULL THEN CAST(v.source AS jsonb) END,
            CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
            blocked.reason,
@@ -137,13 +160,15 @@ _RECORD = sa.text(
                 CAST(:not_allowed AS text[]))
          AS v(id, event_id, event_type, user_id, template, recipient, source, not_allowed)
     LEFT JOIN suppressions AS s ON s.email = lower(v.recipient)
+    CROSS JOIN LATERAL (SELECT {erased} AS erased) AS gone
     CROSS JOIN LATERAL (
-        SELECT COALESCE(v.not_allowed, 'suppressed: ' || s.reason) AS reason
+        SELECT COALESCE(CASE WHEN gone.erased THEN CAST(:user_deleted AS text) END,
+                        v.not_allowed, 'suppressed: ' || s.reason) AS reason
     ) AS blocked
     ON CONFLICT (id) DO NOTHING
     RETURNING n.id, n.status, n.last_error
     """
-)
+_RECORD = sa.text(_RECORD_SQL.format(erased=_erased("v")))
 
 _CLAIM = """
     UPDATE notifications AS n
@@ -169,39 +194,46 @@ _CLAIM = """
                   OR n.doubt_since + make_interval(secs => :settle) <= now() AS settled,
               (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
                   AS suppressed,
-              n.last_error
+              n.last_error,
+              {erased} AS erased,
+              n.created_at + make_interval(secs => :search_window) > now() AS searchable
     """
-_CLAIM_IDS = sa.text(_CLAIM.format(which="id = ANY(CAST(:ids AS uuid[]))"))
+_CLAIM_IDS = sa.text(_CLAIM.format(which="id = ANY(CAST(:ids AS uuid[]))", erased=_erased("n")))
 # Rows recorded before their source was kept are left to the Kafka record that asked for them.
-_CLAIM_DUE = sa.text(_CLAIM.format(which="source IS NOT NULL"))
+_CLAIM_DUE = sa.text(_CLAIM.format(which="source IS NOT NULL", erased=_erased("n")))
 
-# Begin an attempt on the rows a claim still holds whose address is still not suppressed
-# (read again here, the last look before the send); the others come back with their reason.
-_START = sa.text(
-    """
+# Begin an attempt on the rows a claim still holds whose user is not deleted and whose address,
+# the one the send will go to (planned again from the record: a replayed row's stored one may
+# be erased), is not suppressed, read here, the last look before the send; the others come
+# back with the reason they may not be sent.
+_START_SQL = """
     WITH held AS (
         SELECT n.id,
-               (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
-                   AS suppressed
+               CASE WHEN {erased} THEN CAST(:user_deleted AS text)
+                    ELSE 'suppressed: ' || (SELECT s.reason FROM suppressions AS s
+                                            WHERE s.email = lower(v.recipient))
+               END AS blocked
         FROM notifications AS n
-        WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
-          AND n.lease_owner = :owner AND n.lease_until > now()
-        FOR UPDATE
+        JOIN unnest(CAST(:ids AS uuid[]), CAST(:recipients AS text[])) AS v(id, recipient)
+          ON v.id = n.id
+        WHERE n.status = 'pending' AND n.lease_owner = :owner AND n.lease_until > now()
+        FOR UPDATE OF n
     ), started AS (
         UPDATE notifications AS n
         SET attempts = n.attempts + 1, attempt_id = :attempt_id, attempt_started_at = now(),
             attempt_open = true, lease_until = now() + make_interval(secs => :lease),
             updated_at = now()
         FROM held
-        WHERE n.id = held.id AND held.suppressed IS NULL
+        WHERE n.id = held.id AND held.blocked IS NULL
         RETURNING n.id
     )
-    SELECT held.id, held.suppressed FROM held
+    SELECT held.id, held.blocked FROM held
     """
-)
+_START = sa.text(_START_SQL.format(erased=_erased("n")))
 
-# A final status erases the recipient of a goodbye (its user is deleted): the `email.*`
-# event still names the address (the one read before the update), the table keeps only ids.
+# A final status erases the recipient of a deleted user's row: the goodbye's `email.*` event
+# still names the address (the one read before the update), another row's names none; the
+# table keeps only ids.
 _FINAL = """
     UPDATE notifications AS n
     SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
@@ -210,18 +242,22 @@ _FINAL = """
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'{held}
-    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, before.recipient,
-              {returned}
+    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template,
+              CASE WHEN {erased} THEN '' ELSE before.recipient END AS recipient,
+              before.recipient AS address, {returned}
     """
 
-# The user is deleted: this is the goodbye, or the user's goodbye is already final.
-_GONE = """(n.event_type = 'user.deleted' OR EXISTS (
+# The user is deleted: this is the goodbye, the user is erased, or their goodbye is final.
+_GONE = """(n.event_type = 'user.deleted'
+    OR EXISTS (SELECT 1 FROM erased_users AS e WHERE e.user_id = n.user_id)
+    OR EXISTS (
         SELECT 1 FROM notifications AS g
         WHERE g.user_id = n.user_id AND g.event_type = 'user.deleted' AND g.status <> 'pending'))"""
 
 _MARK_SENT = sa.text(
     _FINAL.format(
         gone=_GONE,
+        erased=_erased("n"),
         values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
         detail="mids",
         returned="n.message_id",
@@ -269,14 +305,16 @@ _LATE = """
         updated_at = now()
     FROM late
     WHERE n.id = late.id
-    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template, late.recipient,
+    RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template,
+              CASE WHEN {erased} THEN '' ELSE late.recipient END AS recipient,
               n.message_id, late.mid, late.was, late.moves
     """
-_MARK_LATE = sa.text(_LATE.format(gone=_GONE))
+_MARK_LATE = sa.text(_LATE.format(gone=_GONE, erased=_erased("n")))
 
 _FINISH = sa.text(
     _FINAL.format(
         gone=_GONE,
+        erased=_erased("n"),
         # Its error (Postmark's 406 names the address) loses the address too.
         values=f"status = :status, last_error = CASE WHEN {_GONE} "
         "THEN replace(v.detail, before.recipient, '[erased]') ELSE v.detail END",
@@ -318,11 +356,27 @@ _RELEASE = sa.text(
     """
 )
 
+# Only on pending rows: a final row's source is gone for good (an erased one's with it).
 _KEEP_SOURCES = sa.text(
     """
     UPDATE notifications AS n SET source = CAST(v.source AS jsonb)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:sources AS text[])) AS v(id, source)
-    WHERE n.id = v.id AND n.source IS NULL
+    WHERE n.id = v.id AND n.source IS NULL AND n.status = 'pending'
+    """
+)
+
+# A replayed dead letter's notification. Failed, it goes back to pending, due at once, its
+# attempts reset and its doubt kept; failed and its user deleted, it is settled instead.
+_REPLAYED_SQL = """
+    SELECT n.status, {erased} AS erased FROM notifications AS n WHERE n.id = :id FOR UPDATE
+    """
+_REPLAYED = sa.text(_REPLAYED_SQL.format(erased=_erased("n")))
+_REOPEN = sa.text(
+    """
+    UPDATE notifications
+    SET status = 'pending', attempts = 0, lease_owner = NULL, lease_until = NULL,
+        next_attempt_at = now(), updated_at = now()
+    WHERE id = :id
     """
 )
 
@@ -345,6 +399,7 @@ class NotificationStore:
         lease: float,
         settle: float,
         reach: float,
+        search_window: float,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
@@ -352,6 +407,8 @@ class NotificationStore:
         self.settle = settle
         # How long after its stamp an attempt's call may still reach Postmark.
         self.reach = reach
+        # How long after a row's first attempt Postmark's search still shows what it sent.
+        self.search_window = search_window
         # Called whenever rows are handed back to wait (or become retryable): the retry loop
         # looks at its clock again.
         self.on_hand_back: Callable[[], None] = lambda: None
@@ -387,13 +444,20 @@ class NotificationStore:
                         "attempt_id": attempt_id,
                         "owner": claim,
                         "lease": self.lease,
+                        "user_deleted": USER_DELETED,
                     },
                 )
             ).all()
             suppressed = [(by_id[r.id], r.last_error) for r in rows if r.status == "suppressed"]
             finished = [
                 _Finished(
-                    p.id, p.event_id, p.user_id, p.template, p.recipient, reason, p.event_type
+                    p.id,
+                    p.event_id,
+                    p.user_id,
+                    p.template,
+                    "" if reason == USER_DELETED else p.recipient,
+                    reason,
+                    p.event_type,
                 )
                 for p, reason in suppressed
             ]
@@ -425,6 +489,7 @@ class NotificationStore:
             "lease": self.lease,
             "settle": self.settle,
             "reach": self.reach,
+            "search_window": self.search_window,
             "limit": limit,
         }
         if ids is not None:
@@ -442,28 +507,33 @@ class NotificationStore:
                 settled=r.settled,
                 suppressed=r.suppressed,
                 last_error=r.last_error,
+                erased=r.erased,
+                searchable=r.searchable,
             )
             for r in rows
         ]
 
     async def start_attempt(
-        self, ids: Sequence[uuid.UUID], attempt_id: str, *, claim: str
+        self, recipients: dict[uuid.UUID, str], attempt_id: str, *, claim: str
     ) -> dict[uuid.UUID, str | None]:
-        """Record a send attempt on the rows `claim` still holds. Returns those rows, each
-        with None (begun: send it) or the reason its address is now suppressed (not begun)."""
-        if not ids:
+        """Record a send attempt on the rows `claim` still holds, each given with the address
+        it is about to be sent to. Returns those rows, each with None (begun: send it) or the
+        reason it may not be sent now (not begun): its user deleted, its address suppressed."""
+        if not recipients:
             return {}
         async with self.engine.begin() as conn:
             rows = await conn.execute(
                 _START,
                 {
-                    "ids": list(ids),
+                    "ids": list(recipients),
+                    "recipients": list(recipients.values()),
                     "attempt_id": attempt_id,
                     "owner": claim,
                     "lease": self.lease,
+                    "user_deleted": USER_DELETED,
                 },
             )
-            return {row.id: row.suppressed for row in rows}
+            return {row.id: row.blocked for row in rows}
 
     async def mark_sent(
         self, accepted: Sequence[tuple[uuid.UUID, str]], *, claim: str
@@ -528,7 +598,7 @@ class NotificationStore:
             if inactive_at_postmark:
                 for row in moved:
                     await suppression_list.note_inactive(
-                        conn, row.recipient, details=row.reason or ""
+                        conn, row.address, details=row.reason or ""
                     )
             await self._announce_suppressed(conn, moved)
             await _erase_after_goodbyes(conn, moved)
@@ -573,6 +643,22 @@ class NotificationStore:
     async def wait_for_settle(self, ids: Sequence[uuid.UUID], *, claim: str) -> None:
         """Hand rows in doubt back until their settle window has passed."""
         await self._release(dict.fromkeys(ids, 0.0), claim=claim, settle=True)
+
+    async def replay_failed(self, notification: uuid.UUID) -> bool:
+        """A dead letter of `notification` is being replayed: a failed row goes back to
+        pending, due at once (attempts reset, doubt kept: Postmark is still searched before
+        it is sent again). One of a deleted user, other than their goodbye, stays as it is
+        (failed, its reason saying what is known of it), and False says its record must not
+        go back to its topic."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(_REPLAYED, {"id": notification})).one_or_none()
+            if row is None:
+                return True
+            if row.erased:
+                return False
+            if row.status == "failed":
+                await conn.execute(_REOPEN, {"id": notification})
+        return True
 
     async def keep_sources(self, sources: dict[uuid.UUID, SourceRecord]) -> None:
         """Keep the source record on rows recorded before sources were kept, so retries can
@@ -639,7 +725,14 @@ class NotificationStore:
         )
         return [
             _Finished(
-                r.id, r.event_id, r.user_id, r.template, r.recipient, r.last_error, r.event_type
+                r.id,
+                r.event_id,
+                r.user_id,
+                r.template,
+                r.recipient,
+                r.last_error,
+                r.event_type,
+                r.address,
             )
             for r in result
         ]

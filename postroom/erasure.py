@@ -5,10 +5,14 @@ user id, notification ids, bounce ids, MessageIDs).
 - Stored idempotency answers that show the user become a 410 problem: a replay of the
   request that created them says the user is gone, and shows nothing of them.
 - Notifications that reached a final status lose their recipient, their source record and
-  any mention of the address in their error. Pending ones (and the goodbye, which the
-  deletion itself asks for) keep what their sending needs; the notifier erases them when the
-  goodbye is final (`notifier/store.py`).
+  any mention of the address in their error. Pending ones are the notifier's, which may be
+  sending one right now: it settles them (the goodbye, which the deletion itself asks for,
+  is sent; the others are not) and erases each as it reaches a final status
+  (`notifier/store.py`).
 - Bounces of the address lose their raw body, details and address.
+- The user's id goes into `erased_users`, a tombstone the notifier reads when it records,
+  claims and begins an attempt: nothing is sent to an erased user but the goodbye, whatever
+  record (replayed, redelivered, read late) still names them (invariant 10).
 Kept: the suppression list (so the address is never mailed again), and what is already on
 Kafka, until the topics' retention removes it (docs/operations.md)."""
 
@@ -32,7 +36,10 @@ _PROBLEM_HEADERS = json.dumps({"content-type": PROBLEM_MEDIA_TYPE})
 
 # $1: the user id, $2: the address as stored, $3: lower-cased; $4, $5: the stored 410.
 _ERASE = """
-WITH answers AS (
+WITH tombstone AS (
+    INSERT INTO erased_users (user_id) VALUES ($1::uuid) ON CONFLICT (user_id) DO NOTHING
+),
+answers AS (
     UPDATE idempotency_keys SET status_code = 410, response_body = $4::jsonb,
                                 response_headers = $5::jsonb
     WHERE response_body ->> 'id' = $1::uuid::text

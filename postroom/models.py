@@ -135,6 +135,15 @@ sa.Index(
     postgresql_where=notifications.c.status == "pending",
 )
 
+# A tombstone per deleted user (invariant 10): the notifier sends them nothing but the
+# goodbye, whatever record (replayed, redelivered, late) still names them. No address in it.
+erased_users = sa.Table(
+    "erased_users",
+    metadata,
+    sa.Column("user_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+)
+
 suppressions = sa.Table(
     "suppressions",
     metadata,

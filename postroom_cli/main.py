@@ -410,19 +410,21 @@ def dlq_replay(
         bool, typer.Option("--from-beginning", help="Replay records replayed before too.")
     ] = False,
     reason: Annotated[
-        str | None, typer.Option(help="Only this reason (unreadable, delivery-failed).")
+        str | None,
+        typer.Option(help="Only this reason (unreadable, delivery-failed, outcome-unknown)."),
     ] = None,
 ) -> None:
     """Put dead letters back on the topic they came from (failed notifications back to
-    pending first); each record once unless --from-beginning."""
+    pending first; a deleted user's are held back, left failed); each record once unless
+    --from-beginning."""
     from rich.progress import Progress
 
-    from notifier.dlq import replay
+    from notifier.dlq import Replayed, replay
     from postroom.db import create_engine
 
     settings = _load("dlq", NotifierSettings)
 
-    async def work() -> int:
+    async def work() -> Replayed:
         engine = create_engine(settings, application_name="postroom-cli")
         try:
             with Progress(transient=True) as bar:
@@ -437,7 +439,13 @@ def dlq_replay(
         finally:
             await engine.dispose()
 
-    typer.echo(f"replayed {_run('dlq', work(), settings)} record(s)")
+    done = _run("dlq", work(), settings)
+    typer.echo(f"replayed {done.replayed} record(s)")
+    if done.held_back:
+        typer.echo(
+            f"held back {done.held_back} record(s) of deleted users: their emails stay failed "
+            "and are never sent"
+        )
 
 
 @suppressions_app.command("list")

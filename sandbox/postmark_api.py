@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sandbox.bounces import Bounce
 from sandbox.faults import CallKind
-from sandbox.messages import PostmarkError
+from sandbox.messages import DEFAULT_STREAM, PostmarkError
 from sandbox.state import Sandbox, SandboxDep
 
 router = APIRouter()
@@ -167,7 +167,8 @@ def _page(request: Request) -> tuple[int, int]:
 
 @router.get("/messages/outbound")
 async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
-    """Outbound message search, with `metadata_<field>=<value>` filters."""
+    """Outbound message search, with `metadata_<field>=<value>` filters, in one message
+    stream: `messagestream`, or the default transactional stream, as Postmark's is."""
     try:
         _authorize(request, sandbox)
         _require_json(request, with_body=False)
@@ -186,7 +187,7 @@ async def search_outbound(request: Request, sandbox: SandboxDep) -> Response:
         sender=params.get("fromemail") or None,
         tag=params.get("tag") or None,
         subject=params.get("subject") or None,
-        stream=params.get("messagestream") or None,
+        stream=params.get("messagestream") or DEFAULT_STREAM,
         metadata=metadata,
     )
     if status and status.lower() != "sent":

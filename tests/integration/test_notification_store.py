@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -17,6 +18,7 @@ from notifier.plans import PlannedEmail, SourceRecord, plan
 from notifier.store import NotificationStore
 from postroom import events
 from postroom.db import create_engine
+from postroom.erasure import erase_user
 from postroom.outbox import OutboxWriter
 from tests.support.names import unique
 from tests.support.settings import make_api_settings, make_notifier_settings
@@ -53,10 +55,15 @@ REACH = 10.5  # POSTMARK_TIMEOUT 10 s and the start window
 
 
 def store_of(
-    engine: AsyncEngine, *, lease: float = 30.0, settle: float = 60.0
+    engine: AsyncEngine, *, lease: float = 30.0, settle: float = 60.0, search_window: float = 3e6
 ) -> NotificationStore:
     return NotificationStore(
-        engine, OutboxWriter(shards=8), lease=lease, settle=settle, reach=REACH
+        engine,
+        OutboxWriter(shards=8),
+        lease=lease,
+        settle=settle,
+        reach=REACH,
+        search_window=search_window,
     )
 
 
@@ -127,7 +134,7 @@ async def test_a_claim_lost_to_expiry_can_neither_begin_an_attempt_nor_release(
 
     await expire_leases(db)
     [taken] = await store.claim([p.id], claim="new")
-    begun = await store.start_attempt([p.id], "late", claim="old")
+    begun = await store.start_attempt({p.id: p.recipient}, "late", claim="old")
     await store.release({p.id: 0.0}, claim="old")
     row = await db.fetchrow("SELECT * FROM notifications WHERE id = $1", p.id)
 
@@ -194,11 +201,11 @@ async def test_an_address_suppressed_after_the_claim_gets_no_attempt(
         email.lower(),
     )
 
-    held = await store.start_attempt([p.id], "a2", claim="second")
+    held = await store.start_attempt({p.id: p.recipient}, "a2", claim="second")
     attempts = await db.fetchval("SELECT attempts FROM notifications WHERE id = $1", p.id)
 
     assert claimed.suppressed is None
-    assert held == {p.id: "HardBounce"}
+    assert held == {p.id: "suppressed: HardBounce"}
     assert attempts == 1  # the recorded first attempt only
 
 
@@ -308,7 +315,7 @@ async def test_an_acceptance_is_never_dropped_and_one_that_came_late_is_recorded
         claim="first",
     )
     again = await store.mark_sent([(sent.id, "m-sent-again"), (ours.id, "m-ours")], claim="first")
-    begun = await store.start_attempt([taken.id], "a2", claim="second")
+    begun = await store.start_attempt({taken.id: taken.recipient}, "a2", claim="second")
     rows = {
         r["id"]: r
         for r in await db.fetch(
@@ -371,3 +378,200 @@ async def test_an_operator_sees_a_late_acceptance_on_the_notification(
     )
     assert shown["late_at"] is not None
     assert listed["items"] == [shown]
+
+
+def deletion(user_id: uuid.UUID, email: str) -> tuple[PlannedEmail, SourceRecord]:
+    data = events.UserDeleted(
+        user_id=user_id, version=2, email=email, name="Gone", deleted_at=datetime.now(UTC)
+    )
+    source = SourceRecord(
+        topic="t.user",
+        partition=0,
+        offset=1,
+        key=str(user_id),
+        headers=(("ce_id", str(uuid.uuid4())), ("ce_type", data.event_type)),
+        value=data.model_dump_json(),
+    )
+    [goodbye] = plan(source.event())
+    return goodbye, source
+
+
+async def announced(db: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """The `email.*` events written so far: (type, address, reason)."""
+    return [
+        (r["event_type"], r["data"]["email"], r["data"].get("reason", ""))
+        for r in await db.fetch("SELECT event_type, payload AS data FROM outbox ORDER BY id")
+    ]
+
+
+@pytest.fixture
+async def json_db(db: asyncpg.Connection) -> asyncpg.Connection:
+    await db.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    return db
+
+
+async def test_nothing_of_a_deleted_user_but_the_goodbye_is_recorded_claimed_or_begun(
+    engine: AsyncEngine, json_db: asyncpg.Connection
+) -> None:
+    """Deleted (the api's erasure, in the deletion's transaction) while their welcome is
+    pending: the welcome's claim says so and no attempt begins; a record read late asks for
+    more (recorded settled, no address kept or announced); the goodbye still goes."""
+    db = json_db
+    store = store_of(engine)
+    email = f"{unique('erased')}@example.com"
+    [welcome] = await record(store, email)
+    assert welcome.user_id is not None
+    await erase_user(db, user_id=welcome.user_id, email=email)
+    await expire_leases(db)
+    [claimed] = await store.claim([welcome.id], claim="retry")
+    begun = await store.start_attempt({welcome.id: email}, "a2", claim="retry")
+
+    # A record for the same user read after the deletion (a redelivery, a late read).
+    late, late_source = registration(email)
+    late = replace(late, user_id=welcome.user_id)
+    claimed_late, settled = await store.record(
+        [late], {late.event_id: late_source}, not_allowed={}, attempt_id="b", claim="c"
+    )
+    goodbye, goodbye_source = deletion(welcome.user_id, email)
+    claimed_goodbye, _ = await store.record(
+        [goodbye], {goodbye.event_id: goodbye_source}, not_allowed={}, attempt_id="g", claim="c"
+    )
+    await store.mark_suppressed([(welcome.id, "user deleted")])
+    rows = {
+        r["id"]: r
+        for r in await db.fetch(
+            "SELECT id, status, recipient, source, last_error FROM notifications"
+        )
+    }
+
+    assert claimed.erased
+    assert begun == {welcome.id: "user deleted"}
+    assert claimed_late == []
+    assert settled == [(late, "user deleted")]
+    assert [row.id for row in claimed_goodbye] == [goodbye.id]  # begun: it is sent
+    for row_id in (welcome.id, late.id):
+        assert (rows[row_id]["status"], rows[row_id]["recipient"]) == ("suppressed", "")
+        assert (rows[row_id]["source"], rows[row_id]["last_error"]) == (None, "user deleted")
+    assert rows[goodbye.id]["recipient"] == email  # needed to send it
+    assert await announced(db) == [
+        ("email.suppressed", "", "user deleted"),
+        ("email.suppressed", "", "user deleted"),
+    ]
+
+
+async def test_a_replayed_failure_of_a_deleted_user_stays_failed_and_its_goodbye_is_reopened(
+    engine: AsyncEngine, json_db: asyncpg.Connection
+) -> None:
+    db = json_db
+    store = store_of(engine)
+    email, other = f"{unique('gone')}@example.com", f"{unique('kept')}@example.com"
+    welcome, welcome_source = registration(email)
+    kept, kept_source = registration(other)
+    assert welcome.user_id is not None
+    goodbye, goodbye_source = deletion(welcome.user_id, email)
+    sources = {
+        welcome.event_id: welcome_source,
+        kept.event_id: kept_source,
+        goodbye.event_id: goodbye_source,
+    }
+    await store.record([welcome, kept], sources, not_allowed={}, attempt_id="a", claim="c")
+    # Postmark down: both given up. The user is deleted; their goodbye fails too.
+    await store.mark_failed([(welcome.id, "gave up"), (kept.id, "gave up")])
+    await erase_user(db, user_id=welcome.user_id, email=email)
+    await store.record([goodbye], sources, not_allowed={}, attempt_id="g", claim="c")
+    await store.mark_failed([(goodbye.id, "gave up")])
+    await db.execute("DELETE FROM outbox")
+
+    replayed = {p.id: await store.replay_failed(p.id) for p in (welcome, kept, goodbye)}
+    again = await store.replay_failed(welcome.id)  # --from-beginning
+    await store.keep_sources({welcome.id: welcome_source})  # the record, read again anyway
+    rows = {
+        r["id"]: r
+        for r in await db.fetch(
+            "SELECT id, status, recipient, source, last_error FROM notifications"
+        )
+    }
+
+    assert replayed == {welcome.id: False, kept.id: True, goodbye.id: True}
+    assert again is False
+    assert (rows[welcome.id]["status"], rows[welcome.id]["last_error"]) == ("failed", "gave up")
+    assert (rows[welcome.id]["recipient"], rows[welcome.id]["source"]) == ("", None)
+    assert (rows[kept.id]["status"], rows[goodbye.id]["status"]) == ("pending", "pending")
+    assert await announced(db) == []  # nothing about the deleted user's email
+
+
+async def test_an_attempt_begins_only_if_the_address_it_will_be_sent_to_is_not_suppressed(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """A replayed goodbye's stored address was erased; the one planned again from its record
+    is what the last look reads."""
+    store = store_of(engine)
+    email = f"{unique('replayed')}@example.com"
+    goodbye, source = deletion(uuid.uuid4(), email)
+    await store.record(
+        [goodbye], {goodbye.event_id: source}, not_allowed={}, attempt_id="a", claim="c"
+    )
+    await store.mark_failed([(goodbye.id, "gave up")])
+    assert await db.fetchval("SELECT recipient FROM notifications") == ""
+    await store.replay_failed(goodbye.id)
+    await db.execute(
+        "INSERT INTO suppressions (email, reason, origin) VALUES ($1, 'HardBounce', 'Postmark')",
+        email.lower(),
+    )
+    await store.keep_sources({goodbye.id: source})
+    [claimed] = await store.claim(claim="sweep")
+
+    held = await store.start_attempt({goodbye.id: goodbye.recipient}, "a2", claim="sweep")
+
+    assert claimed.suppressed is None  # the stored column is blank
+    assert held == {goodbye.id: "suppressed: HardBounce"}
+
+
+async def test_a_row_in_doubt_older_than_postmark_keeps_messages_is_not_searchable(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    store = store_of(engine, search_window=44 * 86400)
+    old, recent = await record(
+        store, f"{unique('old')}@example.com", f"{unique('recent')}@example.com"
+    )
+    await store.release({old.id: 0.0, recent.id: 0.0}, claim="first", ambiguous=True)
+    await db.execute(
+        "UPDATE notifications SET created_at = now() - interval '50 days', "
+        "doubt_since = now() - interval '50 days' WHERE id = $1",
+        old.id,
+    )
+    await db.execute("UPDATE notifications SET doubt_since = now() - interval '1 hour'")
+
+    claimed = {row.id: row for row in await store.claim(claim="sweep")}
+
+    assert (claimed[old.id].in_doubt, claimed[old.id].searchable) == (True, False)
+    assert (claimed[recent.id].in_doubt, claimed[recent.id].searchable) == (True, True)
+
+
+async def test_a_406_for_a_deleted_users_email_still_suppresses_the_address_unnamed(
+    engine: AsyncEngine, json_db: asyncpg.Connection
+) -> None:
+    """The attempt began before the deletion; Postmark's 406 arrives after it: the address
+    goes on the suppression list (kept for deleted users too), the event names no address."""
+    db = json_db
+    store = store_of(engine)
+    email = f"{unique('inactive')}@example.com"
+    [welcome] = await record(store, email)
+    assert welcome.user_id is not None
+    await erase_user(db, user_id=welcome.user_id, email=email)
+
+    await store.mark_suppressed(
+        [(welcome.id, f"inactive at Postmark: {email} is inactive")], inactive_at_postmark=True
+    )
+    row = await db.fetchrow("SELECT recipient, last_error FROM notifications")
+    reason = await db.fetchval("SELECT reason FROM suppressions WHERE email = $1", email)
+
+    assert row is not None
+    assert (row["recipient"], row["last_error"]) == (
+        "",
+        "inactive at Postmark: [erased] is inactive",
+    )
+    assert reason == "InactiveRecipient"
+    assert await announced(db) == [
+        ("email.suppressed", "", "inactive at Postmark: [erased] is inactive")
+    ]

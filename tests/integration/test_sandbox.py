@@ -378,6 +378,26 @@ def test_metadata_search_finds_exactly_the_message_with_that_metadata(
     assert refused.value.error_code == 700
 
 
+def test_the_search_looks_in_one_message_stream_the_transactional_one_unless_told(
+    postmark: PostmarkClient,
+) -> None:
+    wanted = unique("notification")
+    to = address("streams")
+    on_default = postmark.emails.send(**message(to, Metadata={"notification_id": wanted}))
+    on_notices = postmark.emails.send(
+        **message(to, Metadata={"notification_id": wanted}, MessageStream="notices")
+    )
+
+    def found(**stream: str) -> list[str]:
+        page = search(postmark, count=50, offset=0, metadata_notification_id=wanted, **stream)
+        return [hit["MessageID"] for hit in page["Messages"]]
+
+    assert found() == [on_default["MessageID"]]
+    assert found(messagestream="outbound") == [on_default["MessageID"]]
+    assert found(messagestream="notices") == [on_notices["MessageID"]]
+    assert found(messagestream="broadcasts") == []
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 

@@ -573,6 +573,7 @@ async def test_find_sent_gives_the_earliest_matching_message(
     [request] = fake.seen
     assert (request.method, request.path) == ("GET", "/messages/outbound")
     assert request.query["metadata_notification_id"] == ["n-1"]
+    assert request.query["messagestream"] == ["outbound"]  # the stream the sends go on
     assert request.query["offset"] == ["0"]
     assert request.query["count"] == [str(SEARCH_PAGE)]
     assert request.headers["x-postmark-server-token"] == POSTMARK_TOKEN

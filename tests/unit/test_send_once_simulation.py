@@ -4,9 +4,11 @@ The real `Delivery` runs in several simulated notifiers against an in-memory sto
 same rules as `notifier/store.py`'s statements and a fake Postmark with the real client's
 interface. Every store and Postmark operation is a step a seeded scheduler chooses when to
 let through; between steps it moves a fake clock (expiring claims, ending settle windows,
-letting the search index catch up), kills notifiers, starts new ones, and suppresses
-addresses. Postmark may accept a batch and lose the answer, lose the request, throttle,
-fail its search, and shows a message to search only `LAG` seconds after accepting it.
+letting the search index catch up), kills notifiers, starts new ones, suppresses
+addresses, deletes users (the erasure, a goodbye record, often a suppression of the address)
+and replays the dead letters as an operator would (`postroom dlq replay`). Postmark may accept
+a batch and lose the answer, lose the request, throttle, fail its search, shows a message to
+search only `LAG` seconds after accepting it, and forgets it `RETENTION` seconds after.
 
 Each notifier's Postmark client is faked as `notifier.postmark.Postmark` behaves: a send
 holds a send slot, and its call may start any time after (a thread picking it up) but is
@@ -19,6 +21,9 @@ What must hold for every schedule:
 - every acceptance comes within `REACH` of its attempt's stamp (what the code enforces and
   the settle rule builds on);
 - nothing is accepted for an address suppressed before its attempt began;
+- nothing but the goodbye is accepted for a deleted user by an attempt begun after the
+  deletion (replays and records read again included), and the goodbye is held back only by a
+  suppression;
 - every notification's status is true to what Postmark accepted: sent naming the message it
   accepted if it accepted one (or failed saying that this is unknown), never sent otherwise;
 - once the faults stop, every notification ends sent, suppressed or failed.
@@ -38,7 +43,7 @@ import functools
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,7 +64,7 @@ from notifier.postmark import (
 )
 from notifier.rendering import Renderer
 from notifier.settings import CALL_START_WINDOW, NotifierSettings
-from notifier.store import ClaimedRow, LateAcceptance
+from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance
 from postroom import events
 from tests.support.settings import make_notifier_settings
 
@@ -68,6 +73,10 @@ REACH = CALL_START_WINDOW + TIMEOUT  # a call reaches Postmark by its stamp + RE
 LEASE = 3.0  # NOTIFIER_LEASE
 LAG = 4.0  # how far Postmark's search lags behind acceptance, at most
 SETTLE = LAG  # NOTIFIER_SEARCH_SETTLE, counted from the stamp + REACH
+RETENTION = 30.0  # how long Postmark keeps a message (POSTMARK_RETENTION_DAYS)
+# The store's search window: the retention less a margin longer than a claim, as a search
+# answer is acted on only under the claim that asked.
+SEARCH_WINDOW = RETENTION - LEASE - 1.0
 MAX_ATTEMPTS = 6
 CHAOS_STEPS = 160
 CALM_STEPS = 3000
@@ -106,6 +115,12 @@ class World:
     attempt_started: dict[str, float] = field(default_factory=dict)  # attempt id -> stamp
     # Acceptances a notifier learnt of and handed to its store: (notification id, MessageID).
     reported: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+    # Steps let through so far: orders what happened within one instant of the clock.
+    tick: int = 0
+    # Deleted users (the `erased_users` tombstone) and the tick each was deleted at.
+    erased: dict[uuid.UUID, int] = field(default_factory=dict)
+    # Suppressed addresses and the tick each was suppressed at.
+    suppressed_at: dict[str, int] = field(default_factory=dict)
 
     async def step(self, what: str) -> None:
         """Wait until the scheduler lets the current worker's next operation happen."""
@@ -138,6 +153,8 @@ class Row:
     message_id: str | None = None
     last_error: str | None = None
     late_message_ids: list[str] = field(default_factory=list)
+    recipient: str = ""  # the stored column, which erasure blanks
+    created_at: float = 0.0
 
 
 class MemoryStore:
@@ -152,6 +169,7 @@ class MemoryStore:
         self.world = world
         self.rows = rows
         self.suppressed = suppressed  # address -> when it was suppressed
+        self.begun_ticks: list[tuple[uuid.UUID, int]] = []
 
     @property
     def now(self) -> float:
@@ -159,6 +177,13 @@ class MemoryStore:
 
     def _reason(self, address: str) -> str | None:
         return "HardBounce" if address.lower() in self.suppressed else None
+
+    def _erased(self, p: PlannedEmail) -> bool:
+        return p.event_type != "user.deleted" and p.user_id in self.world.erased
+
+    def _begun(self, row_id: uuid.UUID, attempt_id: str) -> None:
+        self.begun_ticks.append((row_id, self.world.tick))
+        self.world.attempt_started[attempt_id] = self.now
 
     def _free(self, row: Row) -> bool:
         return row.lease_until is None or row.lease_until < self.now
@@ -170,9 +195,11 @@ class MemoryStore:
             attempts=row.attempts,
             in_doubt=row.doubt_since is not None,
             settled=row.doubt_since is None or row.doubt_since + SETTLE <= self.now,
-            suppressed=None if started else self._reason(row.plan.recipient),
+            suppressed=None if started else self._reason(row.recipient),
             last_error=row.last_error,
             started=started,
+            erased=self._erased(row.plan),
+            searchable=row.created_at + SEARCH_WINDOW > self.now,
         )
 
     async def record(
@@ -190,19 +217,29 @@ class MemoryStore:
         for p in planned:
             if p.id in self.rows:
                 continue
-            row = Row(plan=p, source=sources[p.event_id], next_attempt_at=self.now)
+            row = Row(
+                plan=p,
+                source=sources[p.event_id],
+                next_attempt_at=self.now,
+                recipient=p.recipient,
+                created_at=self.now,
+            )
             self.rows[p.id] = row
-            reason = not_allowed.get(p.id) or (
-                f"suppressed: {r}" if (r := self._reason(p.recipient)) else None
+            reason = (
+                (USER_DELETED if self._erased(p) else None)
+                or not_allowed.get(p.id)
+                or (f"suppressed: {r}" if (r := self._reason(p.recipient)) else None)
             )
             if reason:
                 row.status, row.last_error, row.source = "suppressed", reason, None
+                if reason == USER_DELETED or p.event_type == "user.deleted":
+                    row.recipient = ""
                 suppressed.append((p, reason))
                 continue
             row.attempts, row.attempt_id = 1, attempt_id
             row.attempt_started_at, row.attempt_open = self.now, True
             row.lease_owner, row.lease_until = claim, self.now + LEASE
-            self.world.attempt_started[attempt_id] = self.now
+            self._begun(p.id, attempt_id)
             claimed.append(self._claimed(row, started=True))
         return claimed, suppressed
 
@@ -230,22 +267,27 @@ class MemoryStore:
         return out
 
     async def start_attempt(
-        self, ids: Sequence[uuid.UUID], attempt_id: str, *, claim: str
+        self, recipients: dict[uuid.UUID, str], attempt_id: str, *, claim: str
     ) -> dict[uuid.UUID, str | None]:
         await self.world.step("start_attempt")
         held: dict[uuid.UUID, str | None] = {}
-        for row_id in ids:
+        for row_id, address in recipients.items():
             row = self.rows[row_id]
             if row.status != "pending" or row.lease_owner != claim:
                 continue
             if row.lease_until is None or row.lease_until <= self.now:
                 continue
-            held[row_id] = self._reason(row.plan.recipient)
+            reason = self._reason(address)
+            held[row_id] = (
+                USER_DELETED
+                if self._erased(row.plan)
+                else (f"suppressed: {reason}" if reason else None)
+            )
             if held[row_id] is None:
                 row.attempts += 1
                 row.attempt_id, row.attempt_started_at = attempt_id, self.now
                 row.attempt_open, row.lease_until = True, self.now + LEASE
-                self.world.attempt_started[attempt_id] = self.now
+                self._begun(row_id, attempt_id)
         return held
 
     async def mark_sent(
@@ -316,6 +358,22 @@ class MemoryStore:
 
     async def keep_sources(self, sources: dict[uuid.UUID, SourceRecord]) -> None:
         await self.world.step("keep_sources")
+        for row_id, source in sources.items():
+            row = self.rows.get(row_id)
+            if row is not None and row.source is None and row.status == "pending":
+                row.source = source
+
+    async def replay_failed(self, notification: uuid.UUID) -> bool:
+        await self.world.step("replay_failed")
+        row = self.rows.get(notification)
+        if row is None:
+            return True
+        if self._erased(row.plan):
+            return False
+        if row.status == "failed":
+            row.status, row.attempts, row.next_attempt_at = "pending", 0, self.now
+            row.lease_owner = row.lease_until = None
+        return True
 
     def _final(self, status: str, rows: Sequence[tuple[uuid.UUID, str]]) -> int:
         moved = 0
@@ -327,11 +385,12 @@ class MemoryStore:
                 moved += 1
         return moved
 
-    @staticmethod
-    def _finish(row: Row) -> None:
+    def _finish(self, row: Row) -> None:
         row.attempt_open = False
         row.lease_owner = row.lease_until = None
         row.source = None
+        if row.plan.event_type == "user.deleted" or row.plan.user_id in self.world.erased:
+            row.recipient = ""
 
 
 @dataclass
@@ -341,6 +400,7 @@ class Acceptance:
     recipient: str
     message_id: str
     at: float
+    tick: int = 0
 
 
 class FakePostmark:
@@ -349,6 +409,7 @@ class FakePostmark:
     def __init__(self, world: World) -> None:
         self.world = world
         self.faulty = True
+        self.outage = False  # while it lasts, Postmark refuses every send
         self.accepted: list[Acceptance] = []
         self.lag: dict[str, float] = {}  # message id -> searchable after
 
@@ -359,6 +420,8 @@ class FakePostmark:
         fault = rng.choice(
             ["none", "lost-answer", "lost-request", "throttled"] if self.faulty else ["none"]
         )
+        if self.outage:
+            fault = "throttled"
         arrived = self.world.clock.now <= ends  # past the deadline, the call was cut before
         results: list[MessageResult] = []
         if arrived and fault in ("none", "lost-answer"):
@@ -371,6 +434,7 @@ class FakePostmark:
                         message["To"],
                         message_id,
                         self.world.clock.now,
+                        self.world.tick,
                     )
                 )
                 self.lag[message_id] = self.world.clock.now + rng.uniform(0, LAG)
@@ -392,7 +456,8 @@ class FakePostmark:
         visible = [
             a
             for a in self.accepted
-            if a.notification_id == notification_id and self.lag[a.message_id] <= now
+            if a.notification_id == notification_id
+            and self.lag[a.message_id] <= now < a.at + RETENTION
         ]
         return min(visible, key=lambda a: a.at).message_id if visible else None
 
@@ -501,6 +566,9 @@ def simulated_settings(*, max_attempts: int, batch_size: int) -> NotifierSetting
 
 async def run_schedule(seed: int) -> None:
     rng = random.Random(seed)
+    # Some schedules tell the story of issue 18: an outage dead-letters emails, a user is
+    # deleted during it (often their address suppressed since), the operator replays.
+    told = rng.random() < 0.3
     uuid_rng = random.Random(seed ^ 0x5EED)
     world = World(rng=rng)
     rows: dict[uuid.UUID, Row] = {}
@@ -509,16 +577,19 @@ async def run_schedule(seed: int) -> None:
     dead_letters = FakeDeadLetters(world)
     settings = simulated_settings(
         # Few attempts make give-ups common: rows final while an answer is still to come.
-        max_attempts=rng.choice([2, MAX_ATTEMPTS]),
+        max_attempts=2 if told else rng.choice([2, MAX_ATTEMPTS]),
         batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
     records = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
     every = {p.id: p for _, plans in planned for p in plans}
+    record_of = {p.id: record for record, plans in planned for p in plans}
     metrics = NotifierMetrics(CollectorRegistry())
+    stores: list[MemoryStore] = []
 
     def new_delivery() -> Delivery:
         store = MemoryStore(world, rows, suppressed)
+        stores.append(store)
         delivery = Delivery(
             settings,
             store=store,  # type: ignore[arg-type]
@@ -538,6 +609,80 @@ async def run_schedule(seed: int) -> None:
             )
         while True:
             await delivery.sweep()
+
+    replayed: set[uuid.UUID] = set()
+
+    async def replayer(name: str, delivery: Delivery) -> None:
+        """`postroom dlq replay`, then a notifier reading the records it put back."""
+        CURRENT_WORKER.set(name)
+        letters = [n for n in dict.fromkeys(dead_letters.written) if n and n not in replayed]
+        back = [n for n in letters if await delivery.store.replay_failed(n)]
+        replayed.update(letters)  # its offsets committed
+        records_back = list({record_of[n].offset: record_of[n] for n in back}.values())
+        await delivery.intake(
+            [p for r in records_back for p in plan(r.event())],
+            {r.event().event_id: r for r in records_back},
+        )
+        while True:
+            await delivery.sweep()
+
+    def replay() -> None:
+        for email in deleted.values():  # suppressed since the deletion, maybe
+            if rng.random() < 0.5:
+                suppress(email)
+        name = f"w{next(names)}"
+        world.trace.append(f"{world.clock.now:7.2f} {name} replays the dead letters")
+        workers[name] = asyncio.create_task(replayer(name, new_delivery()), name=name)
+
+    deleted: dict[uuid.UUID, str] = {}
+
+    def delete_user() -> None:
+        """DELETE /v1/users/{id}: the erasure and the tombstone in one transaction, and the
+        `user.deleted` record a notifier then reads; often the address is suppressed too."""
+        users = {
+            p.user_id: p.recipient
+            for p in every.values()
+            if p.user_id is not None
+            and p.user_id not in deleted
+            and p.template in ("welcome", "verify_new_email")
+        }
+        if not users:
+            return
+        user = rng.choice(sorted(users))
+        email = deleted[user] = users[user]
+        world.erased[user] = world.tick
+        for row in rows.values():
+            if row.status != "pending" and (
+                row.plan.user_id == user or row.recipient.lower() == email.lower()
+            ):
+                row.recipient, row.source = "", None
+        goodbye = source_for(
+            events.UserDeleted(
+                user_id=user,
+                version=3,
+                email=email,
+                name="Sim",
+                deleted_at=datetime(2026, 1, 2, tzinfo=UTC),
+            ),
+            len(planned),
+        )
+        planned.append((goodbye, plan(goodbye.event())))
+        for p in planned[-1][1]:
+            every[p.id], record_of[p.id] = p, goodbye
+        world.trace.append(f"{world.clock.now:7.2f} user of {email} deleted")
+        if rng.random() < 0.3:
+            suppress(email)
+        start(intake=True)  # a notifier reads the deletion (and the records before it)
+
+    def outage(on: bool) -> None:
+        postmark.outage = on
+        world.trace.append(f"{world.clock.now:7.2f} Postmark {'down' if on else 'back'}")
+
+    def suppress(address: str) -> None:
+        if address.lower() not in suppressed:
+            suppressed[address.lower()] = world.clock.now
+            world.suppressed_at[address.lower()] = world.tick
+            world.trace.append(f"{world.clock.now:7.2f} {address.lower()} suppressed")
 
     workers: dict[str, asyncio.Task[None]] = {}
     names = iter(range(1_000_000))
@@ -566,6 +711,7 @@ async def run_schedule(seed: int) -> None:
             return
         chosen = rng.choice(live)
         world.parked.remove(chosen)
+        world.tick += 1
         world.trace.append(f"{world.clock.now:7.2f} {chosen.worker} {chosen.what}")
         chosen.go.set_result(None)
 
@@ -573,9 +719,23 @@ async def run_schedule(seed: int) -> None:
     original_uuid4 = uuid.uuid4
     uuid.uuid4 = lambda: uuid.UUID(int=uuid_rng.getrandbits(128), version=4)  # type: ignore[assignment]
     try:
+        if rng.random() < 0.1:  # deleted before any notifier read the signup
+            delete_user()
         start(intake=True)
         start(intake=rng.random() < 0.5)
-        for _ in range(CHAOS_STEPS):
+        story: dict[int, list[Callable[[], None]]] = {}
+        if told:
+            began = rng.randrange(0, 40)
+            deletion = began + rng.randrange(0, 30)
+            ended = deletion + rng.randrange(40, 100)
+            for at, event in (
+                (began, lambda: outage(True)),
+                (deletion, delete_user),
+                (ended, lambda: outage(False)),
+                (ended + rng.randrange(0, 20), replay),
+            ):
+                story.setdefault(at, []).append(event)
+        for step in range(CHAOS_STEPS):
             await quiesce()
             roll = rng.random()
             if roll < 0.70:
@@ -593,13 +753,18 @@ async def run_schedule(seed: int) -> None:
                             p.go.set_result(None)
             elif roll < 0.95:
                 start(intake=rng.random() < 0.5)
+            elif roll < 0.975:
+                suppress(rng.choice([p.recipient for p in every.values()]))
+            elif roll < 0.99:
+                delete_user()
             else:
-                address = rng.choice([p.recipient for p in every.values()]).lower()
-                if address not in suppressed:
-                    suppressed[address] = world.clock.now
-                    world.trace.append(f"{world.clock.now:7.2f} {address} suppressed")
+                replay()
+            for event in story.pop(step, ()):
+                event()
         # Calm: faults stop, one notifier at least, time keeps moving.
-        postmark.faulty = dead_letters.faulty = False
+        postmark.faulty = dead_letters.faulty = postmark.outage = False
+        if dead_letters.written and (told or rng.random() < 0.5):
+            replay()  # the documented step once Postmark is back
         # Records whose offsets no notifier committed are read again by a live one.
         start(intake=True)
         for _ in range(CALM_STEPS):
@@ -612,6 +777,7 @@ async def run_schedule(seed: int) -> None:
                 world.clock.now += 0.5
         try:
             check(world, rows, every, suppressed, postmark)
+            check_erasure(world, rows, every, postmark, stores)
         except AssertionError as exc:
             shown = world.trace if "SIMULATION_SEED" in os.environ else world.trace[-25:]
             raise AssertionError(f"{exc}\n" + "\n".join(shown)) from None
@@ -659,7 +825,7 @@ def check(
             assert row.status != "sent", f"{row.plan.id} is sent, and Postmark holds nothing"
         elif row.status != "sent":
             accepted_but = f"{row.plan.id} is {row.status}, and Postmark accepted it"
-            assert row.status == "failed", accepted_but
+            assert row.status in ("failed", "suppressed"), accepted_but
             assert "unknown" in (row.last_error or ""), accepted_but
         else:
             assert row.message_id in accepted, "a sent notification names its accepted message"
@@ -668,6 +834,37 @@ def check(
         assert message_id in (row.message_id, *row.late_message_ids), (
             f"{row_id}: Postmark's acceptance {message_id} was dropped; the row is {row.status}"
         )
+
+
+def check_erasure(
+    world: World,
+    rows: dict[uuid.UUID, Row],
+    every: dict[uuid.UUID, PlannedEmail],
+    postmark: FakePostmark,
+    stores: list[MemoryStore],
+) -> None:
+    begun = [b for store in stores for b in store.begun_ticks]
+    for a in postmark.accepted:
+        p = every[uuid.UUID(a.notification_id)]
+        started = max(t for n, t in begun if n == p.id and t <= a.tick)
+        # Suppressed at the same instant as the attempt began, but after it (by the ticks).
+        since = world.suppressed_at.get(a.recipient.lower())
+        assert since is None or started <= since, (
+            f"{a.recipient} was suppressed at tick {since} and mailed by an attempt begun at "
+            f"tick {started}"
+        )
+        deleted_at = world.erased.get(p.user_id) if p.user_id else None
+        if p.event_type == "user.deleted" or deleted_at is None:
+            continue
+        assert started <= deleted_at, (
+            f"{p.template} to {a.recipient}, whose user was deleted at tick {deleted_at}, "
+            f"sent by an attempt begun at tick {started}"
+        )
+    for row in rows.values():
+        if row.plan.event_type == "user.deleted" and row.status == "suppressed":
+            assert (row.last_error or "").startswith("suppressed:"), (
+                f"the goodbye was held back: {row.last_error}"
+            )
 
 
 def seeds() -> list[int]:

@@ -199,3 +199,17 @@ def test_outside_development_the_settle_window_must_cover_the_search_lag() -> No
     short = NotifierSettings(app_env="development", notifier_search_settle=0, **NOTIFIER_GOOD)
     assert short.notifier_search_settle == 0  # the sandbox's search does not lag
     assert NotifierSettings(app_env="production", **NOTIFIER_GOOD).notifier_search_settle == 60
+
+
+@pytest.mark.parametrize("days", [6, 366])
+def test_postmarks_retention_is_one_it_offers(days: int) -> None:
+    with pytest.raises(ValueError, match="postmark_retention_days"):
+        NotifierSettings(app_env="production", postmark_retention_days=days, **NOTIFIER_GOOD)
+
+
+def test_the_search_is_trusted_a_day_short_of_postmarks_retention() -> None:
+    default = NotifierSettings(app_env="production", **NOTIFIER_GOOD)
+    shortest = NotifierSettings(app_env="production", postmark_retention_days=7, **NOTIFIER_GOOD)
+    assert default.postmark_retention_days == 45  # Postmark's default
+    assert default.search_window == 44 * 86400
+    assert shortest.search_window == 6 * 86400
