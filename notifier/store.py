@@ -5,7 +5,8 @@ A notification is worked on only under a claim: `lease_owner` and `lease_until`.
 taken in one statement that returns the rows it got, and it is only ever taken on a pending
 row whose lease is free (never held, or expired) and that is due (`next_attempt_at`). The
 same statement reads the suppression list, so an address suppressed before the claim is
-never mailed by it.
+never mailed by it. The list is read by the row's `recipient_key`, the address key computed
+when the row was recorded (invariant 10): never by folding the address in SQL.
 
 A send attempt is recorded before Postmark is called (`attempt_open`, `attempt_started_at`,
 a fresh `attempt_id`), and only by the holder of a live claim. Its outcome closes it. An
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from notifier import suppressions as suppression_list
 from notifier.plans import PlannedEmail, SourceRecord
 from postroom import events
+from postroom.addresses import address_key
 from postroom.outbox import OutboxWriter
 
 MAX_ERROR = 2000
@@ -99,12 +101,14 @@ def _event_fields(row: _Fields) -> dict[str, Any]:
 _RECORD = sa.text(
     """
     INSERT INTO notifications AS n (
-        id, event_id, event_type, user_id, template, recipient, source, status, last_error,
-        attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
-        next_attempt_at)
+        id, event_id, event_type, user_id, template, recipient, recipient_key, source, status,
+        last_error, attempts, attempt_id, attempt_started_at, attempt_open, lease_owner,
+        lease_until, next_attempt_at)
     SELECT v.id, v.event_id, v.event_type, v.user_id, v.template,
            CASE WHEN blocked.reason IS NOT NULL AND v.event_type = 'user.deleted' THEN ''
                 ELSE v.recipient END,
+           CASE WHEN blocked.reason IS NOT NULL AND v.event_type = 'user.deleted' THEN ''
+                ELSE v.recipient_key END,
            CASE WHEN blocked.reason IS NULL THEN CAST(v.source AS jsonb) END,
            CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
            blocked.reason,
@@ -117,10 +121,11 @@ _RECORD = sa.text(
            now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]),
                 CAST(:user_ids AS uuid[]), CAST(:templates AS text[]),
-                CAST(:recipients AS text[]), CAST(:sources AS text[]),
-                CAST(:not_allowed AS text[]))
-         AS v(id, event_id, event_type, user_id, template, recipient, source, not_allowed)
-    LEFT JOIN suppressions AS s ON s.email = lower(v.recipient)
+                CAST(:recipients AS text[]), CAST(:recipient_keys AS text[]),
+                CAST(:sources AS text[]), CAST(:not_allowed AS text[]))
+         AS v(id, event_id, event_type, user_id, template, recipient, recipient_key, source,
+              not_allowed)
+    LEFT JOIN suppressions AS s ON s.email = v.recipient_key
     CROSS JOIN LATERAL (
         SELECT COALESCE(v.not_allowed, 'suppressed: ' || s.reason) AS reason
     ) AS blocked
@@ -149,7 +154,7 @@ _CLAIM = """
               n.doubt_since IS NOT NULL AS in_doubt,
               n.doubt_since IS NULL
                   OR n.doubt_since + make_interval(secs => :settle) <= now() AS settled,
-              (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
+              (SELECT s.reason FROM suppressions AS s WHERE s.email = n.recipient_key)
                   AS suppressed,
               n.last_error
     """
@@ -163,7 +168,7 @@ _START = sa.text(
     """
     WITH held AS (
         SELECT n.id,
-               (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
+               (SELECT s.reason FROM suppressions AS s WHERE s.email = n.recipient_key)
                    AS suppressed
         FROM notifications AS n
         WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
@@ -188,7 +193,8 @@ _FINAL = """
     UPDATE notifications AS n
     SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
         source = NULL, updated_at = now(),
-        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END
+        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END,
+        recipient_key = CASE WHEN {gone} THEN '' ELSE n.recipient_key END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'
@@ -226,7 +232,8 @@ _FINISH = sa.text(
 _ERASE_FINISHED = sa.text(
     """
     UPDATE notifications
-    SET recipient = '', source = NULL, last_error = replace(last_error, recipient, '[erased]')
+    SET recipient = '', recipient_key = '', source = NULL,
+        last_error = replace(last_error, recipient, '[erased]')
     WHERE user_id = ANY(CAST(:users AS uuid[])) AND status <> 'pending' AND recipient <> ''
     """
 )
@@ -308,6 +315,7 @@ class NotificationStore:
                         "user_ids": [p.user_id for p in planned],
                         "templates": [p.template for p in planned],
                         "recipients": [p.recipient for p in planned],
+                        "recipient_keys": [address_key(p.recipient) for p in planned],
                         "sources": [json.dumps(sources[p.event_id].as_json()) for p in planned],
                         "not_allowed": [not_allowed.get(p.id) for p in planned],
                         "attempt_id": attempt_id,
