@@ -177,7 +177,7 @@ def test_users_sharing_a_key_stop_the_migration_with_their_ids(
     assert f"{fifth} share one address" in err
     assert "2 addresses belong to more than one user" in err
     assert "docs/operations.md" in err
-    assert "émile" not in err.lower() and "example.com" not in err
+    assert "@" not in err
     # Nothing changed: still the old schema, every user there.
     version = sql(url, "SELECT version_num FROM alembic_version")[0][0]
     assert version == "0007"
