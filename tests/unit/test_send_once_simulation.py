@@ -7,10 +7,13 @@ let through; between steps it moves a fake clock (expiring claims, ending settle
 letting the search index catch up), kills notifiers, starts new ones, and suppresses
 addresses. Postmark may accept a batch and lose the answer, lose the request, throttle,
 fail its search, and shows a message to search only `LAG` seconds after accepting it.
+Addresses come from several scripts, each mailbox spelled several ways (letter case, composed
+or decomposed accents, `ß` or `SS`, final sigma); an address is suppressed under one spelling
+while mail is planned to another, and the store keys both by `address_key`, as the real one.
 
 What must hold for every schedule:
 - Postmark never accepts two messages for one notification;
-- nothing is accepted for an address suppressed before its attempt began;
+- nothing is accepted for a mailbox suppressed (under any spelling) before its attempt began;
 - a notification marked sent names the message Postmark accepted for it;
 - once the faults stop, every notification ends sent, suppressed or failed.
 
@@ -41,6 +44,7 @@ from notifier.plans import PlannedEmail, SourceRecord, plan
 from notifier.postmark import Accepted, MessageResult, PostmarkUnavailable
 from notifier.store import ClaimedRow
 from postroom import events
+from postroom.addresses import address_key
 from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
@@ -53,6 +57,17 @@ CALM_STEPS = 3000
 
 
 CURRENT_WORKER: contextvars.ContextVar[str] = contextvars.ContextVar("worker")
+
+# Mailboxes, each spelled several ways by the people who own them ({n}: which one). Which
+# spellings are one mailbox is written out here, not computed: the check's truth.
+MAILBOXES = [
+    ["user{n}@example.com", "User{n}@Example.COM"],
+    ["émile{n}@example.com", "ÉMILE{n}@example.com", "e\u0301mile{n}@example.com"],
+    ["дмитрий{n}@example.com", "Дмитрий{n}@example.com", "ДМИТРИЙ{n}@example.com"],
+    ["straße{n}@example.com", "STRASSE{n}@example.com", "Strasse{n}@example.com"],
+    ["οδος{n}@example.com", "ΟΔΟΣ{n}@example.com", "Οδοσ{n}@example.com"],
+    ["zoë{n}@example.com", "ZOË{n}@example.com", "zoe\u0308{n}@example.com"],
+]
 
 
 class Crashed(BaseException):
@@ -126,7 +141,7 @@ class MemoryStore:
     ):
         self.world = world
         self.rows = rows
-        self.suppressed = suppressed  # address -> when it was suppressed
+        self.suppressed = suppressed  # address key -> when it was suppressed
         self.attempts_begun: list[tuple[uuid.UUID, float]] = []
         self.attempt_started = attempt_started  # attempt id -> when it began
 
@@ -135,7 +150,7 @@ class MemoryStore:
         return self.world.clock.now
 
     def _reason(self, address: str) -> str | None:
-        return "HardBounce" if address.lower() in self.suppressed else None
+        return "HardBounce" if address_key(address) in self.suppressed else None
 
     def _free(self, row: Row) -> bool:
         return row.lease_until is None or row.lease_until < self.now
@@ -400,11 +415,23 @@ def source_for(event: events.EventData, offset: int) -> SourceRecord:
     )
 
 
-def make_events(rng: random.Random) -> list[SourceRecord]:
+def spelling(rng: random.Random, mailbox: tuple[int, int]) -> str:
+    """One of the ways mailbox (kind, n) is written."""
+    kind, n = mailbox
+    return rng.choice(MAILBOXES[kind]).format(n=n)
+
+
+def make_events(rng: random.Random) -> tuple[list[SourceRecord], dict[str, tuple[int, int]]]:
+    """The user events, and the mailbox each spelling in them belongs to."""
     records = []
+    mailbox_of: dict[str, tuple[int, int]] = {}
     for n in range(rng.randint(1, 4)):
         user = uuid.UUID(int=rng.getrandbits(128))
-        email = f"user{n}@example.com"
+        old, new = (rng.randrange(len(MAILBOXES)), n), (rng.randrange(len(MAILBOXES)), n + 10)
+        email, new_email = spelling(rng, old), spelling(rng, new)
+        for kind, count in (old, new):
+            for way in MAILBOXES[kind]:
+                mailbox_of[way.format(n=count)] = (kind, count)
         now = datetime(2026, 1, 1, tzinfo=UTC)
         data: events.EventData
         if rng.random() < 0.7:
@@ -416,11 +443,11 @@ def make_events(rng: random.Random) -> list[SourceRecord]:
                 user_id=user,
                 version=2,
                 old_email=email,
-                new_email=f"new{n}@example.com",
+                new_email=new_email,
                 name="Sim",
             )
         records.append(source_for(data, n))
-    return records
+    return records, mailbox_of
 
 
 async def run_schedule(seed: int) -> None:
@@ -429,6 +456,7 @@ async def run_schedule(seed: int) -> None:
     world = World(rng=rng)
     rows: dict[uuid.UUID, Row] = {}
     suppressed: dict[str, float] = {}
+    suppressed_mailboxes: dict[tuple[int, int], float] = {}
     attempt_started: dict[str, float] = {}
     postmark = FakePostmark(world, attempt_started)
     dead_letters = FakeDeadLetters(world)
@@ -445,7 +473,7 @@ async def run_schedule(seed: int) -> None:
         notifier_backoff_max=2.0,
         notifier_batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
-    records = make_events(rng)
+    records, mailbox_of = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
     every = {p.id: p for _, plans in planned for p in plans}
     metrics = NotifierMetrics(CollectorRegistry())
@@ -527,9 +555,12 @@ async def run_schedule(seed: int) -> None:
             elif roll < 0.95:
                 start(intake=rng.random() < 0.5)
             else:
-                address = rng.choice([p.recipient for p in every.values()]).lower()
-                if address not in suppressed:
-                    suppressed[address] = world.clock.now
+                # A mailbox mail is planned to, suppressed under any of its spellings.
+                mailbox = mailbox_of[rng.choice([p.recipient for p in every.values()])]
+                address = spelling(rng, mailbox)
+                if mailbox not in suppressed_mailboxes:
+                    suppressed_mailboxes[mailbox] = world.clock.now
+                    suppressed[address_key(address)] = world.clock.now
                     world.trace.append(f"{world.clock.now:7.2f} {address} suppressed")
         # Calm: faults stop, one notifier at least, time keeps moving.
         postmark.faulty = dead_letters.faulty = False
@@ -544,7 +575,7 @@ async def run_schedule(seed: int) -> None:
             else:
                 world.clock.now += 0.5
         try:
-            check(world, rows, every, suppressed, postmark, stores)
+            check(rows, every, suppressed_mailboxes, mailbox_of, postmark, stores)
         except AssertionError as exc:
             shown = world.trace if "SIMULATION_SEED" in os.environ else world.trace[-25:]
             raise AssertionError(f"{exc}\n" + "\n".join(shown)) from None
@@ -559,10 +590,10 @@ async def run_schedule(seed: int) -> None:
 
 
 def check(
-    world: World,
     rows: dict[uuid.UUID, Row],
     every: dict[uuid.UUID, PlannedEmail],
-    suppressed: dict[str, float],
+    suppressed: dict[tuple[int, int], float],
+    mailbox_of: dict[str, tuple[int, int]],
     postmark: FakePostmark,
     stores: list[MemoryStore],
 ) -> None:
@@ -575,7 +606,7 @@ def check(
     begun = sorted(b for store in stores for b in store.attempts_begun)
     for a in postmark.accepted:
         started = max(t for n, t in begun if str(n) == a.notification_id and t <= a.at)
-        since = suppressed.get(a.recipient.lower())
+        since = suppressed.get(mailbox_of[a.recipient])
         assert since is None or since >= started, (
             f"{a.recipient} was suppressed at {since} and mailed by an attempt begun at {started}"
         )
