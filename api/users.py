@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from postroom import events, tokens
+from postroom.addresses import address_key
 from postroom.db import Connection
 from postroom.erasure import erase_user
 from postroom.models import USERS_EMAIL_INDEX
@@ -28,9 +29,9 @@ from postroom.outbox import OutboxWriter
 # The user and its clock are set here, so that `user.registered` can be written in the same
 # statement (`OutboxWriter.add_with`).
 _REGISTER = """
-INSERT INTO users (id, email, name, version, created_at, updated_at)
-VALUES ($1, $2, $3, 1, $4, $4)
-ON CONFLICT (lower(email)) DO NOTHING
+INSERT INTO users (id, email, email_key, name, version, created_at, updated_at)
+VALUES ($1, $2, $5, $3, 1, $4, $4)
+ON CONFLICT (email_key) DO NOTHING
 RETURNING id, email, name, email_verified_at, version, created_at, updated_at
 """
 _READ = """
@@ -42,11 +43,13 @@ SELECT id, email, name, email_verified_at, version, created_at, updated_at
 FROM users WHERE id = $1 FOR UPDATE
 """
 # The change, if the user is still at the version it was read at ($5); $4: the address
-# changes, so its verification resets. No row back: the user changed or went meanwhile.
+# changes, so its verification resets; $6: the address's key. No row back: the user changed
+# or went meanwhile.
 _UPDATE = """
 UPDATE users SET
     name = $2,
     email = $3,
+    email_key = $6,
     email_verified_at = CASE WHEN $4 THEN NULL ELSE email_verified_at END,
     version = version + 1,
     updated_at = now()
@@ -112,7 +115,9 @@ async def register_user(conn: Connection, *, email: str, name: str, outbox: Outb
     event = events.Event(
         events.UserRegistered(user_id=user_id, version=1, email=email, name=name, registered_at=now)
     )
-    record = await outbox.add_with(conn, _REGISTER, (user_id, email, name, now), [event])
+    record = await outbox.add_with(
+        conn, _REGISTER, (user_id, email, name, now, address_key(email)), [event]
+    )
     if record is None:
         raise EmailTaken()
     return User.of(record)
@@ -126,8 +131,8 @@ async def get_user(conn: Connection, *, user_id: uuid.UUID) -> User:
 
 
 def _update_events(current: User, *, name: str, email: str) -> list[events.Event]:
-    """`user.updated`, and `user.email_changed` when the address changes (not only its
-    case), for changing `current` to `name` and `email`."""
+    """`user.updated`, and `user.email_changed` when the address changes (its key, not only
+    its case or encoding), for changing `current` to `name` and `email`."""
     version = current.version + 1
     changed = [
         f
@@ -141,7 +146,7 @@ def _update_events(current: User, *, name: str, email: str) -> list[events.Event
             )
         )
     ]
-    if email.lower() != current.email.lower():
+    if address_key(email) != address_key(current.email):
         announced.append(
             events.Event(
                 events.UserEmailChanged(
@@ -181,12 +186,13 @@ async def update_user(
             new_email = current.email if email is None else email
             if (new_name, new_email) == (current.name, current.email):
                 return current
-            email_changed = new_email.lower() != current.email.lower()
+            new_key = address_key(new_email)
+            email_changed = new_key != address_key(current.email)
             try:
                 updated = await outbox.add_with(
                     conn,
                     _UPDATE,
-                    (user_id, new_name, new_email, email_changed, current.version),
+                    (user_id, new_name, new_email, email_changed, current.version, new_key),
                     _update_events(current, name=new_name, email=new_email),
                 )
             except asyncpg.UniqueViolationError as exc:
@@ -226,7 +232,7 @@ async def claimed_user(
     (LinkSuperseded if not). Reads only (the page a link opens shows it before anything
     changes)."""
     record = await conn.fetchrow(_LOCK if lock else _READ, claim.user_id)
-    if record is None or record["email"].lower() != claim.email.lower():
+    if record is None or address_key(record["email"]) != address_key(claim.email):
         raise LinkSuperseded()
     return User.of(record)
 

@@ -24,11 +24,13 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from postroom.addresses import address_key
+
 SHARDS = 8
 
 INSERT_USER = """
-INSERT INTO users (id, email, name) VALUES ($1, $2, $3)
-ON CONFLICT (lower(email)) DO NOTHING
+INSERT INTO users (id, email, email_key, name) VALUES ($1, $2, $4, $3)
+ON CONFLICT (email_key) DO NOTHING
 RETURNING id, email, name, email_verified_at, version, created_at, updated_at
 """
 
@@ -100,7 +102,9 @@ def create_app() -> FastAPI:
     async def create_user(body: UserIn, request: Request, response: Response) -> UserOut:
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(INSERT_USER, uuid.uuid4(), body.email, body.name)
+            row = await conn.fetchrow(
+                INSERT_USER, uuid.uuid4(), body.email, body.name, address_key(body.email)
+            )
             if row is None:
                 raise HTTPException(409, "email taken")
             user_id = str(row["id"])

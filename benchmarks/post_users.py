@@ -59,6 +59,7 @@ from typing import Any
 import asyncpg
 
 from api.settings import ApiSettings
+from postroom.addresses import address_key
 from postroom.migrate import upgrade
 from postroom.settings import plain_url
 from postroom_cli.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
@@ -82,10 +83,10 @@ TARGET_CONNECTIONS = 32
 PGBENCH_SCRIPT = r"""
 \set shard random(0, 7)
 WITH changed AS (
-  INSERT INTO users (id, email, name, version, created_at, updated_at)
-  VALUES (gen_random_uuid(), 'pgbench-' || gen_random_uuid() || '@example.com', 'Bench User',
-          1, now(), now())
-  ON CONFLICT (lower(email)) DO NOTHING
+  INSERT INTO users (id, email, email_key, name, version, created_at, updated_at)
+  SELECT gen_random_uuid(), address, address, 'Bench User', 1, now(), now()
+  FROM (SELECT 'pgbench-' || gen_random_uuid() || '@example.com' AS address) AS new
+  ON CONFLICT (email_key) DO NOTHING
   RETURNING id, email, name, email_verified_at, version, created_at, updated_at),
 event AS (
   INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers, shard)
@@ -271,14 +272,15 @@ async def _server_version(url: str) -> str:
 
 
 async def _seed_users(url: str, prefix: str) -> list[str]:
+    emails = [f"{prefix}-hot-{n}@example.com" for n in range(1, HOT_USERS + 1)]
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
-            "INSERT INTO users (id, email, name) SELECT gen_random_uuid(),"
-            " $1 || '-hot-' || n || '@example.com', 'Hot User' FROM generate_series(1, $2) AS n"
-            " RETURNING id",
-            prefix,
-            HOT_USERS,
+            "INSERT INTO users (id, email, email_key, name)"
+            " SELECT gen_random_uuid(), email, key, 'Hot User'"
+            " FROM unnest($1::text[], $2::text[]) AS new(email, key) RETURNING id",
+            emails,
+            [address_key(email) for email in emails],
         )
         return [str(row["id"]) for row in rows]
     finally:

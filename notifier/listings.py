@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom import cursors
+from postroom.addresses import address_key
 from postroom.cursors import InvalidCursor
 from postroom.models import notifications, suppressions
 
@@ -75,14 +76,14 @@ async def notifications_page(
     limit: int,
     cursor: str | None,
 ) -> Page:
-    """A page of notifications, newest first, filtered by user, recipient (any letter case)
-    and status; InvalidCursor for a cursor not made with these filters."""
+    """A page of notifications, newest first, filtered by user, recipient (any spelling of
+    its address: its key) and status; InvalidCursor for a cursor not made with these filters."""
     query = sa.select(notifications)
     if user_id is not None:
         query = query.where(notifications.c.user_id == user_id)
     if email is not None:
-        email = email.lower()
-        query = query.where(sa.func.lower(notifications.c.recipient) == email)
+        email = address_key(email)
+        query = query.where(notifications.c.recipient_key == email)
     if status is not None:
         query = query.where(notifications.c.status == status)
     filters = {"user_id": str(user_id) if user_id else None, "email": email, "status": status}

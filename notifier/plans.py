@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from postroom import events
+from postroom.addresses import address_key
 
-# Fixed namespace: notification ids are uuid5(namespace, "event id:template:recipient").
+# Fixed namespace: notification ids are uuid5(namespace, "event id:template:address key").
 _NAMESPACE = uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21")
 
 
@@ -98,11 +99,19 @@ def replan(source: SourceRecord, notification: uuid.UUID) -> PlannedEmail:
     for email in plan(source.event()):
         if email.id == notification:
             return email
+        if _id_before_keys(email) == notification:
+            return replace(email, id=notification)
     raise UnreadableEvent(f"the record no longer plans notification {notification}")
 
 
 def notification_id(event_id: uuid.UUID, template: str, recipient: str) -> uuid.UUID:
-    return uuid.uuid5(_NAMESPACE, f"{event_id}:{template}:{recipient.lower()}")
+    return uuid.uuid5(_NAMESPACE, f"{event_id}:{template}:{address_key(recipient)}")
+
+
+def _id_before_keys(email: PlannedEmail) -> uuid.UUID:
+    """The id a notification got before address keys (migration 0008): the same as now for
+    ASCII addresses; a row recorded then, still pending, keeps it and is still retried."""
+    return uuid.uuid5(_NAMESPACE, f"{email.event_id}:{email.template}:{email.recipient.lower()}")
 
 
 def read_record(headers: dict[str, str], value: bytes | None) -> SourceEvent:

@@ -15,6 +15,7 @@ from notifier import suppressions as suppression_admin
 from notifier.consumer import Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 from postroom import cursors, problems
+from postroom.addresses import address_key
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.text import NO_CONTROL_CHARACTERS
@@ -216,7 +217,7 @@ async def add_suppression(
         row = (
             (
                 await conn.execute(
-                    sa.select(suppressions).where(suppressions.c.email == body.email.lower())
+                    sa.select(suppressions).where(suppressions.c.email == address_key(body.email))
                 )
             )
             .mappings()

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from postroom.addresses import address_key
 from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
 
 # How long a Postmark call may take to start once its attempt is stamped in the database
@@ -108,7 +109,7 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
         `@domain` entries."""
         if self.app_env != "staging":
             return True
-        address = address.lower()
+        address = address_key(address)
         domain = "@" + address.rpartition("@")[2]
-        allowed = {entry.lower() for entry in self.staging_allowed_recipients}
+        allowed = {address_key(entry) for entry in self.staging_allowed_recipients}
         return address in allowed or domain in allowed

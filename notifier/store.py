@@ -5,7 +5,8 @@ A notification is worked on only under a claim: `lease_owner` and `lease_until`.
 taken in one statement that returns the rows it got, and it is only ever taken on a pending
 row whose lease is free (never held, or expired) and that is due (`next_attempt_at`). The
 same statement reads the suppression list, so an address suppressed before the claim is
-never mailed by it.
+never mailed by it. The list is read by the row's `recipient_key`, the address key computed
+when the row was recorded (invariant 10): never by folding the address in SQL.
 
 A send attempt is recorded before Postmark is called (`attempt_open`, `attempt_started_at`,
 a fresh `attempt_id`), and only by the holder of a live claim. Its outcome closes it. An
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from notifier import suppressions as suppression_list
 from notifier.plans import PlannedEmail, SourceRecord
 from postroom import events
+from postroom.addresses import address_key
 from postroom.outbox import OutboxWriter
 
 MAX_ERROR = 2000
@@ -138,12 +140,14 @@ def _event_fields(row: _Fields) -> dict[str, Any]:
 # suppression list or the staging allowlist blocks are recorded as suppressed instead.
 _RECORD_SQL = """
     INSERT INTO notifications AS n (
-        id, event_id, event_type, user_id, template, recipient, source, status, last_error,
-        attempts, attempt_id, attempt_started_at, attempt_open, lease_owner, lease_until,
-        next_attempt_at)
+        id, event_id, event_type, user_id, template, recipient, recipient_key, source, status,
+        last_error, attempts, attempt_id, attempt_started_at, attempt_open, lease_owner,
+        lease_until, next_attempt_at)
     SELECT v.id, v.event_id, v.event_type, v.user_id, v.template,
            CASE WHEN gone.erased OR (blocked.reason IS NOT NULL AND v.event_type = 'user.deleted')
                 THEN '' ELSE v.recipient END,
+           CASE WHEN gone.erased OR (blocked.reason IS NOT NULL AND v.event_type = 'user.deleted')
+                THEN '' ELSE v.recipient_key END,
            CASE WHEN blocked.reason IS NULL THEN CAST(v.source AS jsonb) END,
            CASE WHEN blocked.reason IS NULL THEN 'pending' ELSE 'suppressed' END,
            blocked.reason,
@@ -156,10 +160,11 @@ _RECORD_SQL = """
            now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]),
                 CAST(:user_ids AS uuid[]), CAST(:templates AS text[]),
-                CAST(:recipients AS text[]), CAST(:sources AS text[]),
-                CAST(:not_allowed AS text[]))
-         AS v(id, event_id, event_type, user_id, template, recipient, source, not_allowed)
-    LEFT JOIN suppressions AS s ON s.email = lower(v.recipient)
+                CAST(:recipients AS text[]), CAST(:recipient_keys AS text[]),
+                CAST(:sources AS text[]), CAST(:not_allowed AS text[]))
+         AS v(id, event_id, event_type, user_id, template, recipient, recipient_key, source,
+              not_allowed)
+    LEFT JOIN suppressions AS s ON s.email = v.recipient_key
     CROSS JOIN LATERAL (SELECT {erased} AS erased) AS gone
     CROSS JOIN LATERAL (
         SELECT COALESCE(CASE WHEN gone.erased THEN CAST(:user_deleted AS text) END,
@@ -192,7 +197,7 @@ _CLAIM = """
               n.doubt_since IS NOT NULL AS in_doubt,
               n.doubt_since IS NULL
                   OR n.doubt_since + make_interval(secs => :settle) <= now() AS settled,
-              (SELECT s.reason FROM suppressions AS s WHERE s.email = lower(n.recipient))
+              (SELECT s.reason FROM suppressions AS s WHERE s.email = n.recipient_key)
                   AS suppressed,
               n.last_error,
               {erased} AS erased,
@@ -211,10 +216,11 @@ _START_SQL = """
         SELECT n.id,
                CASE WHEN {erased} THEN CAST(:user_deleted AS text)
                     ELSE 'suppressed: ' || (SELECT s.reason FROM suppressions AS s
-                                            WHERE s.email = lower(v.recipient))
+                                            WHERE s.email = v.recipient_key)
                END AS blocked
         FROM notifications AS n
-        JOIN unnest(CAST(:ids AS uuid[]), CAST(:recipients AS text[])) AS v(id, recipient)
+        JOIN unnest(CAST(:ids AS uuid[]), CAST(:recipient_keys AS text[]))
+             AS v(id, recipient_key)
           ON v.id = n.id
         WHERE n.status = 'pending' AND n.lease_owner = :owner AND n.lease_until > now()
         FOR UPDATE OF n
@@ -238,7 +244,8 @@ _FINAL = """
     UPDATE notifications AS n
     SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
         source = NULL, updated_at = now(),
-        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END
+        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END,
+        recipient_key = CASE WHEN {gone} THEN '' ELSE n.recipient_key END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
          LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'{held}
@@ -302,6 +309,7 @@ _LATE = """
         lease_until = CASE WHEN late.moves THEN NULL ELSE n.lease_until END,
         source = CASE WHEN late.moves THEN NULL ELSE n.source END,
         recipient = CASE WHEN late.moves AND {gone} THEN '' ELSE n.recipient END,
+        recipient_key = CASE WHEN late.moves AND {gone} THEN '' ELSE n.recipient_key END,
         updated_at = now()
     FROM late
     WHERE n.id = late.id
@@ -329,7 +337,8 @@ _FINISH = sa.text(
 _ERASE_FINISHED = sa.text(
     """
     UPDATE notifications
-    SET recipient = '', source = NULL, last_error = replace(last_error, recipient, '[erased]')
+    SET recipient = '', recipient_key = '', source = NULL,
+        last_error = replace(last_error, recipient, '[erased]')
     WHERE user_id = ANY(CAST(:users AS uuid[])) AND status <> 'pending' AND recipient <> ''
     """
 )
@@ -439,6 +448,7 @@ class NotificationStore:
                         "user_ids": [p.user_id for p in planned],
                         "templates": [p.template for p in planned],
                         "recipients": [p.recipient for p in planned],
+                        "recipient_keys": [address_key(p.recipient) for p in planned],
                         "sources": [json.dumps(sources[p.event_id].as_json()) for p in planned],
                         "not_allowed": [not_allowed.get(p.id) for p in planned],
                         "attempt_id": attempt_id,
@@ -526,7 +536,7 @@ class NotificationStore:
                 _START,
                 {
                     "ids": list(recipients),
-                    "recipients": list(recipients.values()),
+                    "recipient_keys": [address_key(r) for r in recipients.values()],
                     "attempt_id": attempt_id,
                     "owner": claim,
                     "lease": self.lease,

@@ -7,6 +7,8 @@ Rules, the same whoever suppresses or lifts (a webhook, Postmark's 406, an opera
   (`ChangedAt`, `BouncedAt`, or now; never later than now), and a change older than the one
   in force changes nothing. Every lift leaves a mark (`suppression_lifts`) so that an old
   suppression arriving late cannot undo a newer lift either (a complaint still can).
+- The list holds address keys (`postroom.addresses.address_key`): every function here takes
+  an address as written and keys it first, so every spelling of an address is one entry.
 - Changes to one address are applied one at a time (a transaction-scoped advisory lock).
 - Operators lift through `lift`, which also asks Postmark to reactivate an address a bounce
   of ours made inactive there; a spam complaint cannot be lifted (Postmark refuses those).
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier.postmark import Postmark
 from postroom import events
+from postroom.addresses import address_key
 from postroom.models import bounces, suppression_lifts, suppressions
 from postroom.outbox import OutboxWriter
 
@@ -75,7 +78,7 @@ async def suppress(
     """Suppress `email` as of `at` (now if None), in the caller's transaction; False if that
     changed nothing (already suppressed as strongly and as recently, or lifted later). A
     spam complaint always takes effect."""
-    address = email.strip().lower()
+    address = address_key(email)
     await _lock(conn, address)
     when = _as_of(at)
     if reason != SPAM_COMPLAINT:
@@ -117,7 +120,7 @@ async def suppress(
 async def note_inactive(conn: AsyncConnection, email: str, *, details: str) -> None:
     """Postmark refused to send to `email` (ErrorCode 406): suppress it unless it already is
     (the reason on record, e.g. a bounce's, says more than the 406 does)."""
-    address = email.strip().lower()
+    address = address_key(email)
     await _lock(conn, address)
     await conn.execute(
         pg_insert(suppressions)
@@ -137,7 +140,7 @@ async def unsuppress(conn: AsyncConnection, email: str, *, at: datetime | None =
     False if there was none to lift, it is a spam complaint, or it is newer than `at`. The
     lift is remembered either way, so a suppression older than it, arriving late, is not
     applied."""
-    address = email.strip().lower()
+    address = address_key(email)
     await _lock(conn, address)
     when = _as_of(at)
     lifted = await conn.execute(
@@ -167,7 +170,7 @@ async def add(
     engine: AsyncEngine, outbox: OutboxWriter, *, email: str, reason: str, details: str | None
 ) -> bool:
     """An operator suppresses `email`; False if it already was (then nothing changes)."""
-    address = email.strip().lower()
+    address = address_key(email)
     async with engine.begin() as conn:
         present = await conn.execute(
             sa.select(suppressions.c.email).where(suppressions.c.email == address)
@@ -198,7 +201,7 @@ async def lift(
 ) -> Lifted:
     """Lift the suppression of `email`, and reactivate it at Postmark when a bounce of ours
     made it inactive there. Postmark is asked first: if it refuses, nothing changes here."""
-    address = email.strip().lower()
+    address = address_key(email)
     async with engine.connect() as conn:
         row = (
             await conn.execute(sa.select(suppressions).where(suppressions.c.email == address))
@@ -211,7 +214,7 @@ async def lift(
             await conn.execute(
                 sa.select(bounces.c.id)
                 .where(
-                    sa.func.lower(bounces.c.email) == address,
+                    bounces.c.email_key == address,
                     bounces.c.inactive.is_(True),
                     bounces.c.can_activate.is_(True),
                 )

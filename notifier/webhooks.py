@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notifier import suppressions as suppression_list
 from notifier.settings import NotifierSettings
 from postroom import events, problems
+from postroom.addresses import address_key
 from postroom.models import bounces, notifications, webhook_receipts
 from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, problem_responses
@@ -420,6 +421,7 @@ async def _bounce(
             type=record.Type,
             type_code=record.TypeCode,
             email=record.Email,
+            email_key=address_key(record.Email),
             message_id=record.MessageID,
             notification_id=notification_id,
             inactive=record.Inactive,

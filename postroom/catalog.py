@@ -82,7 +82,7 @@ def asyncapi(prefix: str = "postroom") -> dict[str, Any]:
                             "type": "string",
                             "description": "user id"
                             if aggregate == "user"
-                            else "recipient address",
+                            else "the recipient's address key (postroom/addresses.py)",
                         }
                     }
                 },

@@ -13,6 +13,9 @@ user id, notification ids, bounce ids, MessageIDs).
 - The user's id goes into `erased_users`, a tombstone the notifier reads when it records,
   claims and begins an attempt: nothing is sent to an erased user but the goodbye, whatever
   record (replayed, redelivered, read late) still names them (invariant 10).
+
+Notifications and bounces are found by the address's key (postroom/addresses.py), so every
+spelling of the address is reached, whatever letter case or encoding Postmark reported.
 Kept: the suppression list (so the address is never mailed again), and what is already on
 Kafka, until the topics' retention removes it (docs/operations.md)."""
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from postroom.addresses import address_key
 from postroom.db import Connection
 from postroom.problems import PROBLEM_MEDIA_TYPE, USER_DELETED
 
@@ -34,7 +38,7 @@ _GONE = json.dumps(
 )
 _PROBLEM_HEADERS = json.dumps({"content-type": PROBLEM_MEDIA_TYPE})
 
-# $1: the user id, $2: the address as stored, $3: lower-cased; $4, $5: the stored 410.
+# $1: the user id, $2: the address as stored, $3: its key; $4, $5: the stored 410.
 _ERASE = """
 WITH tombstone AS (
     INSERT INTO erased_users (user_id) VALUES ($1::uuid) ON CONFLICT (user_id) DO NOTHING
@@ -47,15 +51,18 @@ answers AS (
 mail AS (
     UPDATE notifications SET
         recipient = '',
+        recipient_key = '',
         source = NULL,
-        last_error = replace(replace(last_error, $2, '[erased]'), $3, '[erased]')
-    WHERE (user_id = $1::uuid OR lower(recipient) = $3) AND status <> 'pending'
+        last_error = replace(replace(replace(last_error, recipient, '[erased]'), $2, '[erased]'),
+                             $3, '[erased]')
+    WHERE (user_id = $1::uuid OR recipient_key = $3) AND status <> 'pending'
 )
-UPDATE bounces SET email = '', details = NULL, raw = '{}'::jsonb WHERE lower(email) = $3
+UPDATE bounces SET email = '', email_key = '', details = NULL, raw = '{}'::jsonb
+WHERE email_key = $3
 """
 
 
 async def erase_user(conn: Connection, *, user_id: uuid.UUID, email: str) -> None:
     """Erase what identifies the user, in the caller's (the deletion's) transaction, in one
     statement."""
-    await conn.execute(_ERASE, user_id, email, email.lower(), _GONE, _PROBLEM_HEADERS)
+    await conn.execute(_ERASE, user_id, email, address_key(email), _GONE, _PROBLEM_HEADERS)

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from postroom.addresses import address_key
+
 SOURCE_API = "/postroom/api"
 
 
@@ -72,7 +74,7 @@ class UserDeleted(_UserEvent):
 
 
 class _EmailEvent(EventData):
-    """Facts about one email; keyed by the recipient address."""
+    """Facts about one email; keyed by the recipient's address key (postroom/addresses.py)."""
 
     aggregate_type: ClassVar[str] = "email"
     notification_id: uuid.UUID
@@ -82,7 +84,7 @@ class _EmailEvent(EventData):
     source_event_id: uuid.UUID
 
     def aggregate_id(self) -> str:
-        return self.email.lower()
+        return address_key(self.email)
 
 
 class EmailSent(_EmailEvent):
@@ -96,7 +98,7 @@ class EmailFailed(_EmailEvent):
 
 
 class _AddressEvent(EventData):
-    """Facts about an address, reported by Postmark's webhooks; keyed by the address."""
+    """Facts about an address, reported by Postmark's webhooks; keyed by its address key."""
 
     aggregate_type: ClassVar[str] = "email"
     email: str
@@ -105,7 +107,7 @@ class _AddressEvent(EventData):
     user_id: uuid.UUID | None
 
     def aggregate_id(self) -> str:
-        return self.email.lower()
+        return address_key(self.email)
 
 
 class EmailBounced(_AddressEvent):

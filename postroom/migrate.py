@@ -11,6 +11,11 @@ from alembic.config import Config
 HERE = Path(__file__).resolve().parent
 
 
+class MigrationRefused(Exception):
+    """A migration found data it must not change by itself; its message says what and what
+    to do (one line each). Nothing was changed: the migration's transaction is rolled back."""
+
+
 def alembic_config(database_url: str) -> Config:
     config = Config(str(HERE / "alembic.ini"))
     config.set_main_option("script_location", str(HERE / "migrations"))

@@ -22,6 +22,8 @@ users = sa.Table(
     metadata,
     sa.Column("id", UUID(as_uuid=True), primary_key=True),
     sa.Column("email", sa.Text, nullable=False),
+    # `postroom.addresses.address_key(email)`: the address's identity (invariant 10).
+    sa.Column("email_key", sa.Text, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("email_verified_at", sa.DateTime(timezone=True)),
     sa.Column("version", sa.BigInteger, nullable=False, server_default=sa.text("1")),
@@ -29,9 +31,10 @@ users = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.CheckConstraint("version >= 1", name="version_positive"),
 )
-# Case-insensitive uniqueness: `Ann@x.io` and `ann@X.IO` are the same mailbox to a person.
-USERS_EMAIL_INDEX = "uq_users_email_lower"
-sa.Index(USERS_EMAIL_INDEX, sa.func.lower(users.c.email), unique=True)
+# One user per address key: `Ann@x.io`, `ann@X.IO` (and `Émile`, `e\u0301mile`, `ÉMILE`) are
+# one mailbox to a person.
+USERS_EMAIL_INDEX = "uq_users_email_key"
+sa.Index(USERS_EMAIL_INDEX, users.c.email_key, unique=True)
 
 outbox = sa.Table(
     "outbox",
@@ -90,6 +93,8 @@ notifications = sa.Table(
     sa.Column("user_id", UUID(as_uuid=True)),
     sa.Column("template", sa.Text, nullable=False),
     sa.Column("recipient", sa.Text, nullable=False),
+    # Its address key ('' once the recipient is erased): what suppressions and erasure match.
+    sa.Column("recipient_key", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'pending'")),
     sa.Column("message_id", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
@@ -124,7 +129,7 @@ notifications = sa.Table(
     ),
 )
 sa.Index("ix_notifications_user_id", notifications.c.user_id)
-sa.Index("ix_notifications_recipient_lower", sa.func.lower(notifications.c.recipient))
+sa.Index("ix_notifications_recipient_key", notifications.c.recipient_key)
 sa.Index("ix_notifications_message_id", notifications.c.message_id)
 # The operators' list, newest first a page at a time (notifier/listings.py).
 sa.Index("ix_notifications_created_at_id", notifications.c.created_at, notifications.c.id)
@@ -147,7 +152,9 @@ erased_users = sa.Table(
 suppressions = sa.Table(
     "suppressions",
     metadata,
-    sa.Column("email", sa.Text, primary_key=True),  # lower-cased
+    # The address key (postroom/addresses.py), not the address as it was written: the list
+    # holds identities, and every spelling of a suppressed address is suppressed.
+    sa.Column("email", sa.Text, primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("details", sa.Text),
@@ -155,7 +162,6 @@ suppressions = sa.Table(
     # When the fact behind it happened (a webhook's ChangedAt or BouncedAt, or when it was
     # recorded): an older change never undoes a newer one.
     sa.Column("changed_at", sa.DateTime(timezone=True)),
-    sa.CheckConstraint("email = lower(email)", name="email_lower"),
 )
 
 # The suppression list, newest first a page at a time (notifier/listings.py).
@@ -166,7 +172,7 @@ sa.Index("ix_suppressions_created_at_email", suppressions.c.created_at, suppress
 suppression_lifts = sa.Table(
     "suppression_lifts",
     metadata,
-    sa.Column("email", sa.Text, primary_key=True),  # lower-cased
+    sa.Column("email", sa.Text, primary_key=True),  # the address key, as in suppressions
     sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -178,6 +184,7 @@ bounces = sa.Table(
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("type_code", sa.Integer),
     sa.Column("email", sa.Text, nullable=False),
+    sa.Column("email_key", sa.Text, nullable=False),  # '' once erased
     sa.Column("message_id", sa.Text),
     sa.Column("notification_id", UUID(as_uuid=True)),
     sa.Column("inactive", sa.Boolean, nullable=False),
@@ -187,7 +194,7 @@ bounces = sa.Table(
     sa.Column("raw", JSONB, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
 )
-sa.Index("ix_bounces_email", bounces.c.email)
+sa.Index("ix_bounces_email_key", bounces.c.email_key)
 
 webhook_receipts = sa.Table(
     "webhook_receipts",

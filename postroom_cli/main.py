@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from notifier.settings import NotifierSettings
 from outbox_relay.settings import RelaySettings
+from postroom.addresses import address_key
 from postroom.settings import CommonSettings, ConfigError, load
 
 S = TypeVar("S", bound=CommonSettings)
@@ -148,7 +149,11 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
         settings = load(CommonSettings)
     except ConfigError as exc:
         raise _fail("migrate", str(exc)) from None
-    migrations.upgrade(settings.database_url, revision)
+    try:
+        migrations.upgrade(settings.database_url, revision)
+    except migrations.MigrationRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from None
     typer.echo(f"database migrated to {revision}")
 
 
@@ -522,10 +527,12 @@ def suppressions_add(
     async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
         return await admin.add(engine, outbox, email=email, reason=reason, details=details)
 
+    # The list holds address keys: say which one this address is.
+    key = address_key(email)
     if not _run("suppressions", _with_notifier_parts(settings, work), settings):
-        typer.echo(f"{email.lower()} was already suppressed", err=True)
+        typer.echo(f"{key} was already suppressed", err=True)
         raise typer.Exit(code=1)
-    typer.echo(f"suppressed {email.lower()}")
+    typer.echo(f"suppressed {key}")
 
 
 @suppressions_app.command("remove")
@@ -545,23 +552,24 @@ def suppressions_remove(email: str) -> None:
         except (PostmarkUnavailable, PostmarkUnauthorized, RequestRejected) as exc:
             return exc
 
+    key = address_key(email)
     try:
         lifted = _run("suppressions", _with_notifier_parts(settings, work), settings)
     except admin.NotSuppressed:
-        typer.echo(f"{email.lower()} is not suppressed", err=True)
+        typer.echo(f"{key} is not suppressed", err=True)
         raise typer.Exit(code=1) from None
     except admin.CannotLift:
-        typer.echo(f"{email.lower()} reported spam: this suppression cannot be lifted", err=True)
+        typer.echo(f"{key} reported spam: this suppression cannot be lifted", err=True)
         raise typer.Exit(code=1) from None
     if isinstance(lifted, PostmarkUnavailable):
         typer.echo(
-            f"Postmark did not answer in time or is unavailable ({lifted}): {email.lower()} is "
+            f"Postmark did not answer in time or is unavailable ({lifted}): {key} is "
             "still suppressed; try again later",
             err=True,
         )
         raise typer.Exit(code=POSTMARK_REFUSED)
     if isinstance(lifted, PostmarkUnauthorized | RequestRejected):
-        typer.echo(f"Postmark did not reactivate {email.lower()}: {lifted}", err=True)
+        typer.echo(f"Postmark did not reactivate {key}: {lifted}", err=True)
         raise typer.Exit(code=POSTMARK_REFUSED)
     if lifted.reactivated_bounce is None:
         typer.echo(f"lifted {lifted.email}")

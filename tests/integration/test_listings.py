@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from postroom import cursors
+from postroom.addresses import address_key
 from tests.support.settings import make_notifier_settings
 from tests.support.stack import operator_api
 
@@ -39,12 +40,19 @@ async def add_notifications(
     """`count` notifications, three to a creation time (one event's emails share it)."""
     await db.executemany(
         """
-        INSERT INTO notifications (id, event_id, event_type, template, recipient, status,
-                                   created_at)
-        VALUES ($1, $2, 'user.registered', 'welcome', $3, $4, $5)
+        INSERT INTO notifications (id, event_id, event_type, template, recipient,
+                                   recipient_key, status, created_at)
+        VALUES ($1, $2, 'user.registered', 'welcome', $3, $6, $4, $5)
         """,
         [
-            (uuid.uuid4(), uuid.uuid4(), recipient, status, start + timedelta(seconds=n // 3))
+            (
+                uuid.uuid4(),
+                uuid.uuid4(),
+                recipient,
+                status,
+                start + timedelta(seconds=n // 3),
+                address_key(recipient),
+            )
             for n in range(count)
         ],
     )

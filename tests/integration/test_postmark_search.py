@@ -81,9 +81,9 @@ async def test_a_doubt_older_than_postmarks_retention_is_dead_lettered_never_res
         await db.execute(
             """
             INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
-                status, attempts, attempt_id, attempt_started_at, doubt_since, source,
-                last_error, created_at, next_attempt_at)
-            VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, 'pending', 1, 'a1',
+                recipient_key, status, attempts, attempt_id, attempt_started_at, doubt_since,
+                source, last_error, created_at, next_attempt_at)
+            VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, $4, 'pending', 1, 'a1',
                 now() - interval '60 days', now() - interval '60 days', $5::jsonb,
                 'timed out', now() - interval '60 days', now())
             """,

@@ -141,9 +141,10 @@ async def test_when_postmark_refuses_to_reactivate_nothing_changes(
 ) -> None:
     await db.execute(
         """
-        INSERT INTO bounces (id, record_type, type, email, inactive, can_activate, raw)
-        VALUES (9123372036854775001, 'Bounce', 'HardBounce', 'ghost@example.com', true, true,
-                '{}');
+        INSERT INTO bounces (id, record_type, type, email, email_key, inactive, can_activate,
+                             raw)
+        VALUES (9123372036854775001, 'Bounce', 'HardBounce', 'ghost@example.com',
+                'ghost@example.com', true, true, '{}');
         INSERT INTO suppressions (email, reason, origin)
         VALUES ('ghost@example.com', 'HardBounce', 'Postmark');
         """
@@ -163,9 +164,10 @@ async def test_when_postmark_is_slow_to_reactivate_the_operator_hears_so_in_time
     address stays suppressed."""
     await db.execute(
         """
-        INSERT INTO bounces (id, record_type, type, email, inactive, can_activate, raw)
-        VALUES (9123372036854775002, 'Bounce', 'HardBounce', 'slow@example.com', true, true,
-                '{}');
+        INSERT INTO bounces (id, record_type, type, email, email_key, inactive, can_activate,
+                             raw)
+        VALUES (9123372036854775002, 'Bounce', 'HardBounce', 'slow@example.com',
+                'slow@example.com', true, true, '{}');
         INSERT INTO suppressions (email, reason, origin)
         VALUES ('slow@example.com', 'HardBounce', 'Postmark');
         """

@@ -181,8 +181,10 @@ async def test_a_deleted_user_is_erased_and_a_replayed_creation_shows_nothing_of
     await db.execute(
         """
         INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
-                                   status, message_id, attempts, last_error, source)
-        VALUES ($1, $2, 'user.registered', $3, 'welcome', 'Erase.Me@example.com', 'failed',
+                                   recipient_key, status, message_id, attempts, last_error,
+                                   source)
+        VALUES ($1, $2, 'user.registered', $3, 'welcome', 'Erase.Me@example.com',
+                'erase.me@example.com', 'failed',
                 'm-1', 1, 'ErrorCode 300: Invalid ''To'' address: Erase.Me@example.com',
                 '{"value": "Erase Me"}')
         """,
@@ -192,9 +194,10 @@ async def test_a_deleted_user_is_erased_and_a_replayed_creation_shows_nothing_of
     )
     await db.execute(
         """
-        INSERT INTO bounces (id, record_type, type, email, message_id, inactive, can_activate,
-                             details, raw)
-        VALUES (42, 'Bounce', 'HardBounce', 'erase.me@example.com', 'm-1', true, true,
+        INSERT INTO bounces (id, record_type, type, email, email_key, message_id, inactive,
+                             can_activate, details, raw)
+        VALUES (42, 'Bounce', 'HardBounce', 'erase.me@example.com', 'erase.me@example.com',
+                'm-1', true, true,
                 'smtp; 550 erase.me@example.com unknown', '{"Email": "erase.me@example.com"}')
         """
     )

@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from notifier.app import create_app
+from postroom.addresses import address_key
 from tests.support.catalog import assert_outbox_matches_the_catalogue
 from tests.support.settings import WEBHOOK_PASSWORD, WEBHOOK_USER, make_notifier_settings
 
@@ -55,14 +56,15 @@ async def sent_notification(db: asyncpg.Connection, *, email: str, message_id: s
     await db.execute(
         """
         INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
-                                   status, message_id, attempts, sent_at)
-        VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, 'sent', $5, 1, now())
+                                   recipient_key, status, message_id, attempts, sent_at)
+        VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, $6, 'sent', $5, 1, now())
         """,
         notification_id,
         uuid.uuid4(),
         user_id,
         email,
         message_id,
+        address_key(email),
     )
     return notification_id
 

@@ -246,6 +246,20 @@ def test_notification_ids_ignore_the_recipients_case() -> None:
     )
 
 
+def test_notification_ids_join_every_spelling_of_an_address() -> None:
+    event_id = uuid.uuid4()
+    one = plans.notification_id(event_id, "welcome", "straße.é@example.com")
+    assert plans.notification_id(event_id, "welcome", "STRASSE.E\u0301@example.com") == one
+
+
+def test_ascii_notification_ids_are_what_they_were_before_address_keys() -> None:
+    # uuid5 over "event id:template:lower-cased recipient", as ids were made before 0008.
+    event_id = uuid.UUID("2b0e1f4c-3d5a-4f6b-8c7d-9e0f1a2b3c4d")
+    assert plans.notification_id(event_id, "welcome", "Ada@Example.COM") == uuid.uuid5(
+        uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21"), f"{event_id}:welcome:ada@example.com"
+    )
+
+
 def test_notification_ids_differ_by_template_recipient_and_event() -> None:
     event_id = uuid.uuid4()
     base = plans.notification_id(event_id, "welcome", "a@example.com")
@@ -304,6 +318,22 @@ def test_replan_finds_each_email_the_record_planned() -> None:
         )
         assert again.context == email.context
         assert again.traceparent == TRACEPARENT
+
+
+def test_replan_finds_a_notification_recorded_before_address_keys_by_its_old_id() -> None:
+    # Recorded (still pending) before migration 0008, under the id lower() gave: retried
+    # after it, the email is planned again under that id, not turned unreadable.
+    event_id = uuid.uuid4()
+    record = record_of(registered("Straße@example.com"), event_id)
+    old_id = uuid.uuid5(
+        uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21"), f"{event_id}:welcome:straße@example.com"
+    )
+    [now] = plans.plan(record.event())
+    assert now.id != old_id
+
+    again = plans.replan(record, old_id)
+
+    assert (again.id, again.recipient, again.template) == (old_id, now.recipient, now.template)
 
 
 def test_replan_of_a_notification_the_record_does_not_plan_is_unreadable() -> None:

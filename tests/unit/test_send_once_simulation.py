@@ -9,6 +9,9 @@ addresses, deletes users (the erasure, a goodbye record, often a suppression of 
 and replays the dead letters as an operator would (`postroom dlq replay`). Postmark may accept
 a batch and lose the answer, lose the request, throttle, fail its search, shows a message to
 search only `LAG` seconds after accepting it, and forgets it `RETENTION` seconds after.
+Addresses come from several scripts, each mailbox spelled several ways (letter case, composed
+or decomposed accents, `ß` or `SS`, final sigma); an address is suppressed under one spelling
+while mail is planned to another, and the store keys both by `address_key`, as the real one.
 
 Each notifier's Postmark client is faked as `notifier.postmark.Postmark` behaves: a send
 holds a send slot, and its call may start any time after (a thread picking it up) but is
@@ -20,7 +23,7 @@ What must hold for every schedule:
 - Postmark never accepts two messages for one notification;
 - every acceptance comes within `REACH` of its attempt's stamp (what the code enforces and
   the settle rule builds on);
-- nothing is accepted for an address suppressed before its attempt began;
+- nothing is accepted for a mailbox suppressed (under any spelling) before its attempt began;
 - nothing but the goodbye is accepted for a deleted user by an attempt begun after the
   deletion (replays and records read again included), and the goodbye is held back only by a
   suppression;
@@ -66,6 +69,7 @@ from notifier.rendering import Renderer
 from notifier.settings import CALL_START_WINDOW, NotifierSettings
 from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance
 from postroom import events
+from postroom.addresses import address_key
 from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
@@ -84,6 +88,17 @@ CALM_STEPS = 3000
 
 CURRENT_WORKER: contextvars.ContextVar[str] = contextvars.ContextVar("worker")
 RENDERER = Renderer()
+
+# Mailboxes, each spelled several ways by the people who own them ({n}: which one). Which
+# spellings are one mailbox is written out here, not computed: the check's truth.
+MAILBOXES = [
+    ["user{n}@example.com", "User{n}@Example.COM"],
+    ["émile{n}@example.com", "ÉMILE{n}@example.com", "e\u0301mile{n}@example.com"],
+    ["дмитрий{n}@example.com", "Дмитрий{n}@example.com", "ДМИТРИЙ{n}@example.com"],
+    ["straße{n}@example.com", "STRASSE{n}@example.com", "Strasse{n}@example.com"],
+    ["οδος{n}@example.com", "ΟΔΟΣ{n}@example.com", "Οδοσ{n}@example.com"],
+    ["zoë{n}@example.com", "ZOË{n}@example.com", "zoe\u0308{n}@example.com"],
+]
 
 
 class Crashed(BaseException):
@@ -119,8 +134,8 @@ class World:
     tick: int = 0
     # Deleted users (the `erased_users` tombstone) and the tick each was deleted at.
     erased: dict[uuid.UUID, int] = field(default_factory=dict)
-    # Suppressed addresses and the tick each was suppressed at.
-    suppressed_at: dict[str, int] = field(default_factory=dict)
+    # Suppressed mailboxes and the tick each was suppressed at.
+    suppressed_at: dict[tuple[int, int], int] = field(default_factory=dict)
 
     async def step(self, what: str) -> None:
         """Wait until the scheduler lets the current worker's next operation happen."""
@@ -168,7 +183,7 @@ class MemoryStore:
     ):
         self.world = world
         self.rows = rows
-        self.suppressed = suppressed  # address -> when it was suppressed
+        self.suppressed = suppressed  # address key -> when it was suppressed
         self.begun_ticks: list[tuple[uuid.UUID, int]] = []
 
     @property
@@ -176,7 +191,7 @@ class MemoryStore:
         return self.world.clock.now
 
     def _reason(self, address: str) -> str | None:
-        return "HardBounce" if address.lower() in self.suppressed else None
+        return "HardBounce" if address_key(address) in self.suppressed else None
 
     def _erased(self, p: PlannedEmail) -> bool:
         return p.event_type != "user.deleted" and p.user_id in self.world.erased
@@ -524,11 +539,23 @@ def source_for(event: events.EventData, offset: int) -> SourceRecord:
     )
 
 
-def make_events(rng: random.Random) -> list[SourceRecord]:
+def spelling(rng: random.Random, mailbox: tuple[int, int]) -> str:
+    """One of the ways mailbox (kind, n) is written."""
+    kind, n = mailbox
+    return rng.choice(MAILBOXES[kind]).format(n=n)
+
+
+def make_events(rng: random.Random) -> tuple[list[SourceRecord], dict[str, tuple[int, int]]]:
+    """The user events, and the mailbox each spelling in them belongs to."""
     records = []
+    mailbox_of: dict[str, tuple[int, int]] = {}
     for n in range(rng.randint(1, 4)):
         user = uuid.UUID(int=rng.getrandbits(128))
-        email = f"user{n}@example.com"
+        old, new = (rng.randrange(len(MAILBOXES)), n), (rng.randrange(len(MAILBOXES)), n + 10)
+        email, new_email = spelling(rng, old), spelling(rng, new)
+        for kind, count in (old, new):
+            for way in MAILBOXES[kind]:
+                mailbox_of[way.format(n=count)] = (kind, count)
         now = datetime(2026, 1, 1, tzinfo=UTC)
         data: events.EventData
         if rng.random() < 0.7:
@@ -540,11 +567,11 @@ def make_events(rng: random.Random) -> list[SourceRecord]:
                 user_id=user,
                 version=2,
                 old_email=email,
-                new_email=f"new{n}@example.com",
+                new_email=new_email,
                 name="Sim",
             )
         records.append(source_for(data, n))
-    return records
+    return records, mailbox_of
 
 
 @functools.cache
@@ -573,6 +600,7 @@ async def run_schedule(seed: int) -> None:
     world = World(rng=rng)
     rows: dict[uuid.UUID, Row] = {}
     suppressed: dict[str, float] = {}
+    suppressed_mailboxes: dict[tuple[int, int], float] = {}
     postmark = FakePostmark(world)
     dead_letters = FakeDeadLetters(world)
     settings = simulated_settings(
@@ -580,7 +608,7 @@ async def run_schedule(seed: int) -> None:
         max_attempts=2 if told else rng.choice([2, MAX_ATTEMPTS]),
         batch_size=rng.choice([1, 2, 500]),  # several Postmark calls per round
     )
-    records = make_events(rng)
+    records, mailbox_of = make_events(rng)
     planned = [(record, plan(record.event())) for record in records]
     every = {p.id: p for _, plans in planned for p in plans}
     record_of = {p.id: record for record, plans in planned for p in plans}
@@ -653,7 +681,7 @@ async def run_schedule(seed: int) -> None:
         world.erased[user] = world.tick
         for row in rows.values():
             if row.status != "pending" and (
-                row.plan.user_id == user or row.recipient.lower() == email.lower()
+                row.plan.user_id == user or address_key(row.recipient) == address_key(email)
             ):
                 row.recipient, row.source = "", None
         goodbye = source_for(
@@ -679,10 +707,14 @@ async def run_schedule(seed: int) -> None:
         world.trace.append(f"{world.clock.now:7.2f} Postmark {'down' if on else 'back'}")
 
     def suppress(address: str) -> None:
-        if address.lower() not in suppressed:
-            suppressed[address.lower()] = world.clock.now
-            world.suppressed_at[address.lower()] = world.tick
-            world.trace.append(f"{world.clock.now:7.2f} {address.lower()} suppressed")
+        # The mailbox mail is planned to, suppressed under any of its spellings.
+        mailbox = mailbox_of[address]
+        if mailbox not in suppressed_mailboxes:
+            spelled = spelling(rng, mailbox)
+            suppressed_mailboxes[mailbox] = world.clock.now
+            world.suppressed_at[mailbox] = world.tick
+            suppressed[address_key(spelled)] = world.clock.now
+            world.trace.append(f"{world.clock.now:7.2f} {spelled} suppressed")
 
     workers: dict[str, asyncio.Task[None]] = {}
     names = iter(range(1_000_000))
@@ -694,7 +726,7 @@ async def run_schedule(seed: int) -> None:
     async def quiesce() -> None:
         stable = 0
         last = -1
-        while stable < 3:
+        while stable < 2:
             await asyncio.sleep(0)
             count = len(world.parked)
             stable = stable + 1 if count == last else 0
@@ -776,8 +808,8 @@ async def run_schedule(seed: int) -> None:
             else:
                 world.clock.now += 0.5
         try:
-            check(world, rows, every, suppressed, postmark)
-            check_erasure(world, rows, every, postmark, stores)
+            check(world, rows, every, suppressed_mailboxes, mailbox_of, postmark)
+            check_erasure(world, rows, every, mailbox_of, postmark, stores)
         except AssertionError as exc:
             shown = world.trace if "SIMULATION_SEED" in os.environ else world.trace[-25:]
             raise AssertionError(f"{exc}\n" + "\n".join(shown)) from None
@@ -795,7 +827,8 @@ def check(
     world: World,
     rows: dict[uuid.UUID, Row],
     every: dict[uuid.UUID, PlannedEmail],
-    suppressed: dict[str, float],
+    suppressed: dict[tuple[int, int], float],
+    mailbox_of: dict[str, tuple[int, int]],
     postmark: FakePostmark,
 ) -> None:
     by_notification: dict[str, list[Acceptance]] = {}
@@ -810,7 +843,7 @@ def check(
             f"{a.notification_id} accepted {a.at - started[a.attempt_id]:.2f} s after its "
             f"attempt was stamped (at most {REACH})"
         )
-        since = suppressed.get(a.recipient.lower())
+        since = suppressed.get(mailbox_of[a.recipient])
         assert since is None or since >= started[a.attempt_id], (
             f"{a.recipient} was suppressed at {since} and mailed by an attempt begun at "
             f"{started[a.attempt_id]}"
@@ -840,6 +873,7 @@ def check_erasure(
     world: World,
     rows: dict[uuid.UUID, Row],
     every: dict[uuid.UUID, PlannedEmail],
+    mailbox_of: dict[str, tuple[int, int]],
     postmark: FakePostmark,
     stores: list[MemoryStore],
 ) -> None:
@@ -848,7 +882,7 @@ def check_erasure(
         p = every[uuid.UUID(a.notification_id)]
         started = max(t for n, t in begun if n == p.id and t <= a.tick)
         # Suppressed at the same instant as the attempt began, but after it (by the ticks).
-        since = world.suppressed_at.get(a.recipient.lower())
+        since = world.suppressed_at.get(mailbox_of[a.recipient])
         assert since is None or started <= since, (
             f"{a.recipient} was suppressed at tick {since} and mailed by an attempt begun at "
             f"tick {started}"
