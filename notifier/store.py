@@ -244,27 +244,35 @@ _FINAL = """
     UPDATE notifications AS n
     SET {values}, attempt_open = false, lease_owner = NULL, lease_until = NULL,
         source = NULL, updated_at = now(),
-        recipient = CASE WHEN {gone} THEN '' ELSE n.recipient END,
-        recipient_key = CASE WHEN {gone} THEN '' ELSE n.recipient_key END
+        recipient = CASE WHEN before.gone THEN '' ELSE n.recipient END,
+        recipient_key = CASE WHEN before.gone THEN '' ELSE n.recipient_key END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:{detail} AS text[])) AS v(id, detail),
-         LATERAL (SELECT recipient FROM notifications WHERE id = v.id) AS before
+         LATERAL (SELECT b.recipient, {gone} AS gone, {erased} AS erased
+                  FROM notifications AS b WHERE b.id = v.id) AS before
     WHERE n.id = v.id AND n.status = 'pending'{held}
     RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template,
-              CASE WHEN {erased} THEN '' ELSE before.recipient END AS recipient,
+              CASE WHEN before.erased THEN '' ELSE before.recipient END AS recipient,
               before.recipient AS address, {returned}
     """
 
-# The user is deleted: this is the goodbye, the user is erased, or their goodbye is final.
-_GONE = """(n.event_type = 'user.deleted'
-    OR EXISTS (SELECT 1 FROM erased_users AS e WHERE e.user_id = n.user_id)
+# The user is deleted: this is the goodbye, the user is erased, or their goodbye is final. Read
+# once per row (its event type and user never change), where a statement first reads the row.
+_GONE = """({n}.event_type = 'user.deleted'
+    OR EXISTS (SELECT 1 FROM erased_users AS e WHERE e.user_id = {n}.user_id)
     OR EXISTS (
         SELECT 1 FROM notifications AS g
-        WHERE g.user_id = n.user_id AND g.event_type = 'user.deleted' AND g.status <> 'pending'))"""
+        WHERE g.user_id = {n}.user_id AND g.event_type = 'user.deleted'
+          AND g.status <> 'pending'))"""
+
+
+def _gone(n: str) -> str:
+    return _GONE.format(n=n)
+
 
 _MARK_SENT = sa.text(
     _FINAL.format(
-        gone=_GONE,
-        erased=_erased("n"),
+        gone=_gone("b"),
+        erased=_erased("b"),
         values="status = 'sent', message_id = v.detail, sent_at = now(), last_error = NULL",
         detail="mids",
         returned="n.message_id",
@@ -279,13 +287,15 @@ _MARK_SENT = sa.text(
 # first MessageID.
 _LATE = """
     WITH locked AS (
-        SELECT id, status, lease_owner, message_id, late_message_ids, recipient
-        FROM notifications
-        WHERE id = ANY(CAST(:ids AS uuid[]))
-        ORDER BY id
+        SELECT l.id, l.status, l.lease_owner, l.message_id, l.late_message_ids, l.recipient,
+               {gone} AS gone, {erased} AS erased
+        FROM notifications AS l
+        WHERE l.id = ANY(CAST(:ids AS uuid[]))
+        ORDER BY l.id
         FOR UPDATE
     ), late AS (
-        SELECT locked.id, v.mid, locked.status AS was, locked.recipient,
+        SELECT locked.id, v.mid, locked.status AS was, locked.recipient, locked.gone,
+               locked.erased,
                locked.status IN ('pending', 'suppressed', 'failed') AS moves
         FROM locked
         JOIN unnest(CAST(:ids AS uuid[]), CAST(:mids AS text[])) AS v(id, mid)
@@ -308,23 +318,23 @@ _LATE = """
         lease_owner = CASE WHEN late.moves THEN NULL ELSE n.lease_owner END,
         lease_until = CASE WHEN late.moves THEN NULL ELSE n.lease_until END,
         source = CASE WHEN late.moves THEN NULL ELSE n.source END,
-        recipient = CASE WHEN late.moves AND {gone} THEN '' ELSE n.recipient END,
-        recipient_key = CASE WHEN late.moves AND {gone} THEN '' ELSE n.recipient_key END,
+        recipient = CASE WHEN late.moves AND late.gone THEN '' ELSE n.recipient END,
+        recipient_key = CASE WHEN late.moves AND late.gone THEN '' ELSE n.recipient_key END,
         updated_at = now()
     FROM late
     WHERE n.id = late.id
     RETURNING n.id, n.event_id, n.event_type, n.user_id, n.template,
-              CASE WHEN {erased} THEN '' ELSE late.recipient END AS recipient,
+              CASE WHEN late.erased THEN '' ELSE late.recipient END AS recipient,
               n.message_id, late.mid, late.was, late.moves
     """
-_MARK_LATE = sa.text(_LATE.format(gone=_GONE, erased=_erased("n")))
+_MARK_LATE = sa.text(_LATE.format(gone=_gone("l"), erased=_erased("l")))
 
 _FINISH = sa.text(
     _FINAL.format(
-        gone=_GONE,
-        erased=_erased("n"),
+        gone=_gone("b"),
+        erased=_erased("b"),
         # Its error (Postmark's 406 names the address) loses the address too.
-        values=f"status = :status, last_error = CASE WHEN {_GONE} "
+        values="status = :status, last_error = CASE WHEN before.gone "
         "THEN replace(v.detail, before.recipient, '[erased]') ELSE v.detail END",
         detail="errors",
         returned="n.last_error",
