@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from postroom import events, tokens
-from postroom.addresses import address_key
+from postroom.addresses import address_key, same_mailbox
 from postroom.db import Connection
 from postroom.erasure import erase_user
 from postroom.models import USERS_EMAIL_INDEX
@@ -131,8 +131,8 @@ async def get_user(conn: Connection, *, user_id: uuid.UUID) -> User:
 
 
 def _update_events(current: User, *, name: str, email: str) -> list[events.Event]:
-    """`user.updated`, and `user.email_changed` when the address changes (its key, not only
-    its case or encoding), for changing `current` to `name` and `email`."""
+    """`user.updated`, and `user.email_changed` when the mailbox changes (any change but letter
+    case: `same_mailbox`), for changing `current` to `name` and `email`."""
     version = current.version + 1
     changed = [
         f
@@ -146,7 +146,7 @@ def _update_events(current: User, *, name: str, email: str) -> list[events.Event
             )
         )
     ]
-    if address_key(email) != address_key(current.email):
+    if not same_mailbox(current.email, email):
         announced.append(
             events.Event(
                 events.UserEmailChanged(
@@ -187,7 +187,7 @@ async def update_user(
             if (new_name, new_email) == (current.name, current.email):
                 return current
             new_key = address_key(new_email)
-            email_changed = new_key != address_key(current.email)
+            email_changed = not same_mailbox(current.email, new_email)
             try:
                 updated = await outbox.add_with(
                     conn,
@@ -232,7 +232,7 @@ async def claimed_user(
     (LinkSuperseded if not). Reads only (the page a link opens shows it before anything
     changes)."""
     record = await conn.fetchrow(_LOCK if lock else _READ, claim.user_id)
-    if record is None or address_key(record["email"]) != address_key(claim.email):
+    if record is None or not same_mailbox(claim.email, record["email"]):
         raise LinkSuperseded()
     return User.of(record)
 

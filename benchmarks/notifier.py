@@ -747,7 +747,9 @@ async def stages(database_url: str, tag: str) -> dict[str, dict[str, float]]:
 async def measure_end_to_end(stack: Stack, args: argparse.Namespace, api_url: str) -> None:
     tag = f"e2e-{uuid.uuid4().hex[:6]}"
     headers = {"Authorization": f"Bearer {stack.secrets['API_TOKENS']}"}
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    # An idle connection is dropped well before the api's keep-alive (uvicorn's 5 s) ends:
+    # reused at the instant the server closes it, a POST fails with a ReadError.
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=1.0)
     services = ["api", "relay", "notifier", "sandbox"]
     watch = [stack.children[name] for name in services]
     async with (

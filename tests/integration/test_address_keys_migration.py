@@ -207,3 +207,85 @@ def test_the_backfill_keys_tables_bigger_than_a_batch(old_database: str) -> None
     rows = sql(url, "SELECT recipient, recipient_key FROM notifications")
     assert len(rows) == count
     assert all(r["recipient_key"] == address_key(r["recipient"]) for r in rows)
+
+
+@pytest.fixture
+def database_at_0010(postgres: PostgresServer) -> Iterator[str]:
+    """A database at migration 0010, its keys written by 0008's rule (the whole address
+    caseless-matched, the domain too)."""
+    name = f"postroom_0010_{uuid.uuid4().hex[:12]}"
+    postgres.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = postgres.url(name)
+        upgrade(url, "0010")
+        yield url
+    finally:
+        postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_0011_keys_domains_as_dns_and_no_suppression_covers_less(
+    database_at_0010: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = database_at_0010
+    # 0008 keyed `a@straße.de` as `a@strasse.de`, one key with a different domain's address.
+    sharp = uuid.uuid4()
+    sql(
+        url,
+        "INSERT INTO users (id, email, email_key, name, created_at) "
+        "VALUES ($1, 'a@straße.de', 'a@strasse.de', 'Old', $2)",
+        sharp,
+        T1,
+    )
+    sql(
+        url,
+        """
+        INSERT INTO bounces (id, record_type, type, email, email_key, inactive, can_activate,
+                             raw)
+        VALUES (9, 'Bounce', 'HardBounce', 'a@straße.de', 'a@strasse.de', true, true, '{}'),
+               (10, 'Bounce', 'HardBounce', '', '', true, true, '{}')
+        """,
+    )
+    sql(
+        url,
+        """
+        INSERT INTO suppressions (email, reason, origin, created_at, changed_at) VALUES
+            -- written by 0008's rule from the bounce above
+            ('a@strasse.de', 'HardBounce', 'Postmark', $1, $1),
+            -- a webhook's `xn--` form, and the api's form of the same domain, older
+            ('v@xn--bcher-kva.example', 'HardBounce', 'Postmark', $1, $2),
+            ('v@bücher.example', 'ManualSuppression', 'Operator', $1, $1),
+            -- untouched
+            ('ada@example.com', 'HardBounce', 'Postmark', $1, $1)
+        """,
+        T1,
+        T2,
+    )
+    sql(
+        url,
+        "INSERT INTO suppression_lifts (email, changed_at) VALUES ('w@xn--bcher-kva.example', $1)",
+        T3,
+    )
+
+    assert migrate(url, monkeypatch) == 0
+
+    out = capsys.readouterr().out
+    [user_key] = [r[0] for r in sql(url, "SELECT email_key FROM users")]
+    assert user_key == "a@straße.de" == address_key("a@STRAẞE.de")
+    bounces = sql(url, "SELECT id, email_key FROM bounces ORDER BY id")
+    assert [tuple(r) for r in bounces] == [(9, "a@straße.de"), (10, "")]
+    suppressed = {
+        r["email"]: (r["reason"], r["changed_at"])
+        for r in sql(url, "SELECT email, reason, changed_at FROM suppressions")
+    }
+    assert suppressed == {
+        # carried to the address it was written for, and kept where it was
+        "a@straße.de": ("HardBounce", T1),
+        "a@strasse.de": ("HardBounce", T1),
+        # one domain, one entry: the newer fact
+        "v@bücher.example": ("HardBounce", T2),
+        "ada@example.com": ("HardBounce", T1),
+    }
+    lifts = {r["email"]: r["changed_at"] for r in sql(url, "SELECT * FROM suppression_lifts")}
+    assert lifts == {"w@bücher.example": T3}
+    assert "migration 0011: users: 1 keys recomputed" in out
+    assert "straße" not in out and "bücher" not in out and "xn--" not in out

@@ -1,4 +1,4 @@
-"""The Alembic revisions build exactly the tables the code describes, and the newest one can
+"""The Alembic revisions build exactly the tables the code describes, and the newest ones can
 be undone and redone (real PostgreSQL)."""
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ def test_the_migrations_build_the_tables_the_code_describes(database_url: str) -
 
 
 def test_the_newest_revision_can_be_undone_and_redone(database_url: str) -> None:
-    command.downgrade(alembic_config(database_url), "-1")
+    # Back to before the newest revision that changes the schema (data-only ones after it,
+    # such as 0011's keys, are undone on the way), then up again.
+    for _ in range(3):
+        command.downgrade(alembic_config(database_url), "-1")
+        if differences(database_url):
+            break
     assert differences(database_url) != []
     upgrade(database_url)
     assert differences(database_url) == []
