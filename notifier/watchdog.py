@@ -13,6 +13,8 @@ so each session must be used by one thread, as requests expects anyway.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import threading
 import time
@@ -129,6 +131,59 @@ def watched_session() -> requests.Session:
     return session
 
 
+class _Timers:
+    """One thread that expires watches at their deadlines, for every call of the process (a
+    thread started per call would cost more than many calls' own work)."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, _Watch]] = []
+        self._pending: set[int] = set()
+        self._cancelled: set[int] = set()
+        self._count = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, watch: _Watch) -> int:
+        with self._wake:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="postmark-deadlines", daemon=True
+                )
+                self._thread.start()
+            handle = next(self._count)
+            self._pending.add(handle)
+            heapq.heappush(self._due, (deadline, handle, watch))
+            if self._due[0][1] == handle:
+                self._wake.notify()
+            return handle
+
+    def cancel(self, handle: int) -> None:
+        with self._wake:
+            if handle in self._pending:  # not expired yet: dropped when it comes up
+                self._pending.discard(handle)
+                self._cancelled.add(handle)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._due and self._due[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._due)[1])
+                if not self._due:
+                    self._wake.wait()
+                    continue
+                deadline, handle, watch = self._due[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                heapq.heappop(self._due)
+                self._pending.discard(handle)
+                watch.expire()
+
+
+_timers = _Timers()
+
+
 def call_with_deadline(call: Callable[[], T], deadline: float) -> T:
     """Run `call` (HTTP through a `watched_session`) in this thread and cut it at
     `deadline` (time.monotonic()). Give requests a timeout no longer than the time left too:
@@ -137,10 +192,8 @@ def call_with_deadline(call: Callable[[], T], deadline: float) -> T:
     watch = _Watch()
     if left <= 0:
         raise DeadlinePassed(0, connected=False)
-    timer = threading.Timer(left, watch.expire)
-    timer.daemon = True
     _local.watch = watch
-    timer.start()
+    timer = _timers.add(deadline, watch)
     try:
         return call()
     except Exception as exc:
@@ -148,5 +201,5 @@ def call_with_deadline(call: Callable[[], T], deadline: float) -> T:
             raise DeadlinePassed(left, connected=watch.connected) from exc
         raise
     finally:
-        timer.cancel()
+        _timers.cancel(timer)
         _local.watch = None
