@@ -288,4 +288,5 @@ def test_0011_keys_domains_as_dns_and_no_suppression_covers_less(
     lifts = {r["email"]: r["changed_at"] for r in sql(url, "SELECT * FROM suppression_lifts")}
     assert lifts == {"w@bücher.example": T3}
     assert "migration 0011: users: 1 keys recomputed" in out
-    assert "straße" not in out and "bücher" not in out and "xn--" not in out
+    for address_part in ("straße", "strasse", "bücher", "xn--"):
+        assert address_part not in out
