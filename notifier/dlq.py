@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import SourceRecord
 from notifier.settings import NotifierSettings
-from notifier.store import NotificationStore
+from notifier.store import NotificationStore, Replay
 from postroom.outbox import OutboxWriter
 
 
@@ -173,11 +173,16 @@ async def list_dead_letters(settings: NotifierSettings) -> list[DeadLetter]:
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """What a replay did: records put back on their topic, and records held back because
-    their notification's user has been deleted."""
+    """What a replay did with the dead letters it chose: put back on their topic, held back
+    (their notification's user has been deleted), skipped (their notification was sent or
+    settled since), or left for a later replay (still being worked on); and how many letters
+    of other reasons it left unread."""
 
     replayed: int
     held_back: int = 0
+    skipped: int = 0
+    left: int = 0
+    other_reasons: int = 0
 
 
 async def replay(
@@ -188,7 +193,13 @@ async def replay(
     reason: str | None = None,
     progress: Callable[[int, int], Any] = lambda done, total: None,
 ) -> Replayed:
-    """Replay dead letters not replayed yet (or all)."""
+    """Replay dead letters not replayed yet (or all).
+
+    The replay group's offset on each partition moves only past letters dealt with for good:
+    it stops at the first letter of another reason than `reason`, or whose notification is
+    still pending, so a later replay still finds it. Letters after that one are read again
+    then; replaying one twice is harmless (a notification no longer failed is skipped, and
+    the notifier takes a record once by its `ce_id`). The offset never moves back."""
     store = NotificationStore(
         engine,
         OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify),
@@ -210,29 +221,53 @@ async def replay(
     await consumer.start()
     await producer.start()
     try:
+        committed = {
+            tp.partition: await consumer.committed(tp) or 0 for tp in consumer.assignment()
+        }
         letters = await _read(settings, consumer, from_beginning=from_beginning)
-        chosen = [letter for letter in letters if reason is None or letter.reason == reason]
-        held_back = 0
-        for done, letter in enumerate(chosen, start=1):
-            notification = letter.headers.get("dlq_notification_id")
-            if notification and not await store.replay_failed(uuid.UUID(notification)):
-                held_back += 1
-            else:
-                original = [(k, v) for k, v in letter.raw_headers if not k.startswith("dlq_")]
-                await producer.send_and_wait(
-                    letter.headers["dlq_topic"],
-                    value=letter.value,
-                    key=letter.key,
-                    headers=original,
-                )
-            progress(done, len(chosen))
-        if letters:
-            topic = settings.topic("notifier.dlq")
-            last: dict[TopicPartition, int] = {}
+        chosen = sum(1 for letter in letters if reason is None or letter.reason == reason)
+        counts = dict.fromkeys(("replayed", "held_back", "skipped", "left", "other_reasons"), 0)
+        # Per partition, the offset a later replay starts from; stopped: it moves no further.
+        after: dict[int, int] = {}
+        stopped: set[int] = set()
+        try:
             for letter in letters:
-                last[TopicPartition(topic, letter.partition)] = letter.offset + 1
-            await consumer.commit(last)
-        return Replayed(replayed=len(chosen) - held_back, held_back=held_back)
+                if reason is not None and letter.reason != reason:
+                    outcome = "other_reasons"
+                else:
+                    outcome = await _replay_one(store, producer, letter)
+                    progress(sum(counts.values()) - counts["other_reasons"] + 1, chosen)
+                counts[outcome] += 1
+                if outcome in ("left", "other_reasons"):
+                    stopped.add(letter.partition)
+                elif letter.partition not in stopped:
+                    after[letter.partition] = letter.offset + 1
+        finally:
+            # What was dealt with before a failure stays dealt with; the offset never moves
+            # back (--from-beginning read letters dealt with before).
+            moved = {
+                TopicPartition(settings.topic("notifier.dlq"), partition): offset
+                for partition, offset in after.items()
+                if offset > committed.get(partition, 0)
+            }
+            if moved:
+                await consumer.commit(moved)
+        return Replayed(**counts)
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+async def _replay_one(
+    store: NotificationStore, producer: AIOKafkaProducer, letter: DeadLetter
+) -> str:
+    """Replay one chosen letter; which of Replayed's counts it adds to."""
+    notification = letter.headers.get("dlq_notification_id")
+    outcome = await store.replay_failed(uuid.UUID(notification)) if notification else None
+    if outcome is not None and not outcome.puts_back:
+        return {Replay.ERASED: "held_back", Replay.SETTLED: "skipped"}.get(outcome, "left")
+    original = [(k, v) for k, v in letter.raw_headers if not k.startswith("dlq_")]
+    await producer.send_and_wait(
+        letter.headers["dlq_topic"], value=letter.value, key=letter.key, headers=original
+    )
+    return "replayed"

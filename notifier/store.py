@@ -31,6 +31,7 @@ it or in its event.
 
 from __future__ import annotations
 
+import enum
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -95,6 +96,26 @@ class _Fields(Protocol):
     def template(self) -> str: ...
     @property
     def recipient(self) -> str: ...
+
+
+class Replay(enum.Enum):
+    """What replaying a dead letter found its notification to be, and so what becomes of
+    the letter."""
+
+    REOPENED = "reopened"  # it was failed: pending again, and its record goes back
+    UNKNOWN = "unknown"  # no such row (never recorded): its record goes back, to be planned
+    ERASED = "erased"  # its user was deleted: it stays failed, its record is held back
+    SETTLED = "settled"  # sent or settled since: nothing to do
+    PENDING = "pending"  # still being worked on: left for a later replay
+
+    @property
+    def puts_back(self) -> bool:
+        return self in (Replay.REOPENED, Replay.UNKNOWN)
+
+    @property
+    def done(self) -> bool:
+        """Whether the letter is dealt with for good (a replay may move past it)."""
+        return self is not Replay.PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,21 +685,25 @@ class NotificationStore:
         """Hand rows in doubt back until their settle window has passed."""
         await self._release(dict.fromkeys(ids, 0.0), claim=claim, settle=True)
 
-    async def replay_failed(self, notification: uuid.UUID) -> bool:
+    async def replay_failed(self, notification: uuid.UUID) -> Replay:
         """A dead letter of `notification` is being replayed: a failed row goes back to
         pending, due at once (attempts reset, doubt kept: Postmark is still searched before
         it is sent again). One of a deleted user, other than their goodbye, stays as it is
-        (failed, its reason saying what is known of it), and False says its record must not
-        go back to its topic."""
+        (failed, its reason saying what is known of it) and its record must not go back to
+        its topic. A row still pending (the notifier may be giving it up right now) is left
+        for a later replay."""
         async with self.engine.begin() as conn:
             row = (await conn.execute(_REPLAYED, {"id": notification})).one_or_none()
             if row is None:
-                return True
+                return Replay.UNKNOWN
             if row.erased:
-                return False
-            if row.status == "failed":
-                await conn.execute(_REOPEN, {"id": notification})
-        return True
+                return Replay.ERASED
+            if row.status == "pending":
+                return Replay.PENDING
+            if row.status != "failed":
+                return Replay.SETTLED
+            await conn.execute(_REOPEN, {"id": notification})
+        return Replay.REOPENED
 
     async def keep_sources(self, sources: dict[uuid.UUID, SourceRecord]) -> None:
         """Keep the source record on rows recorded before sources were kept, so retries can

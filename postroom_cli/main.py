@@ -420,8 +420,9 @@ def dlq_replay(
     ] = None,
 ) -> None:
     """Put dead letters back on the topic they came from (failed notifications back to
-    pending first; a deleted user's are held back, left failed); each record once unless
-    --from-beginning."""
+    pending first; a deleted user's are held back, left failed; one sent since is skipped);
+    each record once unless --from-beginning. A record of another reason than --reason, or
+    whose email is still being worked on, is left for a later replay."""
     from rich.progress import Progress
 
     from notifier.dlq import Replayed, replay
@@ -451,6 +452,14 @@ def dlq_replay(
             f"held back {done.held_back} record(s) of deleted users: their emails stay failed "
             "and are never sent"
         )
+    if done.skipped:
+        typer.echo(f"skipped {done.skipped} record(s) whose emails were sent or settled since")
+    if done.left:
+        typer.echo(
+            f"left {done.left} record(s) whose emails are still being worked on, for a later replay"
+        )
+    if done.other_reasons:
+        typer.echo(f"left {done.other_reasons} record(s) of other reasons, for a replay of theirs")
 
 
 @suppressions_app.command("list")

@@ -79,6 +79,16 @@ async def test_dead_letters_are_listed_and_a_failed_email_is_replayed_once(
             assert len(await stack.wait_messages(email)) == 1
             # Replayed records are not replayed again.
             assert (await replay(stack.settings, engine, reason="delivery-failed")).replayed == 0
+            # The unreadable letter, left by replays of another reason, is still there to
+            # replay: it goes back to its topic and is dead-lettered again.
+            unreadable = await replay(stack.settings, engine, reason="unreadable")
+            assert (unreadable.replayed, unreadable.held_back) == (1, 0)
+            async with asyncio.timeout(20):
+                while [letter.reason for letter in await list_dead_letters(stack.settings)].count(
+                    "unreadable"
+                ) < 2:
+                    await asyncio.sleep(0.2)
+            assert (await replay(stack.settings, engine, reason="unreadable")).replayed == 1
         finally:
             await engine.dispose()
         await asyncio.sleep(0.5)

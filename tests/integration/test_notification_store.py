@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.plans import PlannedEmail, SourceRecord, plan
-from notifier.store import NotificationStore
+from notifier.store import NotificationStore, Replay
 from postroom import events
 from postroom.db import create_engine
 from postroom.erasure import erase_user
@@ -492,12 +492,39 @@ async def test_a_replayed_failure_of_a_deleted_user_stays_failed_and_its_goodbye
         )
     }
 
-    assert replayed == {welcome.id: False, kept.id: True, goodbye.id: True}
-    assert again is False
+    assert replayed == {
+        welcome.id: Replay.ERASED,
+        kept.id: Replay.REOPENED,
+        goodbye.id: Replay.REOPENED,
+    }
+    assert again is Replay.ERASED
     assert (rows[welcome.id]["status"], rows[welcome.id]["last_error"]) == ("failed", "gave up")
     assert (rows[welcome.id]["recipient"], rows[welcome.id]["source"]) == ("", None)
     assert (rows[kept.id]["status"], rows[goodbye.id]["status"]) == ("pending", "pending")
     assert await announced(db) == []  # nothing about the deleted user's email
+
+
+async def test_a_replay_leaves_an_email_still_in_flight_and_skips_one_sent_since(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """A dead letter is written before its row is marked failed: a replay in between finds
+    the row pending and leaves the letter for a later replay; once the row was sent (an
+    earlier replay worked), the letter is skipped."""
+    store = store_of(engine)
+    [welcome] = await record(store, f"{unique('inflight')}@example.com")
+
+    while_pending = await store.replay_failed(welcome.id)
+    await store.mark_failed([(welcome.id, "gave up")])
+    once_failed = await store.replay_failed(welcome.id)
+    status_after = await db.fetchval("SELECT status FROM notifications WHERE id = $1", welcome.id)
+    await db.execute("UPDATE notifications SET status = 'sent' WHERE id = $1", welcome.id)
+    once_sent = await store.replay_failed(welcome.id)
+    never_recorded = await store.replay_failed(uuid.uuid4())
+
+    assert (while_pending, while_pending.done) == (Replay.PENDING, False)
+    assert (once_failed, status_after) == (Replay.REOPENED, "pending")
+    assert (once_sent, once_sent.puts_back) == (Replay.SETTLED, False)
+    assert (never_recorded, never_recorded.puts_back) == (Replay.UNKNOWN, True)
 
 
 async def test_an_attempt_begins_only_if_the_address_it_will_be_sent_to_is_not_suppressed(

@@ -67,7 +67,7 @@ from notifier.postmark import (
 )
 from notifier.rendering import Renderer
 from notifier.settings import CALL_START_WINDOW, NotifierSettings
-from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance
+from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, Replay
 from postroom import events
 from postroom.addresses import address_key
 from tests.support.settings import make_notifier_settings
@@ -378,17 +378,20 @@ class MemoryStore:
             if row is not None and row.source is None and row.status == "pending":
                 row.source = source
 
-    async def replay_failed(self, notification: uuid.UUID) -> bool:
+    async def replay_failed(self, notification: uuid.UUID) -> Replay:
         await self.world.step("replay_failed")
         row = self.rows.get(notification)
         if row is None:
-            return True
+            return Replay.UNKNOWN
         if self._erased(row.plan):
-            return False
-        if row.status == "failed":
-            row.status, row.attempts, row.next_attempt_at = "pending", 0, self.now
-            row.lease_owner = row.lease_until = None
-        return True
+            return Replay.ERASED
+        if row.status == "pending":
+            return Replay.PENDING
+        if row.status != "failed":
+            return Replay.SETTLED
+        row.status, row.attempts, row.next_attempt_at = "pending", 0, self.now
+        row.lease_owner = row.lease_until = None
+        return Replay.REOPENED
 
     def _final(self, status: str, rows: Sequence[tuple[uuid.UUID, str]]) -> int:
         moved = 0
@@ -644,8 +647,9 @@ async def run_schedule(seed: int) -> None:
         """`postroom dlq replay`, then a notifier reading the records it put back."""
         CURRENT_WORKER.set(name)
         letters = [n for n in dict.fromkeys(dead_letters.written) if n and n not in replayed]
-        back = [n for n in letters if await delivery.store.replay_failed(n)]
-        replayed.update(letters)  # its offsets committed
+        outcomes = {n: await delivery.store.replay_failed(n) for n in letters}
+        back = [n for n, outcome in outcomes.items() if outcome.puts_back]
+        replayed.update(n for n, outcome in outcomes.items() if outcome.done)
         records_back = list({record_of[n].offset: record_of[n] for n in back}.values())
         await delivery.intake(
             [p for r in records_back for p in plan(r.event())],
