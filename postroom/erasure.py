@@ -9,7 +9,10 @@ user id, notification ids, bounce ids, MessageIDs).
   sending one right now: it settles them (the goodbye, which the deletion itself asks for,
   is sent; the others are not) and erases each as it reaches a final status
   (`notifier/store.py`).
-- Bounces of the address lose their raw body, details and address.
+- Bounces lose their raw body, details and address: those of the address, and those of any
+  email of the user's (by notification, MessageID, a late acceptance's MessageID, or the user
+  id Postmark echoed in the message's Metadata), whatever address it went to: a bounce of an
+  address the user had before, or one recorded before its MessageID was known.
 - The user's id goes into `erased_users`, a tombstone the notifier reads when it records,
   claims and begins an attempt: nothing is sent to an erased user but the goodbye, whatever
   record (replayed, redelivered, read late) still names them (invariant 10).
@@ -39,6 +42,8 @@ _GONE = json.dumps(
 _PROBLEM_HEADERS = json.dumps({"content-type": PROBLEM_MEDIA_TYPE})
 
 # $1: the user id, $2: the address as stored, $3: its key; $4, $5: the stored 410.
+# Every CTE reads the rows as they were before the statement: `mine` sees the user's
+# notifications with their addresses, message ids and keys still in them.
 _ERASE = """
 WITH tombstone AS (
     INSERT INTO erased_users (user_id) VALUES ($1::uuid) ON CONFLICT (user_id) DO NOTHING
@@ -48,6 +53,10 @@ answers AS (
                                 response_headers = $5::jsonb
     WHERE response_body ->> 'id' = $1::uuid::text
 ),
+mine AS (
+    SELECT id, message_id, late_message_ids, recipient_key FROM notifications
+    WHERE user_id = $1::uuid
+),
 mail AS (
     UPDATE notifications SET
         recipient = '',
@@ -56,9 +65,24 @@ mail AS (
         last_error = replace(replace(replace(last_error, recipient, '[erased]'), $2, '[erased]'),
                              $3, '[erased]')
     WHERE (user_id = $1::uuid OR recipient_key = $3) AND status <> 'pending'
+),
+-- Each way a bounce is linked to the user, apart, so that each reads its own index.
+theirs AS (
+    SELECT id FROM bounces WHERE email_key = $3
+    UNION SELECT b.id FROM bounces AS b JOIN mine AS m ON b.notification_id = m.id
+    UNION SELECT b.id FROM bounces AS b JOIN mine AS m ON b.message_id = m.message_id
+    UNION SELECT b.id FROM bounces AS b
+          JOIN (SELECT unnest(late_message_ids) AS message_id FROM mine) AS l
+          ON b.message_id = l.message_id
+    UNION SELECT id FROM bounces WHERE (raw -> 'Metadata') ->> 'user_id' = $1::uuid::text
+    -- an address the user had before: its bounces, unless another user's email drew them
+    UNION SELECT b.id FROM bounces AS b JOIN mine AS m ON b.email_key = m.recipient_key
+          WHERE m.recipient_key <> '' AND NOT EXISTS (
+              SELECT 1 FROM notifications AS o
+              WHERE o.id = b.notification_id AND o.user_id <> $1::uuid)
 )
 UPDATE bounces SET email = '', email_key = '', details = NULL, raw = '{}'::jsonb
-WHERE email_key = $3
+WHERE id IN (SELECT id FROM theirs) AND email_key <> ''
 """
 
 

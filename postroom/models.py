@@ -193,8 +193,13 @@ bounces = sa.Table(
     sa.Column("details", sa.Text),
     sa.Column("raw", JSONB, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    # The user id Postmark echoed from the message's Metadata (postroom/erasure.py).
+    sa.Index("ix_bounces_metadata_user_id", sa.text("((raw -> 'Metadata') ->> 'user_id')")),
 )
 sa.Index("ix_bounces_email_key", bounces.c.email_key)
+# A deletion finds the bounces of the user's emails by these (postroom/erasure.py).
+sa.Index("ix_bounces_notification_id", bounces.c.notification_id)
+sa.Index("ix_bounces_message_id", bounces.c.message_id)
 
 webhook_receipts = sa.Table(
     "webhook_receipts",

@@ -162,6 +162,66 @@ async def test_delete_announces_and_then_the_user_is_gone(
     ).status_code == 201
 
 
+async def test_a_deletion_erases_every_bounce_of_the_users_emails_whatever_address_it_names(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Bounces are linked to a user's emails in several ways besides the address they
+    report: the notification, its MessageID (or one accepted late), the user id Postmark
+    echoed in Metadata, an address the user had before. Each is erased; a bounce of another
+    user's email to an address this user once had is not theirs and stays."""
+    user = await register(client, "now@example.com")
+    user_id = uuid.UUID(user["id"])
+    other = await register(client, "other@example.com")
+    before, other_key = "before@example.com", "spelt.otherwise@example.com"
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    for notification, owner, recipient, message, late in (
+        (mine, user_id, before, "m-mine", ["m-late"]),
+        (theirs, uuid.UUID(other["id"]), before, "m-theirs", []),
+    ):
+        await db.execute(
+            """
+            INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
+                                       recipient_key, status, message_id, late_message_ids)
+            VALUES ($1, $2, 'user.registered', $3, 'welcome', $4, $4, 'sent', $5, $6)
+            """,
+            notification,
+            uuid.uuid4(),
+            owner,
+            recipient,
+            message,
+            late,
+        )
+    bounces = {
+        1: (before, "m-mine", None, {}),  # linked by MessageID only
+        2: (other_key, None, mine, {}),  # by notification, reporting another spelling
+        3: (other_key, "m-late", None, {}),  # a late acceptance's MessageID
+        4: (other_key, "m-unknown", None, {"Metadata": {"user_id": str(user_id)}}),
+        5: (before, None, None, {}),  # an address the user had before
+        6: (before, "m-theirs", theirs, {}),  # another user's email to that address
+    }
+    for bounce_id, (email, message, notification, extra) in bounces.items():
+        await db.execute(
+            """
+            INSERT INTO bounces (id, record_type, type, email, email_key, message_id,
+                                 notification_id, inactive, can_activate, details, raw)
+            VALUES ($1, 'Bounce', 'HardBounce', $2, $2, $3, $4, true, true, $2, $5::jsonb)
+            """,
+            bounce_id,
+            email,
+            message,
+            notification,
+            json.dumps({"Email": email, **extra}),
+        )
+
+    assert (await client.delete(f"/v1/users/{user_id}")).status_code == 204
+
+    rows = await db.fetch("SELECT id, email, details, raw::text AS raw FROM bounces")
+    showing = {
+        r["id"] for r in rows if any("@" in (r[c] or "") for c in ("email", "details", "raw"))
+    }
+    assert showing == {6}
+
+
 async def test_read_returns_the_user(client: httpx.AsyncClient) -> None:
     user = await register(client)
     answer = await client.get(f"/v1/users/{user['id']}")
