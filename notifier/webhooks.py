@@ -403,6 +403,26 @@ async def _move(
     return row.id, row.user_id
 
 
+# The user was deleted and the email is not their goodbye (which still names its address).
+_ERASED_MAIL = sa.text(
+    """
+    SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = :user)
+       AND NOT EXISTS (SELECT 1 FROM notifications
+                       WHERE id = :notification AND event_type = 'user.deleted')
+    """
+)
+
+
+async def _erased(
+    conn: AsyncConnection, notification_id: uuid.UUID | None, user_id: uuid.UUID | None
+) -> bool:
+    """Whether a webhook is about an email of a deleted user that is not their goodbye."""
+    if user_id is None:
+        return False
+    result = await conn.execute(_ERASED_MAIL, {"user": user_id, "notification": notification_id})
+    return bool(result.scalar_one())
+
+
 async def _bounce(
     conn: AsyncConnection,
     record: BounceRecord,
@@ -412,7 +432,13 @@ async def _bounce(
 ) -> str:
     complaint = record.RecordType == "SpamComplaint"
     status = "complained" if complaint else "bounced"
-    notification_id, user_id = await _move(conn, record.MessageID, status, _BOUNCEABLE)
+    matched, user_id = await _move(conn, record.MessageID, status, _BOUNCEABLE)
+    # Unmatched (it overtook our commit): the message's Metadata names them, for the event.
+    user_id = user_id or _uuid(record.metadata("user_id"))
+    notification_id = matched or _uuid(record.metadata("notification_id"))
+    # A bounce of a deleted user's email (not their goodbye) arriving after the deletion is
+    # stored as the deletion left their others: without the address (invariant 12).
+    erased = await _erased(conn, notification_id, user_id)
     inserted = await conn.execute(
         pg_insert(bounces)
         .values(
@@ -420,23 +446,21 @@ async def _bounce(
             record_type=record.RecordType,
             type=record.Type,
             type_code=record.TypeCode,
-            email=record.Email,
-            email_key=address_key(record.Email),
+            email="" if erased else record.Email,
+            email_key="" if erased else address_key(record.Email),
             message_id=record.MessageID,
-            notification_id=notification_id,
+            notification_id=matched,
             inactive=record.Inactive,
             can_activate=record.CanActivate and not complaint,
             bounced_at=record.BouncedAt,
-            details=record.Details,
-            raw=body,
+            details=None if erased else record.Details,
+            raw={} if erased else body,
         )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(bounces.c.id)
     )
     if inserted.first() is None:
         return "duplicate"  # the notification had already moved on the first delivery
-    user_id = user_id or _uuid(record.metadata("user_id"))
-    notification_id = notification_id or _uuid(record.metadata("notification_id"))
     metrics.bounces.labels(label(record.Type, BOUNCE_TYPES)).inc()
     if record.Inactive or complaint:
         reason = suppression_list.SPAM_COMPLAINT if complaint else record.Type
@@ -450,7 +474,7 @@ async def _bounce(
         ):
             metrics.suppressed.labels(label(reason, BOUNCE_TYPES)).inc()
     common = {
-        "email": record.Email,
+        "email": "" if erased else record.Email,
         "message_id": record.MessageID,
         "notification_id": notification_id,
         "user_id": user_id,
@@ -467,14 +491,17 @@ async def _bounce(
 
 async def _delivery(conn: AsyncConnection, record: DeliveryRecord, outbox: OutboxWriter) -> None:
     notification_id, user_id = await _move(conn, record.MessageID, "delivered", _DELIVERABLE)
+    notification_id = notification_id or _uuid(record.metadata("notification_id"))
+    user_id = user_id or _uuid(record.metadata("user_id"))
+    erased = await _erased(conn, notification_id, user_id)
     await outbox.add(
         conn,
         events.Event(
             events.EmailDelivered(
-                email=record.Recipient,
+                email="" if erased else record.Recipient,
                 message_id=record.MessageID,
-                notification_id=notification_id or _uuid(record.metadata("notification_id")),
-                user_id=user_id or _uuid(record.metadata("user_id")),
+                notification_id=notification_id,
+                user_id=user_id,
                 delivered_at=record.DeliveredAt,
             ),
             source=events.SOURCE_NOTIFIER,

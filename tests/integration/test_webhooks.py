@@ -115,6 +115,49 @@ async def test_a_hard_bounce_is_recorded_once_and_suppresses_the_address(
     ]
 
 
+async def test_webhooks_after_a_deletion_keep_the_address_only_for_the_goodbye(
+    hooks: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Postmark reports a welcome's bounce and delivery after its user was deleted: stored and
+    announced without the address, though the address is still suppressed. The goodbye's
+    bounce still names it (docs/events.md)."""
+    email = "late@example.net"
+    welcome = await sent_notification(db, email=email, message_id="m-welcome")
+    user_id = await db.fetchval("SELECT user_id FROM notifications WHERE id = $1", welcome)
+    goodbye = uuid.uuid4()
+    await db.execute(
+        """
+        INSERT INTO notifications (id, event_id, event_type, user_id, template, recipient,
+                                   recipient_key, status, message_id, attempts, sent_at)
+        VALUES ($1, $2, 'user.deleted', $3, 'goodbye', $4, $4, 'sent', 'm-goodbye', 1, now())
+        """,
+        goodbye,
+        uuid.uuid4(),
+        user_id,
+        email,
+    )
+    await db.execute("INSERT INTO erased_users (user_id) VALUES ($1)", user_id)
+
+    answers = [
+        await hooks.post("/webhooks/postmark", json=body)
+        for body in (
+            fixture("delivery", MessageID="m-welcome", Recipient=email),
+            fixture("bounce_hard", ID=1, MessageID="m-welcome", Email=email),
+            fixture("bounce_hard", ID=2, MessageID="m-goodbye", Email=email),
+        )
+    ]
+
+    assert [a.json() for a in answers] == [{"status": "recorded"}] * 3
+    stored = {
+        r["id"]: r for r in await db.fetch("SELECT id, email, details, raw::text FROM bounces")
+    }
+    assert (stored[1]["email"], stored[1]["details"], stored[1]["raw"]) == ("", None, "{}")
+    assert stored[2]["email"] == email
+    named = [(kind, payload["email"]) for kind, payload in await outbox_events(db)]
+    assert named == [("email.delivered", ""), ("email.bounced", ""), ("email.bounced", email)]
+    assert await db.fetchval("SELECT reason FROM suppressions") == "HardBounce"
+
+
 async def test_a_soft_bounce_does_not_suppress(
     hooks: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
