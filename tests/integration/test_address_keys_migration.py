@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from alembic import command
 
 from postroom.addresses import address_key
-from postroom.migrate import upgrade
+from postroom.migrate import MigrationRefused, alembic_config, upgrade
 from postroom_cli.main import main
 from tests.support.postgres import PostgresServer, run_async
 
@@ -290,3 +291,53 @@ def test_0011_keys_domains_as_dns_and_no_suppression_covers_less(
     assert "migration 0011: users: 1 keys recomputed" in out
     for address_part in ("straße", "strasse", "bücher", "xn--"):
         assert address_part not in out
+
+
+@pytest.fixture
+def utf8_database(postgres: PostgresServer) -> Iterator[str]:
+    """A migrated database whose lower() folds beyond ASCII (libc's C.UTF-8)."""
+    name = f"postroom_utf8_{uuid.uuid4().hex[:12]}"
+    postgres.execute(
+        f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
+        "LOCALE_PROVIDER libc LOCALE 'C.UTF-8'"
+    )
+    try:
+        url = postgres.url(name)
+        upgrade(url)
+        yield url
+    finally:
+        postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_undoing_0008_stops_with_ids_when_lower_would_merge_two_users(
+    utf8_database: str,
+) -> None:
+    """Keys tell `İnci@` and `inci@` apart (full case folding keeps the dot); the old
+    release's unique index on lower() would not, on a UTF-8 database. Going back refuses,
+    names the users by id only, and changes nothing."""
+    url = utf8_database
+    first, second = "İnci@example.com", "inci@example.com"
+    assert address_key(first) != address_key(second)
+    assert sql(url, "SELECT lower($1) = lower($2) AS same", first, second)[0]["same"]
+    ids = []
+    for at, email in ((T1, first), (T2, second)):
+        user_id = uuid.uuid4()
+        sql(
+            url,
+            "INSERT INTO users (id, email, email_key, name, created_at) "
+            "VALUES ($1, $2, $3, 'U', $4)",
+            user_id,
+            email,
+            address_key(email),
+            at,
+        )
+        ids.append(str(user_id))
+
+    with pytest.raises(MigrationRefused) as refused:
+        command.downgrade(alembic_config(url), "0007")
+
+    message = str(refused.value)
+    assert f"users {ids[0]}, {ids[1]} share one address under lower()" in message
+    assert "inci" not in message.lower()
+    assert sql(url, "SELECT version_num FROM alembic_version")[0][0] == "0012"
+    assert len(sql(url, "SELECT email_key FROM users")) == 2

@@ -57,6 +57,17 @@ _USERS_SHARING_A_KEY = sa.text(
 )
 
 
+# Going back: the old unique index on lower(email) takes users the keys tell apart but the
+# database's lower() does not (on a UTF-8 locale, `İ` and `I` both lower to `i`).
+_USERS_SHARING_LOWER = sa.text(
+    """
+    SELECT array_agg(id::text ORDER BY created_at, id) AS ids
+    FROM users GROUP BY lower(email) HAVING count(*) > 1
+    ORDER BY min(created_at)
+    """
+)
+
+
 def _report(line: str) -> None:
     print(f"migration 0008: {line}", flush=True)
 
@@ -190,7 +201,26 @@ def upgrade() -> None:
         _key_list(bind, table, columns, keep, describe)
 
 
+def _refuse_users_sharing_lower(bind: sa.Connection) -> None:
+    shared = [row.ids for row in bind.execute(_USERS_SHARING_LOWER)]
+    if not shared:
+        return
+    raise MigrationRefused(
+        "\n".join(
+            [
+                f"undoing migration 0008 stopped: {len(shared)} addresses of different users "
+                "are one address to the database's lower(), which the old release's unique "
+                "index uses. Nothing was changed.",
+                *(f"users {', '.join(ids)} share one address under lower()" for ids in shared),
+                "Keep one user of each line (delete the others or give them another address), "
+                "then undo it again (docs/operations.md, Upgrades).",
+            ]
+        )
+    )
+
+
 def downgrade() -> None:
+    _refuse_users_sharing_lower(op.get_bind())
     op.drop_index("ix_bounces_email_key", table_name="bounces")
     op.create_index("ix_bounces_email", "bounces", ["email"])
     op.drop_index("ix_notifications_recipient_key", table_name="notifications")
