@@ -58,12 +58,23 @@ async def consume(
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    headers = {key: value.decode() for key, value in record.headers}
-                    if not seen.first_time(headers["ce_id"]):
+                    # A null header (Kafka Connect writes one for a null column) is absent.
+                    headers = {
+                        key: value.decode(errors="replace")
+                        for key, value in record.headers
+                        if value is not None
+                    }
+                    try:
+                        event_id, event_type = headers["ce_id"], headers["ce_type"]
+                        data = json.loads(record.value or b"")
+                    except (KeyError, ValueError):
+                        # Not a CloudEvent: never let it block the partition. A real service
+                        # keeps it aside (a dead-letter topic) for someone to look at.
+                        print(f"skipped unreadable record at offset {record.offset}", flush=True)
                         continue
-                    await handle(
-                        headers["ce_type"], headers["ce_subject"], json.loads(record.value)
-                    )
+                    if not seen.first_time(event_id):
+                        continue
+                    await handle(event_type, headers.get("ce_subject", ""), data)
             if batches:
                 await consumer.commit()  # after the effects: at-least-once, never at-most
     finally:

@@ -27,12 +27,18 @@ from opentelemetry.trace import Span
 from notifier.delivery import Delivery
 from notifier.dlq import DeadLetterWriter
 from notifier.metrics import NotifierMetrics
-from notifier.plans import PlannedEmail, SourceRecord, UnreadableEvent, plan, read_record
+from notifier.plans import (
+    PlannedEmail,
+    SourceRecord,
+    UnreadableEvent,
+    plan,
+    read_record,
+)
 from notifier.postmark import PostmarkUnauthorized
 from notifier.settings import NotifierSettings
 from postroom import tracing
 from postroom.backoff import Backoff
-from postroom.kafka import create_missing_topics
+from postroom.kafka import create_missing_topics, text_headers
 
 log = structlog.get_logger("postroom.notifier")
 
@@ -73,6 +79,11 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.busy:
             self.owned = set(assigned)
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def _unexpected(exc: Exception) -> str:
+    """A reading failure no rule foresaw, by its kind: its text may quote the record."""
+    return f"the record could not be read ({type(exc).__name__})"
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -240,27 +251,31 @@ class Consumer:
         planned: list[PlannedEmail] = []
         sources: dict[Any, SourceRecord] = {}
         for record in records:
-            headers = {key: value.decode(errors="replace") for key, value in record.headers}
             span = None
-            if spans is not None:
-                span = self._process_span(record, headers)
-                spans.append(span)
+            # Whatever fails while reading one record (its headers, value, schema, trace
+            # context) sends that record to the dead letters: no record blocks its partition.
             try:
+                headers = dict(text_headers(record.headers))
+                if spans is not None:
+                    span = self._process_span(record, headers)
+                    spans.append(span)
                 source = read_record(headers, record.value)
                 if span is not None:
                     source = replace(
                         source, traceparent=tracing.traceparent_of(span) or source.traceparent
                     )
                 plans = plan(source)
-            except UnreadableEvent as exc:
+                kept = SourceRecord.of(record) if plans else None
+            except Exception as exc:
                 if span is not None:
                     tracing.mark_failed(span, exc)
-                await self._dead_letter(record, str(exc))
+                why = str(exc) if isinstance(exc, UnreadableEvent) else _unexpected(exc)
+                await self._dead_letter(record, why)
                 continue
             self.metrics.events.labels(source.event_type).inc()
             planned.extend(plans)
-            if plans:
-                sources[source.event_id] = SourceRecord.of(record)
+            if kept is not None:
+                sources[source.event_id] = kept
         await self.delivery.intake(planned, sources)
 
     def _process_span(self, record: Record, headers: dict[str, str]) -> Span:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from notifier.plans import SourceRecord
 from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore, Replay
+from postroom.kafka import text_headers
 from postroom.outbox import OutboxWriter
 
 
@@ -151,7 +152,7 @@ async def _read(
                 DeadLetter(
                     partition=m.partition,
                     offset=m.offset,
-                    headers={k: v.decode(errors="replace") for k, v in m.headers},
+                    headers=dict(text_headers(m.headers)),
                     raw_headers=list(m.headers),
                     key=m.key,
                     value=m.value,

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from postroom import events
 from postroom.addresses import address_key
+from postroom.kafka import text_headers
 
 # Fixed namespace: notification ids are uuid5(namespace, "event id:template:address key").
 _NAMESPACE = uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21")
@@ -64,7 +65,7 @@ class SourceRecord:
             partition=record.partition,
             offset=record.offset,
             key=record.key.decode(errors="replace") if record.key is not None else None,
-            headers=tuple((k, v.decode(errors="replace")) for k, v in record.headers),
+            headers=text_headers(record.headers),
             value=(record.value or b"").decode(errors="replace"),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -36,3 +37,11 @@ async def create_missing_topics(
             )
     finally:
         await admin.close()
+
+
+def text_headers(headers: Any) -> tuple[tuple[str, str], ...]:
+    """A record's headers as text, in order. A header whose value is null (Kafka Connect
+    writes one for a null column) counts as absent; bytes that are not UTF-8 are replaced."""
+    return tuple(
+        (str(key), value.decode(errors="replace")) for key, value in headers if value is not None
+    )

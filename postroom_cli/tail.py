@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from postroom.kafka import text_headers
 from postroom.settings import KafkaSettings
 
 
@@ -53,7 +54,7 @@ async def tail(
                 continue
             idle_since = time.monotonic()
             for m in records:
-                headers = {k: v.decode(errors="replace") for k, v in m.headers}
+                headers = dict(text_headers(m.headers))
                 emit(
                     json.dumps(
                         {
@@ -63,7 +64,7 @@ async def tail(
                             "type": headers.get("ce_type"),
                             "id": headers.get("ce_id"),
                             "time": headers.get("ce_time"),
-                            "data": json.loads(m.value) if m.value else None,
+                            "data": _data(m.value),
                         }
                     )
                 )
@@ -73,3 +74,13 @@ async def tail(
     finally:
         await consumer.stop()
     return printed
+
+
+def _data(value: bytes | None) -> object:
+    """The event's JSON data; a value that is not JSON (a poison record) as text."""
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value.decode(errors="replace")

@@ -25,24 +25,32 @@ sys.modules["example_consumer"] = example
 _spec.loader.exec_module(example)
 
 
-async def test_the_example_consumer_drops_repeats_and_keeps_order(kafka_bootstrap: str) -> None:
+async def test_the_example_consumer_drops_repeats_skips_poison_and_keeps_order(
+    kafka_bootstrap: str,
+) -> None:
     topic = unique("example")
     user = str(uuid.uuid4())
     ids = [str(uuid.uuid4()) for _ in range(3)]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        # versions 1, 2, then 2 again (a relay's repeat), then 3
-        for version, event_id in [(1, ids[0]), (2, ids[1]), (2, ids[1]), (3, ids[2])]:
+        # versions 1, 2, then 2 again (a relay's repeat), then 3; version 2 with a null
+        # traceparent (as Kafka Connect writes a null column), and a poison record before 3
+        for version, event_id in [(1, ids[0]), (2, ids[1]), (2, ids[1]), (0, ""), (3, ids[2])]:
+            headers: list[tuple[str, bytes | None]] = [
+                ("ce_id", event_id.encode()),
+                ("ce_type", b"user.updated"),
+                ("ce_subject", user.encode()),
+            ]
+            if version == 2:
+                headers.append(("traceparent", None))
             await producer.send_and_wait(
                 topic,
-                value=f'{{"user_id": "{user}", "version": {version}}}'.encode(),
+                value=f'{{"user_id": "{user}", "version": {version}}}'.encode()
+                if version
+                else b"\xff not json",
                 key=user.encode(),
-                headers=[
-                    ("ce_id", event_id.encode()),
-                    ("ce_type", b"user.updated"),
-                    ("ce_subject", user.encode()),
-                ],
+                headers=headers if version else [("ce_type", b"user.updated")],
             )
     finally:
         await producer.stop()
