@@ -24,7 +24,8 @@ import asyncpg
 # primary key instead and filter, which reads every already-published row of a large backlog.
 _CLAIM = """
 SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type,
-       o.payload::text AS payload, o.headers::text AS headers, o.shard, o.created_at
+       o.payload::text AS payload, o.headers::text AS headers, o.shard, o.created_at,
+       o.ce_specversion, o.ce_source, o.ce_time, o.content_type, o.traceparent
 FROM outbox AS o
 WHERE o.id IN (
     SELECT next.id
@@ -77,6 +78,13 @@ class OutboxRow:
     headers: str
     shard: int
     created_at: datetime
+    # The header columns (migration 0013); None on rows written before it, whose headers
+    # come from `headers` and `created_at` instead.
+    ce_specversion: str = "1.0"
+    ce_source: str | None = None
+    ce_time: str | None = None
+    content_type: str = "application/json"
+    traceparent: str | None = None
 
 
 async def claim(
@@ -95,6 +103,11 @@ async def claim(
             headers=r["headers"],
             shard=r["shard"],
             created_at=r["created_at"],
+            ce_specversion=r["ce_specversion"],
+            ce_source=r["ce_source"],
+            ce_time=r["ce_time"],
+            content_type=r["content_type"],
+            traceparent=r["traceparent"],
         )
         for r in records
     ]

@@ -10,7 +10,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -59,25 +59,31 @@ def _stored_headers(text: str) -> dict[str, str]:
 
 def cloudevent_headers(row: OutboxRow, traceparent: str | None = None) -> Headers:
     """CloudEvents 1.0 binary-mode headers; `ce_id` is the row's event id, stable on re-sends.
+    Each comes from its column, as Debezium's outbox event router places them
+    (deploy/debezium); a row from before those columns gives `headers` and `created_at`.
     `traceparent`, when given, replaces the trace context stored with the row."""
     stored = _stored_headers(row.headers)
     headers: Headers = [
-        ("ce_specversion", b"1.0"),
+        ("ce_specversion", row.ce_specversion.encode()),
         ("ce_id", row.event_id.encode()),
-        ("ce_source", stored.get("ce_source", "/postroom").encode()),
+        ("ce_source", (row.ce_source or stored.get("ce_source", "/postroom")).encode()),
         ("ce_type", row.event_type.encode()),
-        ("ce_time", row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+        ("ce_time", (row.ce_time or _rfc3339(row.created_at)).encode()),
         ("ce_subject", row.aggregate_id.encode()),
-        ("content-type", b"application/json"),
+        ("content-type", row.content_type.encode()),
     ]
-    traceparent = traceparent or stored.get("traceparent")
+    traceparent = traceparent or stored_traceparent(row)
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
     return headers
 
 
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def stored_traceparent(row: OutboxRow) -> str | None:
-    return _stored_headers(row.headers).get("traceparent")
+    return row.traceparent or _stored_headers(row.headers).get("traceparent")
 
 
 class Publisher:

@@ -36,6 +36,15 @@ users = sa.Table(
 USERS_EMAIL_INDEX = "uq_users_email_key"
 sa.Index(USERS_EMAIL_INDEX, users.c.email_key, unique=True)
 
+
+def rfc3339_sql(at: str) -> str:
+    """SQL rendering the timestamptz `at` as `ce_time` is sent: RFC 3339 in UTC with
+    microseconds. Rendered once, by PostgreSQL, so every publisher sends the same text."""
+    return f"to_char({at} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+
+CE_TIME = rfc3339_sql("clock_timestamp()")
+
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -59,6 +68,14 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("last_error", sa.Text),
     sa.Column("parked_at", sa.DateTime(timezone=True)),
+    # The CloudEvents headers as columns (migration 0013), for a publisher that places whole
+    # columns as headers (docs/debezium.md). NULL on rows from before it but ce_specversion
+    # and content_type.
+    sa.Column("ce_specversion", sa.Text, nullable=False, server_default="1.0"),
+    sa.Column("ce_source", sa.Text),
+    sa.Column("ce_time", sa.Text, server_default=sa.text(CE_TIME.replace(":", "\\:"))),
+    sa.Column("content_type", sa.Text, nullable=False, server_default="application/json"),
+    sa.Column("traceparent", sa.Text),
     sa.CheckConstraint("shard >= 0", name="shard_non_negative"),
 )
 # The relay's work list: unpublished, unparked rows of one shard in id order.
@@ -69,6 +86,15 @@ sa.Index(
     postgresql_where=sa.and_(outbox.c.published_at.is_(None), outbox.c.parked_at.is_(None)),
 )
 sa.Index("ix_outbox_created_at_brin", outbox.c.created_at, postgresql_using="brin")
+
+# One row a Debezium connector updates on an interval, so its slot moves on while nothing
+# else changes (migration 0013).
+outbox_heartbeat = sa.Table(
+    "outbox_heartbeat",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 idempotency_keys = sa.Table(
     "idempotency_keys",

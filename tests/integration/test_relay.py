@@ -53,6 +53,13 @@ async def test_a_committed_event_reaches_its_topic_once_as_a_cloudevent(
     assert record.headers["content-type"] == "application/json"
     sent_time = datetime.fromisoformat(record.headers["ce_time"])
     assert sent_time == row["created_at"]
+    # Each header the relay sends is a column a change-data-capture publisher can place.
+    assert [record.headers[name] for name in ("ce_specversion", "ce_source", "ce_time")] == [
+        row["ce_specversion"],
+        row["ce_source"],
+        row["ce_time"],
+    ]
+    assert (row["content_type"], row["traceparent"]) == ("application/json", None)
     published = await db.fetchrow("SELECT published_at, attempts FROM outbox")
     assert published is not None
     assert published["published_at"] is not None

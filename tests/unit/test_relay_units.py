@@ -71,6 +71,29 @@ def test_cloudevent_headers() -> None:
     }
 
 
+def test_the_header_columns_are_sent_as_stored_and_rows_from_before_them_as_before() -> None:
+    old = replace(row(1, 0), headers=json.dumps({"ce_source": "/postroom/api"}))
+    new = replace(
+        old,
+        ce_source="/postroom/notifier",
+        ce_time="2026-01-02T03:04:05.000000Z",
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+
+    sent_old, sent_new = dict(cloudevent_headers(old)), dict(cloudevent_headers(new))
+
+    assert (sent_old["ce_source"], sent_old["ce_time"]) == (
+        b"/postroom/api",
+        b"2026-01-02T03:04:05.678000Z",
+    )
+    assert "traceparent" not in sent_old
+    assert (sent_new["ce_source"], sent_new["ce_time"], sent_new["traceparent"]) == (
+        b"/postroom/notifier",
+        b"2026-01-02T03:04:05.000000Z",
+        new.traceparent.encode() if new.traceparent else None,
+    )
+
+
 def test_the_trace_stored_with_a_row_travels_unless_the_relay_continues_it() -> None:
     stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     send_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
