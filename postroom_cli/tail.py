@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from postroom.kafka import text_headers
+from postroom.kafka import text_headers, topic_partitions
 from postroom.settings import KafkaSettings
 
 
@@ -30,11 +30,10 @@ async def tail(
     await consumer.start()
     printed = 0
     try:
-        partitions = None
+        partitions: list[int] = []
         deadline = time.monotonic() + (wait or 10.0)
         while not partitions:
-            if topic in await consumer.topics():
-                partitions = consumer.partitions_for_topic(topic)
+            partitions = await topic_partitions(settings.kafka_bootstrap_servers, topic)
             if not partitions:
                 if time.monotonic() > deadline:
                     raise LookupError(f"topic {topic} does not exist (yet)")

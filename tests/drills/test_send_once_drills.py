@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaProducer
 
 from notifier.dlq import list_dead_letters
 from postroom.kafka import create_missing_topics
-from postroom_cli.embedded import EmbeddedKafka, free_port
+from postroom_cli.embedded import free_port
+from tests.support import brokers
 from tests.support.kafka import registered_record
 from tests.support.names import address, unique
 from tests.support.postmark import Sandbox, captured, sandbox_client, sandbox_stats
@@ -192,7 +193,7 @@ async def test_a_dead_letter_waits_for_an_unreachable_topic_and_is_written_once_
 ) -> None:
     upstream_port, proxy_port = free_port(), free_port()
     # The broker advertises the proxy, so every connection of the notifier goes through it.
-    broker = EmbeddedKafka(port=upstream_port, advertised_port=proxy_port)
+    broker = brokers.make_broker(port=upstream_port, advertised_port=proxy_port)
     broker.start()
     proxy = TcpProxy(listen_port=proxy_port, upstream_port=upstream_port)
     await proxy.start()
@@ -263,7 +264,7 @@ async def test_a_dead_letter_waits_for_an_unreachable_topic_and_is_written_once_
         letters = await list_dead_letters(direct)
     finally:
         await proxy.close()
-        broker.stop()
+        broker.discard()
 
     notification = await db.fetchval("SELECT id FROM notifications WHERE recipient = $1", email)
     mine = [

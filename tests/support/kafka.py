@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from postroom import events
+from postroom.kafka import topic_partitions
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ async def read_topic(
         deadline = time.monotonic() + timeout
         partitions: set[int] | None = None
         while partitions is None and time.monotonic() < deadline:
-            if topic in await consumer.topics():
-                partitions = consumer.partitions_for_topic(topic) or None
+            partitions = set(await topic_partitions(bootstrap, topic)) or None
             if partitions is None:
                 await asyncio.sleep(0.1)
         assert partitions, f"topic {topic} does not exist"

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from api.settings import ApiSettings
 from notifier.settings import NotifierSettings
 from outbox_relay.settings import RelaySettings
+from tests.support import brokers
 from tests.support.names import unique
 
 API_TOKEN = "test-token-0123456789abcdef"
@@ -40,7 +41,7 @@ def make_relay_settings(database_url: str, kafka_bootstrap: str, **overrides: An
         "database_url": database_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "kafka_topic_prefix": unique("t"),
-        "kafka_enable_idempotence": False,
+        "kafka_enable_idempotence": brokers.idempotent(),
         "kafka_topic_partitions": 3,
         "relay_shards": 8,
         "relay_poll_interval": 0.5,
@@ -63,7 +64,7 @@ def make_notifier_settings(
         "database_url": database_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "kafka_topic_prefix": prefix,
-        "kafka_enable_idempotence": False,
+        "kafka_enable_idempotence": brokers.idempotent(),
         "kafka_topic_partitions": 3,
         "notifier_group_id": unique("notifier"),
         "notifier_backoff_initial": 0.05,

@@ -55,6 +55,8 @@ def upgrade() -> None:
         sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_heartbeat")),
     )
+    # Its one row, there from the start: the heartbeat only ever updates it.
+    op.execute("INSERT INTO outbox_heartbeat (id, beat_at) VALUES (1, now())")
 
 
 def downgrade() -> None:
