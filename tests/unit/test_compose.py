@@ -180,3 +180,11 @@ def test_the_sandbox_and_its_inbox_are_published_on_loopback_only(
     assert all(port.startswith("127.0.0.1:") for port in ports), ports
     # Outside development the sandbox's pages and capture API need its token.
     assert sandbox["environment"]["APP_ENV"] == "production"
+
+
+def test_the_compose_kafka_is_the_version_the_tests_run() -> None:
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    image = compose["services"]["kafka"]["image"]
+    pom = (PROJECT_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
+    [version] = re.findall(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    assert image == f"apache/kafka:{version}"
