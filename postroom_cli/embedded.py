@@ -13,6 +13,8 @@ import contextlib
 import grp
 import hashlib
 import importlib.util
+import io
+import json
 import os
 import pwd
 import re
@@ -27,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 _PG_SYSTEM_USER = "postroom-pg"
@@ -681,6 +684,112 @@ class KafkaBroker:
         """Stop and delete the data folder, even one given."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+DEBEZIUM_POM = DEPLOY / "debezium" / "pom.xml"
+_CONNECT_WORKER = DEPLOY / "debezium" / "connect-standalone.properties"
+_CONNECTOR = DEPLOY / "debezium" / "postroom-outbox.json"
+
+
+class DebeziumConnect:
+    """Kafka Connect, one standalone worker, running Debezium's PostgreSQL connector with the
+    outbox event router: the configuration `deploy/debezium` commits, the jars its pom pins.
+    It publishes what is committed to `database_url`'s outbox from the moment it streams
+    (snapshot.mode=no_data); its offsets are kept in `workdir`, so a worker started again
+    goes on from where it stopped. `overrides` change connector settings (a test's own slot)."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        bootstrap_servers: str,
+        topic_prefix: str = "postroom",
+        workdir: Path | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        url = urlsplit(database_url)
+        self.env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "KAFKA_TOPIC_PREFIX": topic_prefix,
+            "CDC_DATABASE_HOST": url.hostname or "127.0.0.1",
+            "CDC_DATABASE_PORT": str(url.port or 5432),
+            "CDC_DATABASE_USER": unquote(url.username or "postgres"),
+            "CDC_DATABASE_PASSWORD": unquote(url.password or ""),
+            "CDC_DATABASE_NAME": url.path.lstrip("/"),
+        }
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="postroom-connect-"))
+        self.log_path = self.workdir / "connect.log"
+        self.overrides = overrides or {}
+        self.version = pom_version(DEBEZIUM_POM, "debezium.version")
+        self.description = f"Debezium {self.version} on Kafka Connect"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the worker; return once the connector streams changes (its slot exists)."""
+        classpath = maven_classpath(DEBEZIUM_POM)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        connector = json.loads(_CONNECTOR.read_text())
+        connector["config"].update(self.overrides)
+        config = self.workdir / "connector.json"
+        config.write_text(json.dumps(connector, indent=2))
+        env = {
+            **os.environ,
+            **self.env,
+            "CONNECT_OFFSETS_FILE": str(self.workdir / "offsets"),
+            "CONNECT_REST_PORT": str(free_port()),
+        }
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._proc = subprocess.Popen(
+            _jvm(
+                classpath,
+                "org.apache.kafka.connect.cli.ConnectStandalone",
+                str(_CONNECT_WORKER),
+                str(config),
+                log=self.log_path,
+                heap="768m",
+            ),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise InfrastructureError(
+                    f"Kafka Connect exited with {self._proc.returncode}: {self._log_tail()}"
+                )
+            with self.log_path.open("rb") if self.log_path.exists() else _empty() as log:
+                log.seek(offset)
+                text = log.read()
+            if b"Starting streaming" in text:
+                return
+            if b"Task threw an uncaught and unrecoverable exception" in text:
+                self.stop()
+                raise InfrastructureError(f"the Debezium task failed: {self._log_tail()}")
+            time.sleep(0.1)
+        self.stop()
+        raise InfrastructureError(f"Debezium did not stream within {timeout}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-3000:].strip()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def stop(self) -> None:
+        """Stop gracefully (the worker flushes its offsets), SIGKILL after 30 s."""
+        _stop(self._proc, grace=30)
+        self._proc = None
+
+
+def _empty() -> io.BytesIO:
+    return io.BytesIO(b"")
 
 
 def _directory_id(cluster_id: str, node: int) -> str:

@@ -27,6 +27,9 @@ class Consumed:
     key: str
     value: Any  # the JSON data, or the raw bytes of a value that is not JSON
     headers: dict[str, str]
+    # As they came, for byte-for-byte comparisons: the value, and the headers in order.
+    raw_value: bytes | None = None
+    raw_headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @property
     def ce_id(self) -> str:
@@ -65,7 +68,9 @@ async def read_topic(
                             offset=m.offset,
                             key=(m.key or b"").decode(),
                             value=_decode(m.value),
-                            headers={k: v.decode() for k, v in m.headers},
+                            headers={k: v.decode() for k, v in m.headers if v is not None},
+                            raw_value=m.value,
+                            raw_headers=tuple(m.headers),
                         )
                     )
             if len(records) >= expect:
