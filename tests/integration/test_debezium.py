@@ -20,6 +20,7 @@ from postroom.kafka import create_missing_topics
 from postroom.outbox import add_event
 from postroom_cli.embedded import DebeziumConnect
 from tests.support import brokers
+from tests.support.debezium import streaming
 from tests.support.kafka import Consumed, read_topic
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
@@ -36,28 +37,12 @@ pytestmark = [
 
 
 @pytest.fixture
-async def debezium(
-    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
-) -> AsyncIterator[DebeziumConnect]:
-    """Debezium streaming this test's database under a topic prefix, slot and publication of
-    its own; the slot is dropped afterwards (a database with one cannot be dropped)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    connect = DebeziumConnect(
-        database_url=database_url,
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=unique("t"),
-        overrides={"slot.name": name, "publication.name": name},
-    )
-    settings = make_relay_settings(
-        database_url, kafka_bootstrap, kafka_topic_prefix=connect.env["KAFKA_TOPIC_PREFIX"]
-    )
+async def debezium(database_url: str, kafka_bootstrap: str) -> AsyncIterator[DebeziumConnect]:
+    prefix = unique("t")
+    settings = make_relay_settings(database_url, kafka_bootstrap, kafka_topic_prefix=prefix)
     await create_missing_topics(settings, [settings.topic("user")], client_id="debezium-test")
-    await asyncio.to_thread(connect.start)
-    try:
+    async with streaming(database_url, kafka_bootstrap, prefix) as connect:
         yield connect
-    finally:
-        await asyncio.to_thread(connect.stop)
-        await db.execute("SELECT pg_drop_replication_slot($1)", name)
 
 
 def as_sent(record: Consumed) -> tuple[object, ...]:
