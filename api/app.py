@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request, Response
 
 from api.routes import Api, handle_refusal, pages_router, users_router
 from api.settings import ApiSettings
+from api.slots import SlotReport
 from api.users import Refused
 from postroom.db import create_engine, create_pool
 from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import idempotency_keys
+from postroom.models import outbox as outbox_table
 from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
 from postroom.serve import freeze_heap, serve
@@ -44,19 +46,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         pool = await create_pool(settings, application_name="postroom-api")
         app.state.api = Api(pool=pool, outbox=outbox, settings=settings)
         app.state.engine = create_engine(settings, application_name="postroom-api", pool_size=1)
-        # Expired idempotency keys (and the answers they keep) go.
-        pruner = Pruner(
-            app.state.engine,
-            [Retention(idempotency_keys.c.created_at, settings.idempotency_key_ttl)],
-            interval=settings.prune_interval,
-        )
+        # Expired idempotency keys (and the answers they keep) go; under Debezium, which marks
+        # nothing published, so do outbox rows past their retention.
+        retentions = [Retention(idempotency_keys.c.created_at, settings.idempotency_key_ttl)]
+        if settings.outbox_publisher == "debezium" and settings.outbox_retention > 0:
+            retentions.append(Retention(outbox_table.c.created_at, settings.outbox_retention))
+        pruner = Pruner(app.state.engine, retentions, interval=settings.prune_interval)
         pruning = asyncio.create_task(pruner.run(), name="prune")
+        reporting = (
+            asyncio.create_task(app.state.slots.run(pool), name="slots")
+            if settings.outbox_publisher == "debezium"
+            else None
+        )
         freeze_heap()
         try:
             yield
         finally:
             pruner.stop()
             await pruning
+            if reporting is not None:
+                app.state.slots.stop()
+                await reporting
             await app.state.engine.dispose()
             await pool.close()
 
@@ -71,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.outbox = outbox
     app.state.registry = process_registry()
+    app.state.slots = SlotReport(app.state.registry, interval=settings.slot_report_interval)
     include_routers(app, [users_router, pages_router, operations_router(readiness)])
     install_problem_handlers(app)
     app.add_exception_handler(Refused, handle_refusal)

@@ -23,5 +23,4 @@ class RelaySettings(KafkaSettings):
     relay_send_timeout: float = Field(default=30.0, gt=0, description="seconds")
     relay_metrics_host: str = "127.0.0.1"
     relay_metrics_port: int = Field(default=8002, ge=0, le=65535)
-    outbox_retention: float = Field(default=7 * 24 * 3600, ge=0, description="seconds")
     outbox_prune_interval: float = Field(default=60.0, gt=0, description="seconds")

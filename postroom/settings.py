@@ -72,6 +72,9 @@ class CommonSettings(BaseSettings):
     # false: the api raises no NOTIFY and the relays do not LISTEN; they poll (a fallback,
     # and the baseline the benchmarks compare the wake-ups against).
     outbox_notify: bool = True
+    # Seconds published outbox rows are kept. Who deletes them: the relays; with
+    # OUTBOX_PUBLISHER=debezium (no relay marks rows published), the api, by age alone.
+    outbox_retention: float = Field(default=7 * 24 * 3600, ge=0, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url")

@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 import asyncpg
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import create_app as create_api
 from postroom import events
 from postroom.kafka import create_missing_topics
 from postroom.outbox import add_event
@@ -25,7 +28,11 @@ from tests.support.kafka import Consumed, read_topic
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
 from tests.support.relay import running, wait_published
-from tests.support.settings import make_notifier_settings, make_relay_settings
+from tests.support.settings import (
+    make_api_settings,
+    make_notifier_settings,
+    make_relay_settings,
+)
 from tests.support.stack import notifier_in_process, register
 
 pytestmark = [
@@ -108,3 +115,55 @@ async def test_debezium_publishes_each_row_as_the_relay_does_and_one_welcome_goe
         await asyncio.sleep(1.0)  # a second welcome would have been captured by now
         sent = (await postmark.get("/api/messages", params={"to": email})).json()
     assert len(sent) == 1
+
+
+async def test_under_debezium_the_api_reports_the_slot_and_prunes_rows_nobody_marks(
+    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
+) -> None:
+    """OUTBOX_PUBLISHER=debezium: rows are never marked published, so the api deletes them by
+    age; and /metrics shows whether a connector streams from the slot and the WAL it holds."""
+    old, fresh = uuid.uuid4(), uuid.uuid4()
+    for event_id, age in ((old, 2 * 86_400), (fresh, 60)):
+        await db.execute(
+            "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, "
+            "shard, created_at) VALUES ($1, 'user', 'u', 'user.updated', '{}', 0, "
+            "now() - make_interval(secs => $2))",
+            event_id,
+            age,
+        )
+    settings = make_api_settings(
+        database_url,
+        outbox_publisher="debezium",
+        outbox_retention=86_400,
+        prune_interval=0.2,
+        slot_report_interval=0.2,
+    )
+    app = create_api(settings)
+
+    async def series(http: httpx.AsyncClient, name: str) -> dict[str, float]:
+        text = (await http.get("/metrics")).text
+        return {
+            sample.labels["slot"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        }
+
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        async with streaming(database_url, kafka_bootstrap, unique("t")) as connect:
+            slot = connect.overrides["slot.name"]
+            async with asyncio.timeout(10):
+                while (await series(http, "postroom_outbox_slot_active")).get(slot) != 1.0:
+                    await asyncio.sleep(0.1)
+            lag = (await series(http, "postroom_outbox_slot_lag_bytes"))[slot]
+            await asyncio.to_thread(connect.stop)
+            async with asyncio.timeout(10):
+                while (await series(http, "postroom_outbox_slot_active")).get(slot) != 0.0:
+                    await asyncio.sleep(0.1)
+        kept = {row["event_id"] for row in await db.fetch("SELECT event_id FROM outbox")}
+
+    assert lag >= 0
+    assert kept == {fresh}
