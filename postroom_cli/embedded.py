@@ -541,6 +541,7 @@ class KafkaBroker:
         self.version = pom_version(KAFKA_POM, "kafka.version")
         self.description = f"Apache Kafka {self.version}"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     @property
     def bootstrap_servers(self) -> str:
@@ -599,9 +600,11 @@ class KafkaBroker:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
         """Format the storage if new, start the broker and wait until it says it has started
-        (it then answers clients); a clear error with its log's end otherwise."""
+        (it then answers clients); a clear error with its log's end otherwise. Without
+        `wait`, return at once (a cluster's nodes start together: none finishes starting
+        before a majority of its controllers runs); then call wait_started()."""
         classpath = maven_classpath(KAFKA_POM)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
@@ -630,7 +633,7 @@ class KafkaBroker:
                 raise InfrastructureError(
                     f"formatting Kafka's storage failed: {(proc.stderr or proc.stdout)[-2000:]}"
                 )
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = subprocess.Popen(
             _jvm(classpath, "kafka.Kafka", str(config), log=self.log_path),
             stdout=subprocess.DEVNULL,
@@ -638,11 +641,19 @@ class KafkaBroker:
             process_group=0,  # its owner stops it last, not Ctrl-C
         )
         self._pid_file.write_text(str(self._proc.pid))
+        if wait:
+            self.wait_started()
+
+    def wait_started(self, timeout: float = 90) -> None:
         try:
-            self._wait_started(offset)
+            self._wait_started(self._log_offset, timeout)
         except InfrastructureError:
             self.stop()
             raise
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def _wait_started(self, offset: int, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -831,3 +842,47 @@ def local_broker(
     if kind == "kafka":
         return KafkaBroker(port=port, advertised_port=advertised_port, log_path=log_path)
     return TansuBroker(port=port, advertised_port=advertised_port, log_path=log_path)
+
+
+class KafkaCluster:
+    """`size` Apache Kafka nodes on loopback, each broker and controller, forming one KRaft
+    quorum: topics replicated `size` times (at most 3), `min.insync.replicas` 2. For drills:
+    a node can be killed, stopped, paused and started again."""
+
+    def __init__(self, size: int = 3, *, settings: dict[str, str] | None = None) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        controllers = {node: free_port() for node in range(1, size + 1)}
+        extra = {"min.insync.replicas": str(min(2, size)), **(settings or {})}
+        self.nodes = [
+            KafkaBroker(
+                port=free_port(),
+                node_id=node,
+                controller_port=controllers[node],
+                voters=controllers,
+                cluster_id=cluster_id,
+                settings=extra,
+            )
+            for node in controllers
+        ]
+        self.description = f"{self.nodes[0].description}, {size} nodes"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_started()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def discard(self) -> None:
+        for node in self.nodes:
+            node.discard()

@@ -8,56 +8,17 @@ import uuid
 
 import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox_relay import admin
-from postroom import events
-from postroom.outbox import add_event
-from postroom.settings import asyncpg_url
 from postroom_cli.embedded import free_port
 from tests.support import brokers
 from tests.support.kafka import first_occurrences, read_topic
 from tests.support.processes import RelayProcess
 from tests.support.settings import make_relay_settings
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.writes import assert_in_version_order, write_versions
 
 pytestmark = pytest.mark.kafka
-
-
-async def write_versions(
-    database_url: str,
-    users: list[uuid.UUID],
-    versions: range,
-    *,
-    shards: int = 8,
-    pause: float = 0.0,
-) -> int:
-    """For each version, one transaction adding that version's event for every user."""
-    engine = create_async_engine(asyncpg_url(database_url))
-    written = 0
-    try:
-        for version in versions:
-            async with engine.begin() as conn:
-                for user_id in users:
-                    await add_event(
-                        conn,
-                        events.Event(
-                            events.UserUpdated(
-                                user_id=user_id,
-                                version=version,
-                                email="d@example.com",
-                                name=f"v{version}",
-                                changed=["name"],
-                            )
-                        ),
-                        shards=shards,
-                    )
-                    written += 1
-            if pause:
-                await asyncio.sleep(pause)
-    finally:
-        await engine.dispose()
-    return written
 
 
 async def pending(db: asyncpg.Connection) -> int:
@@ -72,14 +33,6 @@ async def wait_drained(db: asyncpg.Connection, *, within: float) -> None:
     async with asyncio.timeout(within):
         while await pending(db):
             await asyncio.sleep(0.1)
-
-
-def assert_in_version_order(kept: list, users: list[uuid.UUID], versions: range) -> None:
-    by_user: dict[str, list[int]] = {}
-    for record in kept:
-        by_user.setdefault(record.key, []).append(record.value["version"])
-    for user_id in users:
-        assert by_user[str(user_id)] == list(versions), user_id
 
 
 async def test_sigkill_again_and_again_loses_nothing_and_keeps_order(
