@@ -222,10 +222,10 @@ async def replay(
     await consumer.start()
     await producer.start()
     try:
+        letters = await _read(settings, consumer, from_beginning=from_beginning)
         committed = {
             tp.partition: await consumer.committed(tp) or 0 for tp in consumer.assignment()
         }
-        letters = await _read(settings, consumer, from_beginning=from_beginning)
         chosen = sum(1 for letter in letters if reason is None or letter.reason == reason)
         counts = dict.fromkeys(("replayed", "held_back", "skipped", "left", "other_reasons"), 0)
         # Per partition, the offset a later replay starts from; stopped: it moves no further.

@@ -12,10 +12,12 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from notifier.dlq import list_dead_letters, replay
+from postroom.kafka import create_missing_topics
 from postroom.settings import asyncpg_url
 from tests.support.names import unique
 from tests.support.postmark import Sandbox
 from tests.support.processes import settings_env
+from tests.support.settings import make_notifier_settings
 from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.kafka
@@ -93,3 +95,40 @@ async def test_dead_letters_are_listed_and_a_failed_email_is_replayed_once(
             await engine.dispose()
         await asyncio.sleep(0.5)
         assert len(await stack.messages(email)) == 1
+
+
+async def test_a_replay_from_the_beginning_never_moves_the_replay_offset_back(
+    database_url: str, kafka_bootstrap: str
+) -> None:
+    """Letters of two reasons, all replayed once; then `--from-beginning --reason` replays the
+    first and stops at one of the other reason. A plain replay after that finds nothing new:
+    the offset stayed past all three."""
+    settings = make_notifier_settings(
+        database_url, kafka_bootstrap, "http://127.0.0.1:9/", unique("t")
+    )
+    dlq, back = settings.topic("notifier.dlq"), settings.topic("scratch")
+    await create_missing_topics(settings, [dlq, back], client_id="dlq-test")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for reason in ("delivery-failed", "unreadable", "delivery-failed"):
+            await producer.send_and_wait(
+                dlq,
+                value=b"{}",
+                key=b"k",
+                partition=0,
+                headers=[("dlq_reason", reason.encode()), ("dlq_topic", back.encode())],
+            )
+    finally:
+        await producer.stop()
+    engine = create_async_engine(asyncpg_url(database_url))
+    try:
+        first = await replay(settings, engine)
+        again = await replay(settings, engine, from_beginning=True, reason="delivery-failed")
+        after = await replay(settings, engine)
+    finally:
+        await engine.dispose()
+
+    assert first.replayed == 3
+    assert (again.replayed, again.other_reasons) == (2, 1)
+    assert after.replayed == 0
