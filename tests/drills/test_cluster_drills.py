@@ -230,3 +230,103 @@ async def test_a_broker_restarted_under_three_notifiers_loses_no_email_and_sends
     )
     assert len(emails) > 50
     assert mailed == dict.fromkeys(emails, 1)
+
+
+async def group_coordinator(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return int(await admin.find_coordinator(group))
+    finally:
+        await admin.close()
+
+
+async def test_the_group_coordinator_killed_during_a_rebalance_loses_no_email_sends_none_twice(
+    cluster: KafkaCluster,
+    database_url: str,
+    db: asyncpg.Connection,
+    client: httpx.AsyncClient,
+    sandbox: Sandbox,
+    sandbox_faults: str,
+) -> None:
+    bootstrap = cluster.bootstrap_servers
+    prefix = unique("t")
+    relay_settings = make_relay_settings(
+        database_url, bootstrap, kafka_topic_prefix=prefix, kafka_replication_factor=3
+    )
+    group = unique("notifier")
+    notifiers = [
+        NotifierProcess(
+            make_notifier_settings(
+                database_url,
+                bootstrap,
+                sandbox.url,
+                prefix,
+                notifier_port=free_port(),
+                notifier_group_id=group,
+                kafka_replication_factor=3,
+            )
+        )
+        for _ in range(3)
+    ]
+    await create_missing_topics(
+        relay_settings, [relay_settings.topic("user")], client_id="cluster-drill"
+    )
+    relay = RelayProcess(relay_settings)
+    relay.start()
+    for notifier in notifiers[:2]:
+        notifier.start()
+    emails: list[str] = []
+    stop = asyncio.Event()
+
+    async def keep_registering() -> None:
+        while not stop.is_set():
+            email = address("coordinator")
+            await register(client, email)
+            emails.append(email)
+            await asyncio.sleep(0.05)
+
+    try:
+        async with sandbox_client(sandbox) as postmark:
+            for notifier in notifiers[:2]:
+                async with httpx.AsyncClient(
+                    base_url=notifier.url, headers=AUTH, timeout=10
+                ) as api:
+                    await wait_until(lambda api=api: ready(api), what="a notifier", within=60)
+            writer = asyncio.create_task(keep_registering())
+            await asyncio.sleep(3)
+            coordinator = await group_coordinator(bootstrap, group)
+            notifiers[2].start()  # a third member: the group rebalances
+            await asyncio.sleep(1.0)  # while it joins
+            killed_at = time.monotonic()
+            cluster.node(coordinator).kill()
+            async with httpx.AsyncClient(
+                base_url=notifiers[2].url, headers=AUTH, timeout=10
+            ) as api:
+                await wait_until(lambda: ready(api), what="the third notifier", within=90)
+            joined_after = time.monotonic() - killed_at
+            await asyncio.sleep(3)
+            stop.set()
+            await writer
+
+            async def all_mailed() -> bool:
+                return all([await captured(postmark, email) for email in emails])
+
+            await wait_until(all_mailed, what="every welcome", within=120)
+            await asyncio.sleep(1.0)
+            mailed = {email: len(await captured(postmark, email)) for email in emails}
+        stall = await longest_gap(db, "sent_at", "notifications")
+        revoked = sum(notifier.log().count("partitions revoked") for notifier in notifiers)
+    finally:
+        stop.set()
+        for process in (relay, *notifiers):
+            if process.alive:
+                process.stop()
+
+    print(
+        f"\n[coordinator kill drill] node {coordinator} (the group's coordinator) killed while a "
+        f"third notifier joined; {len(emails)} sign-ups; third notifier ready "
+        f"{joined_after:.1f} s after the kill; {revoked} revocations logged; longest pause "
+        f"between sends {stall:.2f} s; welcomes {sum(mailed.values())}"
+    )
+    assert mailed == dict.fromkeys(emails, 1)
