@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -55,6 +56,11 @@ class State(enum.Enum):
 # The lag gauge is a reading for dashboards: once a second is enough.
 _LAG_INTERVAL = 1.0
 
+# An idle consumer whose partitions' leaders have not answered a fetch for this long is not
+# ready (/readyz): Kafka is out of reach or has lost its quorum. Fetches of an idle partition
+# are answered every NOTIFIER_FETCH_WAIT at most.
+KAFKA_SILENCE_LIMIT = 5.0
+
 HALT_REASON = (
     "Postmark refused the server token (401 / ErrorCode 10): set a valid "
     "POSTMARK_SERVER_TOKEN and restart; nothing was marked failed"
@@ -79,6 +85,16 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.busy:
             self.owned = set(assigned)
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def _silence(consumer: AIOKafkaConsumer) -> float:
+    """Seconds since the freshest fetch answer among the assigned partitions (0 if none is
+    assigned: there is nothing to tell)."""
+    stamps = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()]
+    known = [stamp for stamp in stamps if stamp]
+    if not known:
+        return 0.0
+    return max(0.0, time.time() - float(max(known)) / 1000)
 
 
 def _unexpected(exc: Exception) -> str:
@@ -117,6 +133,9 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._lag_updated = float("-inf")
         self.topic = settings.topic("user")
+        # Seconds since Kafka last answered a fetch of this consumer's partitions, measured
+        # when a poll came back empty (0 when it brought records).
+        self.kafka_silence = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -190,8 +209,10 @@ class Consumer:
                 timeout_ms=500, max_records=self.settings.notifier_batch_size
             )
             if not batches:
+                self.kafka_silence = _silence(consumer)
                 await self._update_lag(consumer)
                 continue
+            self.kafka_silence = 0.0
             async with ownership.busy:
                 items = [(tp, records) for tp, records in batches.items() if tp in ownership.owned]
                 trouble = False

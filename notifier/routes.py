@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from notifier import listings
 from notifier import suppressions as suppression_admin
-from notifier.consumer import Consumer, State
+from notifier.consumer import KAFKA_SILENCE_LIMIT, Consumer, State
 from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 from postroom import cursors, problems
 from postroom.addresses import address_key
@@ -285,6 +285,12 @@ async def readiness(request: Request) -> Response | None:
         return problem_response(
             problems.CONSUMER_NOT_READY,
             "Not consuming from Kafka yet.",
+            headers={"Retry-After": "1"},
+        )
+    if consumer.kafka_silence > KAFKA_SILENCE_LIMIT:
+        return problem_response(
+            problems.CONSUMER_NOT_READY,
+            f"Kafka has not answered this consumer's fetches for {consumer.kafka_silence:.0f} s.",
             headers={"Retry-After": "1"},
         )
     return await database_ready(request)

@@ -5,6 +5,7 @@ finish the cycle, mark it, release the shards)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,15 +26,17 @@ from postroom.web import (
 
 
 async def readiness(request: Request) -> Response | None:
-    """Ready once connected to PostgreSQL and Kafka."""
+    """Ready once connected to PostgreSQL and Kafka, and while Kafka takes its records."""
     relay: Relay = request.app.state.relay
     if relay.ready:
         return None
-    return problem_response(
-        RELAY_NOT_READY,
-        "Not connected to PostgreSQL and Kafka yet.",
-        headers={"Retry-After": "1"},
+    detail = (
+        "Kafka has refused or not answered the relay's sends since "
+        f"{time.monotonic() - relay.kafka_failing_since:.0f} s ago."
+        if relay.kafka_failing_since is not None
+        else "Not connected to PostgreSQL and Kafka yet."
     )
+    return problem_response(RELAY_NOT_READY, detail, headers={"Retry-After": "1"})
 
 
 def create_app(settings: RelaySettings) -> FastAPI:

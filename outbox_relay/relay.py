@@ -100,12 +100,25 @@ class Relay:
         # a larger RELAY_SHARDS): each is covered by the owner of shard (s mod RELAY_SHARDS).
         self._strays: frozenset[int] = frozenset()
         self._log = log.bind(relay=self.relay_id)
+        # When a cycle last failed at Kafka, until one gets records through (None: fine).
+        self.kafka_failing_since: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed() and self._publisher_started
+        """Connected to PostgreSQL, the producer started, and Kafka took the last cycle's
+        records (a cycle that failed at Kafka makes the relay not ready until one succeeds)."""
+        return (
+            self._conn is not None
+            and not self._conn.is_closed()
+            and self._publisher_started
+            and self.kafka_failing_since is None
+        )
+
+    def _kafka_failed(self) -> None:
+        if self.kafka_failing_since is None:
+            self.kafka_failing_since = time.monotonic()
 
     def stop(self) -> None:
         """Finish the cycle in flight, mark it, release the shards, then return from run()."""
@@ -128,12 +141,14 @@ class Relay:
                     await self._pause(backoff.next_delay())
                     continue
                 except KafkaError as exc:
+                    self._kafka_failed()
                     self.metrics.cycle_failures.labels("kafka").inc()
                     self._log.warning("kafka unavailable", error=describe(exc))
                     await self._restart_publisher()
                     await self._pause(backoff.next_delay())
                     continue
                 if outcome.failed:
+                    self._kafka_failed()
                     self.metrics.cycle_failures.labels("send").inc()
                     if outcome.published == 0:
                         # Nothing got through: the producer may be wedged on a dead connection.
@@ -141,6 +156,8 @@ class Relay:
                     await self._pause(backoff.next_delay())
                     continue
                 backoff.reset()
+                if outcome.published:
+                    self.kafka_failing_since = None
                 if not outcome.more_waiting:
                     await self._wait_for_work()
         finally:

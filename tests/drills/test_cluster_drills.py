@@ -7,6 +7,9 @@ twice, and the stall is measured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -329,4 +332,144 @@ async def test_the_group_coordinator_killed_during_a_rebalance_loses_no_email_se
         f"{joined_after:.1f} s after the kill; {revoked} revocations logged; longest pause "
         f"between sends {stall:.2f} s; welcomes {sum(mailed.values())}"
     )
+    assert mailed == dict.fromkeys(emails, 1)
+
+
+async def test_a_cluster_without_quorum_for_30_s_is_survived_without_a_restart(
+    cluster: KafkaCluster,
+    database_url: str,
+    db: asyncpg.Connection,
+    client: httpx.AsyncClient,
+    sandbox: Sandbox,
+    sandbox_faults: str,
+) -> None:
+    """Two of the three nodes frozen (SIGSTOP) for 30 s: the quorum and most leaders are gone.
+    The relay and the notifier say they are not ready meanwhile, and carry on by themselves
+    once the nodes come back: every sign-up's welcome once, every event on Kafka."""
+    bootstrap = cluster.bootstrap_servers
+    prefix = unique("t")
+    relay_settings = make_relay_settings(
+        database_url,
+        bootstrap,
+        kafka_topic_prefix=prefix,
+        kafka_replication_factor=3,
+        relay_metrics_port=free_port(),
+        relay_send_timeout=5.0,
+    )
+    notifier_settings = make_notifier_settings(
+        database_url,
+        bootstrap,
+        sandbox.url,
+        prefix,
+        notifier_port=free_port(),
+        kafka_replication_factor=3,
+    )
+    topic = relay_settings.topic("user")
+    await create_missing_topics(relay_settings, [topic], client_id="cluster-drill")
+    relay = RelayProcess(relay_settings)
+    notifier = NotifierProcess(notifier_settings)
+    relay.start()
+    notifier.start()
+    relay_url = f"http://127.0.0.1:{relay_settings.relay_metrics_port}"
+    emails: list[str] = []
+    stop = asyncio.Event()
+    readiness: dict[str, set[int]] = {"relay": set(), "notifier": set()}
+
+    async def keep_registering() -> None:
+        while not stop.is_set():
+            email = address("quorum")
+            await register(client, email)
+            emails.append(email)
+            await asyncio.sleep(0.1)
+
+    async def watch(name: str, url: str, until: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=2) as http:
+            while not until.is_set():
+                with contextlib.suppress(httpx.TransportError):
+                    readiness[name].add((await http.get("/readyz")).status_code)
+                await asyncio.sleep(0.25)
+
+    try:
+        async with (
+            sandbox_client(sandbox) as postmark,
+            httpx.AsyncClient(base_url=notifier.url, headers=AUTH, timeout=10) as notifier_api,
+            httpx.AsyncClient(base_url=relay_url, timeout=10) as relay_api,
+        ):
+            await wait_until(lambda: ready(notifier_api), what="the notifier", within=60)
+            await wait_until(lambda: ready(relay_api), what="the relay", within=60)
+            pids = (
+                relay.process.pid if relay.process else 0,
+                notifier.process.pid if notifier.process else 0,
+            )
+            writer = asyncio.create_task(keep_registering())
+            await asyncio.sleep(3)
+            frozen = [cluster.node(1), cluster.node(2)]
+            outage = asyncio.Event()
+            watchers = [
+                asyncio.create_task(watch("relay", relay_url, outage)),
+                asyncio.create_task(watch("notifier", notifier.url, outage)),
+            ]
+            for node in frozen:
+                assert node.pid is not None
+                os.kill(node.pid, signal.SIGSTOP)
+            await asyncio.sleep(30)
+            for node in frozen:
+                assert node.pid is not None
+                os.kill(node.pid, signal.SIGCONT)
+            outage.set()
+            await asyncio.gather(*watchers)
+            back_at = time.monotonic()
+            await wait_until(lambda: ready(relay_api), what="the relay ready again", within=90)
+            relay_back = time.monotonic() - back_at
+            await wait_until(
+                lambda: ready(notifier_api), what="the notifier ready again", within=90
+            )
+            notifier_back = time.monotonic() - back_at
+            await asyncio.sleep(2)
+            stop.set()
+            await writer
+
+            async def drained() -> bool:
+                left = await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                return left == 0
+
+            await wait_until(drained, what="every row published", within=120)
+
+            async def all_mailed() -> bool:
+                return all([await captured(postmark, email) for email in emails])
+
+            await wait_until(all_mailed, what="every welcome", within=120)
+            await asyncio.sleep(1.0)
+            mailed = {email: len(await captured(postmark, email)) for email in emails}
+            same_processes = (
+                pids
+                == (
+                    relay.process.pid if relay.process else 0,
+                    notifier.process.pid if notifier.process else 0,
+                )
+                and relay.alive
+                and notifier.alive
+            )
+    finally:
+        stop.set()
+        for node in cluster.nodes:
+            if node.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGCONT)
+        for process in (relay, notifier):
+            if process.alive:
+                process.stop()
+
+    written = await db.fetchval("SELECT count(*) FROM outbox")
+    records = await read_topic(bootstrap, topic, expect=written, timeout=60)
+    print(
+        f"\n[quorum drill] nodes 1 and 2 frozen 30 s; {len(emails)} sign-ups; /readyz during "
+        f"the outage: relay {sorted(readiness['relay'])}, notifier "
+        f"{sorted(readiness['notifier'])}; ready again {relay_back:.1f} s (relay) and "
+        f"{notifier_back:.1f} s (notifier) after the nodes came back"
+    )
+    assert same_processes  # recovered without a restart
+    assert 503 in readiness["relay"]
+    assert 503 in readiness["notifier"]
+    assert len(first_occurrences(records)) == written
     assert mailed == dict.fromkeys(emails, 1)
