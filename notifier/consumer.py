@@ -56,8 +56,8 @@ class State(enum.Enum):
 # The lag gauge is a reading for dashboards: once a second is enough.
 _LAG_INTERVAL = 1.0
 
-# An idle consumer whose partitions' leaders have not answered a fetch for this long is not
-# ready (/readyz): Kafka is out of reach or has lost its quorum. Fetches of an idle partition
+# An idle consumer one of whose partitions' leaders has not answered a fetch for this long is
+# not ready (/readyz): Kafka, or part of it, is out of reach. Fetches of an idle partition
 # are answered every NOTIFIER_FETCH_WAIT at most.
 KAFKA_SILENCE_LIMIT = 5.0
 
@@ -88,13 +88,14 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _silence(consumer: AIOKafkaConsumer) -> float:
-    """Seconds since the freshest fetch answer among the assigned partitions (0 if none is
-    assigned: there is nothing to tell)."""
+    """Seconds since the leader of the longest-silent assigned partition last answered a
+    fetch (0 if none is assigned: there is nothing to tell). One partition out of reach is
+    enough: its emails wait."""
     stamps = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()]
     known = [stamp for stamp in stamps if stamp]
     if not known:
         return 0.0
-    return max(0.0, time.time() - float(max(known)) / 1000)
+    return max(0.0, time.time() - float(min(known)) / 1000)
 
 
 def _unexpected(exc: Exception) -> str:
@@ -134,11 +135,22 @@ class Consumer:
         self._lag_updated = float("-inf")
         self.topic = settings.topic("user")
         # Seconds since Kafka last answered a fetch of this consumer's partitions, measured
-        # when a poll came back empty (0 when it brought records).
-        self.kafka_silence = 0.0
+        # when a poll came back empty (0 when it brought records); and since when the loop
+        # has been waiting on Kafka to commit offsets (None: it is not).
+        self._silence = 0.0
+        self._committing_since: float | None = None
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def kafka_silence(self) -> float:
+        """Seconds Kafka has kept this consumer waiting: a partition's leader silent while
+        there was nothing to read, or an offset commit unanswered."""
+        committing = (
+            time.monotonic() - self._committing_since if self._committing_since is not None else 0.0
+        )
+        return max(self._silence, committing)
 
     @property
     def stopping(self) -> bool:
@@ -209,10 +221,10 @@ class Consumer:
                 timeout_ms=500, max_records=self.settings.notifier_batch_size
             )
             if not batches:
-                self.kafka_silence = _silence(consumer)
+                self._silence = _silence(consumer)
                 await self._update_lag(consumer)
                 continue
-            self.kafka_silence = 0.0
+            self._silence = 0.0
             async with ownership.busy:
                 items = [(tp, records) for tp, records in batches.items() if tp in ownership.owned]
                 trouble = False
@@ -236,12 +248,15 @@ class Consumer:
                 else:
                     offsets = {tp: records[-1].offset + 1 for tp, records in items}
                     if offsets:
+                        self._committing_since = time.monotonic()
                         try:
                             await consumer.commit(offsets)
                         except KafkaError as exc:  # the group moved on; the new owner re-reads
                             log.warning(
                                 "offsets not committed", error=f"{type(exc).__name__}: {exc}"
                             )
+                        finally:
+                            self._committing_since = None
             await self._update_lag(consumer)
             if trouble:
                 with contextlib.suppress(TimeoutError):

@@ -290,7 +290,7 @@ async def readiness(request: Request) -> Response | None:
     if consumer.kafka_silence > KAFKA_SILENCE_LIMIT:
         return problem_response(
             problems.CONSUMER_NOT_READY,
-            f"Kafka has not answered this consumer's fetches for {consumer.kafka_silence:.0f} s.",
+            f"Kafka has kept this consumer waiting for {consumer.kafka_silence:.0f} s.",
             headers={"Retry-After": "1"},
         )
     return await database_ready(request)
