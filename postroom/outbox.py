@@ -34,6 +34,22 @@ from postroom.tracing import current_traceparent
 
 NOTIFY_CHANNEL = "postroom_outbox"
 
+# The largest event the writer takes: Kafka's default record limit (about 1 MB) less room for
+# key and headers. The relay parks a row Kafka refuses; Debezium cannot (its task stops), so
+# an event that could never be published is refused here, before anything is committed.
+MAX_EVENT_BYTES = 1_000_000
+
+
+class EventTooLarge(ValueError):
+    """An event's JSON is larger than MAX_EVENT_BYTES: Kafka would refuse it."""
+
+
+def _checked(payload: str) -> str:
+    size = len(payload.encode())
+    if size > MAX_EVENT_BYTES:
+        raise EventTooLarge(f"an event of {size} bytes (at most {MAX_EVENT_BYTES})")
+    return payload
+
 
 def shard_of(aggregate_id: str, shards: int) -> int:
     """The relay shard of an aggregate: stable across processes and releases (CRC-32)."""
@@ -153,7 +169,7 @@ def _row(event: Event, shards: int) -> dict[str, Any]:
         "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id,
         "event_type": event.event_type,
-        "payload": event.payload(),
+        "payload": _checked(event.data.model_dump_json()),
         "headers": headers,
         "shard": shard_of(event.aggregate_id, shards),
         "ce_source": headers.get("ce_source"),
@@ -171,7 +187,7 @@ def _values(event: Event, shards: int) -> tuple[Any, ...]:
         event.aggregate_type,
         aggregate_id,
         event.event_type,
-        event.data.model_dump_json(),
+        _checked(event.data.model_dump_json()),
         json.dumps(headers),
         shard_of(aggregate_id, shards),
         headers.get("ce_source"),
@@ -237,7 +253,7 @@ class OutboxWriter:
                 "aggregate_types": [row["aggregate_type"] for row in rows],
                 "aggregate_ids": [row["aggregate_id"] for row in rows],
                 "event_types": [row["event_type"] for row in rows],
-                "payloads": [json.dumps(row["payload"]) for row in rows],
+                "payloads": [row["payload"] for row in rows],
                 "headers": [json.dumps(row["headers"]) for row in rows],
                 "shards": [row["shard"] for row in rows],
                 "ce_sources": [row["ce_source"] for row in rows],
