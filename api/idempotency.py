@@ -100,13 +100,23 @@ class Guard:
 
     @classmethod
     def of(
-        cls, *, method: str, path: str, body: BaseModel, principal: str, key: str | None, ttl: int
+        cls,
+        *,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        principal: str,
+        key: str | None,
+        ttl: int,
     ) -> Guard:
         """The guard of one request; without a key it costs nothing (no fingerprint)."""
         if key is None:
             return cls(principal, None, "", ttl)
         return cls(
-            principal, key, request_fingerprint(method, path, body.model_dump(mode="json")), ttl
+            principal,
+            key,
+            request_fingerprint(method, path, body and body.model_dump(mode="json")),
+            ttl,
         )
 
     async def claim_or_replay(self, conn: Connection) -> StoredAnswer | None:

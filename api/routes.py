@@ -16,7 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api import idempotency, pages
 from api import users as use_cases
-from api.schemas import EmailVerificationRequest, UserCreate, UserOut, UserPatch
+from api.schemas import (
+    EmailVerificationRequest,
+    UserCreate,
+    UserOut,
+    UserPatch,
+    VerificationRequested,
+)
 from api.settings import ApiSettings
 from postroom import problems, tokens
 from postroom.auth import bearer_scheme, principal_of
@@ -92,6 +98,9 @@ REFUSALS: dict[type[use_cases.Refused], ProblemError] = {
     use_cases.EmailTaken: ProblemError(
         problems.EMAIL_TAKEN, "Another user already has this email address."
     ),
+    use_cases.AlreadyVerified: ProblemError(
+        problems.ALREADY_VERIFIED, "This user's email address is verified already."
+    ),
     use_cases.LinkSuperseded: ProblemError(
         problems.TOKEN_SUPERSEDED,
         "This link is for an address the account no longer has, or a deleted account.",
@@ -115,6 +124,13 @@ REPLAYED = {
 
 async def handle_refusal(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, use_cases.Refused)
+    if isinstance(exc, use_cases.AskedTooOften):
+        problem = ProblemError(
+            problems.TOO_MANY_VERIFICATION_REQUESTS,
+            f"A new link was asked for too recently; ask again in {exc.retry_after} s.",
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+        return await handle_problem(request, problem)
     return await handle_problem(request, REFUSALS[type(exc)])
 
 
@@ -171,7 +187,7 @@ async def create_user(
         if (stored := await guard.claim_or_replay(conn)) is not None:
             return _replay(stored)
         row = await use_cases.register_user(
-            conn, email=body.email, name=body.name, outbox=api.outbox
+            conn, email=body.email, name=body.name, outbox=api.outbox, locale=body.locale
         )
         user = UserOut.from_row(row)
         location = f"/v1/users/{row.id}"
@@ -206,12 +222,17 @@ async def update_user(
     body: UserPatch,
     caller: CallerDep,
 ) -> Any:
-    """Change name and/or email; emits `user.updated`, and `user.email_changed` when the
-    address changes (its verification is reset)."""
+    """Change name, email and/or locale; emits `user.updated`, and `user.email_changed` when
+    the address changes (its verification is reset)."""
     api = caller.api
     async with api.connection() as conn:  # the use case makes the change atomic
         row = await use_cases.update_user(
-            conn, user_id=user_id, name=body.name, email=body.email, outbox=api.outbox
+            conn,
+            user_id=user_id,
+            name=body.name,
+            email=body.email,
+            outbox=api.outbox,
+            locale=body.locale,
         )
     return UserOut.from_row(row)
 
@@ -228,6 +249,66 @@ async def delete_user(user_id: uuid.UUID, caller: CallerDep) -> Response:
     async with api.connection() as conn, conn.transaction():
         await use_cases.delete_user(conn, user_id=user_id, outbox=api.outbox)
     return Response(status_code=204)
+
+
+@users_router.post(
+    "/users/{user_id}/verification-emails",
+    status_code=202,
+    response_model=VerificationRequested,
+    responses={
+        202: {"description": "A new link is on its way", "headers": REPLAYED},
+        **problem_responses(
+            *AUTHENTICATED,
+            *IDEMPOTENT,
+            problems.USER_NOT_FOUND,
+            problems.ALREADY_VERIFIED,
+            problems.TOO_MANY_VERIFICATION_REQUESTS,
+            problems.VALIDATION_ERROR,
+            headers={
+                410: REPLAYED,
+                429: {
+                    "Retry-After": {
+                        "description": "Seconds until a new link may be asked for.",
+                        "schema": {"type": "integer"},
+                    }
+                },
+            },
+        ),
+    },
+)
+async def request_verification_email(
+    user_id: uuid.UUID,
+    request: Request,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Send a new verification link to the user's current address; emits
+    `user.verification_requested`. At most one per VERIFICATION_RESEND_INTERVAL and
+    VERIFICATION_RESEND_DAILY a day per user (429 with `Retry-After`); 409 when verified."""
+    api = caller.api
+    guard = idempotency.Guard.of(
+        method="POST",
+        path=request.url.path,
+        body=None,
+        principal=caller.principal,
+        key=idempotency_key,
+        ttl=api.settings.idempotency_key_ttl,
+    )
+    async with api.connection() as conn, conn.transaction():
+        if (stored := await guard.claim_or_replay(conn)) is not None:
+            return _replay(stored)
+        user, requested_at = await use_cases.request_verification(
+            conn,
+            user_id=user_id,
+            outbox=api.outbox,
+            interval=api.settings.verification_resend_interval,
+            daily=api.settings.verification_resend_daily,
+        )
+        answer = VerificationRequested(user_id=user.id, email=user.email, requested_at=requested_at)
+        await guard.remember(
+            conn, idempotency.StoredAnswer(202, answer.model_dump(mode="json"), {})
+        )
+    return answer
 
 
 def _claim_from(token: str, settings: ApiSettings) -> tokens.VerificationClaim:

@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from api.users import User
+from postroom.locales import MAX_LENGTH as MAX_LOCALE_LENGTH
+from postroom.locales import InvalidLocale, canonical_locale
 from postroom.text import NO_CONTROL_CHARACTERS, refuse_control_characters
 
 # RFC 5321 caps a forward path at 256 octets including the angle brackets.
@@ -22,6 +24,26 @@ Name = Annotated[
 ]
 
 
+def _canonical_locale(value: str) -> str:
+    try:
+        return canonical_locale(value)
+    except InvalidLocale as exc:
+        raise ValueError(str(exc)) from None
+
+
+Locale = Annotated[
+    str,
+    StringConstraints(max_length=MAX_LOCALE_LENGTH),
+    AfterValidator(_canonical_locale),
+    Field(
+        description="A BCP 47 language tag: the language of the user's emails (stored in "
+        "canonical form: `en-us` becomes `en-US`). Emails fall back to the nearest language "
+        "there are templates for (de-AT, de, then DEFAULT_LOCALE).",
+        examples=["de-AT"],
+    ),
+]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -29,6 +51,7 @@ class _Request(BaseModel):
 class UserCreate(_Request):
     email: Email
     name: Name
+    locale: Locale | None = None
 
 
 class UserPatch(_Request):
@@ -37,6 +60,7 @@ class UserPatch(_Request):
 
     name: Name = None  # type: ignore[assignment]
     email: Email = None  # type: ignore[assignment]
+    locale: Locale = None  # type: ignore[assignment]
 
 
 class EmailVerificationRequest(_Request):
@@ -52,6 +76,7 @@ class UserOut(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
+    locale: str | None
 
     @classmethod
     def from_row(cls, row: User) -> UserOut:
@@ -64,4 +89,13 @@ class UserOut(BaseModel):
             version=row.version,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            locale=row.locale,
         )
+
+
+class VerificationRequested(BaseModel):
+    """A new verification link is on its way to the user's current address."""
+
+    user_id: uuid.UUID
+    email: str
+    requested_at: datetime

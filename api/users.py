@@ -11,10 +11,12 @@ enough to read as SQL (the tables are `postroom/models.py`).
 
 from __future__ import annotations
 
+import math
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import asyncpg
 
@@ -29,41 +31,42 @@ from postroom.outbox import OutboxWriter
 # The user and its clock are set here, so that `user.registered` can be written in the same
 # statement (`OutboxWriter.add_with`).
 _REGISTER = """
-INSERT INTO users (id, email, email_key, name, version, created_at, updated_at)
-VALUES ($1, $2, $5, $3, 1, $4, $4)
+INSERT INTO users (id, email, email_key, name, version, created_at, updated_at, locale)
+VALUES ($1, $2, $5, $3, 1, $4, $4, $6)
 ON CONFLICT (email_key) DO NOTHING
-RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at, locale
 """
 _READ = """
-SELECT id, email, name, email_verified_at, version, created_at, updated_at
+SELECT id, email, name, email_verified_at, version, created_at, updated_at, locale
 FROM users WHERE id = $1
 """
 _LOCK = """
-SELECT id, email, name, email_verified_at, version, created_at, updated_at
+SELECT id, email, name, email_verified_at, version, created_at, updated_at, locale
 FROM users WHERE id = $1 FOR UPDATE
 """
 # The change, if the user is still at the version it was read at ($5); $4: the address
-# changes, so its verification resets; $6: the address's key. No row back: the user changed
-# or went meanwhile.
+# changes, so its verification resets; $6: the address's key; $7 the locale. No row back: the
+# user changed or went meanwhile.
 _UPDATE = """
 UPDATE users SET
     name = $2,
     email = $3,
     email_key = $6,
+    locale = $7,
     email_verified_at = CASE WHEN $4 THEN NULL ELSE email_verified_at END,
     version = version + 1,
     updated_at = now()
 WHERE id = $1 AND version = $5
-RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at, locale
 """
 _DELETE = """
 DELETE FROM users WHERE id = $1
-RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at, locale
 """
 _VERIFY = """
 UPDATE users SET email_verified_at = now(), version = version + 1, updated_at = now()
 WHERE id = $1
-RETURNING id, email, name, email_verified_at, version, created_at, updated_at
+RETURNING id, email, name, email_verified_at, version, created_at, updated_at, locale
 """
 
 
@@ -76,6 +79,7 @@ class User:
     version: int
     created_at: datetime
     updated_at: datetime
+    locale: str | None = None
 
     @classmethod
     def of(cls, record: asyncpg.Record) -> User:
@@ -87,6 +91,7 @@ class User:
             record["version"],
             record["created_at"],
             record["updated_at"],
+            record["locale"],
         )
 
 
@@ -103,20 +108,41 @@ class EmailTaken(Refused):
     """Another user already has this address."""
 
 
+class AlreadyVerified(Refused):
+    """The user's address is verified already: a new link has nothing to do."""
+
+
+class AskedTooOften(Refused):
+    """A new verification link was asked for too soon; `retry_after` seconds until one may."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
 class LinkSuperseded(Refused):
     """The verification link names an address the user no longer has, or a deleted user."""
 
 
-async def register_user(conn: Connection, *, email: str, name: str, outbox: OutboxWriter) -> User:
+async def register_user(
+    conn: Connection,
+    *,
+    email: str,
+    name: str,
+    outbox: OutboxWriter,
+    locale: str | None = None,
+) -> User:
     """Insert the user and its `user.registered` event, in one statement (EmailTaken if the
     address is taken: then nothing is written)."""
     user_id = uuid.uuid4()
     now = datetime.now(UTC)
     event = events.Event(
-        events.UserRegistered(user_id=user_id, version=1, email=email, name=name, registered_at=now)
+        events.UserRegistered(
+            user_id=user_id, version=1, email=email, name=name, registered_at=now, locale=locale
+        )
     )
     record = await outbox.add_with(
-        conn, _REGISTER, (user_id, email, name, now, address_key(email)), [event]
+        conn, _REGISTER, (user_id, email, name, now, address_key(email), locale), [event]
     )
     if record is None:
         raise EmailTaken()
@@ -130,19 +156,27 @@ async def get_user(conn: Connection, *, user_id: uuid.UUID) -> User:
     return User.of(record)
 
 
-def _update_events(current: User, *, name: str, email: str) -> list[events.Event]:
+def _update_events(
+    current: User, *, name: str, email: str, locale: str | None
+) -> list[events.Event]:
     """`user.updated`, and `user.email_changed` when the mailbox changes (any change but letter
-    case: `same_mailbox`), for changing `current` to `name` and `email`."""
+    case: `same_mailbox`), for changing `current` to `name`, `email` and `locale`."""
     version = current.version + 1
-    changed = [
-        f
-        for f, old, new in (("name", current.name, name), ("email", current.email, email))
-        if old != new
+    fields: list[tuple[Literal["name", "email", "locale"], str | None, str | None]] = [
+        ("name", current.name, name),
+        ("email", current.email, email),
+        ("locale", current.locale, locale),
     ]
+    changed = [field for field, old, new in fields if old != new]
     announced = [
         events.Event(
             events.UserUpdated(
-                user_id=current.id, version=version, email=email, name=name, changed=changed
+                user_id=current.id,
+                version=version,
+                email=email,
+                name=name,
+                changed=changed,
+                locale=locale,
             )
         )
     ]
@@ -155,6 +189,7 @@ def _update_events(current: User, *, name: str, email: str) -> list[events.Event
                     old_email=current.email,
                     new_email=email,
                     name=name,
+                    locale=locale,
                 )
             )
         )
@@ -168,9 +203,11 @@ async def update_user(
     name: str | None,
     email: str | None,
     outbox: OutboxWriter,
+    locale: str | None = None,
 ) -> User:
-    """Change name and/or email; `user.updated`, plus `user.email_changed` when the address
-    changes (which also resets verification). A request that changes nothing writes nothing.
+    """Change name, email and/or locale (None: unchanged); `user.updated`, plus
+    `user.email_changed` when the address changes (which also resets verification). A
+    request that changes nothing writes nothing.
 
     Optimistic first: read the user, then change it and add its events in one statement that
     applies only if the user is still at the version read (two round trips, no lock held
@@ -184,7 +221,8 @@ async def update_user(
             current = User.of(record)
             new_name = current.name if name is None else name
             new_email = current.email if email is None else email
-            if (new_name, new_email) == (current.name, current.email):
+            new_locale = current.locale if locale is None else locale
+            if (new_name, new_email, new_locale) == (current.name, current.email, current.locale):
                 return current
             new_key = address_key(new_email)
             email_changed = not same_mailbox(current.email, new_email)
@@ -192,8 +230,16 @@ async def update_user(
                 updated = await outbox.add_with(
                     conn,
                     _UPDATE,
-                    (user_id, new_name, new_email, email_changed, current.version, new_key),
-                    _update_events(current, name=new_name, email=new_email),
+                    (
+                        user_id,
+                        new_name,
+                        new_email,
+                        email_changed,
+                        current.version,
+                        new_key,
+                        new_locale,
+                    ),
+                    _update_events(current, name=new_name, email=new_email, locale=new_locale),
                 )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == USERS_EMAIL_INDEX:
@@ -220,9 +266,67 @@ async def delete_user(conn: Connection, *, user_id: uuid.UUID, outbox: OutboxWri
                 email=user.email,
                 name=user.name,
                 deleted_at=datetime.now(UTC),
+                locale=user.locale,
             )
         ),
     )
+
+
+# A user's requests of the last day, latest first, with the database's clock reading.
+_RECENT_REQUESTS = """
+SELECT requested_at, now() AS now FROM verification_requests
+WHERE user_id = $1 AND requested_at > now() - interval '1 day'
+ORDER BY requested_at DESC LIMIT $2
+"""
+_FORGET_OLD_REQUESTS = """
+DELETE FROM verification_requests WHERE user_id = $1 AND requested_at <= now() - interval '1 day'
+"""
+_REQUEST = "INSERT INTO verification_requests (user_id) VALUES ($1) RETURNING requested_at"
+_DAY = timedelta(days=1)
+
+
+async def request_verification(
+    conn: Connection,
+    *,
+    user_id: uuid.UUID,
+    outbox: OutboxWriter,
+    interval: float,
+    daily: int,
+) -> tuple[User, datetime]:
+    """Ask for a new verification link for the user's current address: `user.verification_
+    requested`, and when. Refused when the user is gone (UserNotFound), verified already
+    (AlreadyVerified), or asked within `interval` seconds or `daily` times in the last day
+    (AskedTooOften). Runs in the caller's transaction; the user's row lock orders requests."""
+    record = await conn.fetchrow(_LOCK, user_id)
+    if record is None:
+        raise UserNotFound()
+    user = User.of(record)
+    if user.email_verified_at is not None:
+        raise AlreadyVerified()
+    recent = await conn.fetch(_RECENT_REQUESTS, user_id, daily)
+    if recent:
+        now = recent[0]["now"]
+        wait = interval - (now - recent[0]["requested_at"]).total_seconds()
+        if len(recent) >= daily:  # the oldest of them leaves the day's window first
+            wait = max(wait, (recent[-1]["requested_at"] + _DAY - now).total_seconds())
+        if wait > 0:
+            raise AskedTooOften(max(1, math.ceil(wait)))
+    await conn.execute(_FORGET_OLD_REQUESTS, user_id)
+    requested_at: datetime = await conn.fetchval(_REQUEST, user_id)
+    await outbox.add(
+        conn,
+        events.Event(
+            events.UserVerificationRequested(
+                user_id=user.id,
+                version=user.version,
+                email=user.email,
+                name=user.name,
+                requested_at=requested_at,
+                locale=user.locale,
+            )
+        ),
+    )
+    return user, requested_at
 
 
 async def claimed_user(
@@ -257,6 +361,7 @@ async def verify_email(
                 version=user.version,
                 email=user.email,
                 verified_at=user.email_verified_at,
+                locale=user.locale,
             )
         ),
     )

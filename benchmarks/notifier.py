@@ -56,10 +56,10 @@ import psutil
 from aiokafka import AIOKafkaProducer
 from postmarker.core import PostmarkClient
 
-from notifier.rendering import Renderer
 from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import cloudevent_headers
 from postroom import events, tokens
+from postroom.emails import Emails
 from postroom.kafka import create_missing_topics
 from postroom.migrate import upgrade
 from postroom.settings import KafkaSettings
@@ -453,15 +453,16 @@ def print_resources(meter: Meter, mem: dict[str, tuple[float, float]], per: int,
 def welcome_messages(stack: Stack, count: int, tag: str) -> list[dict[str, Any]]:
     """Messages as the notifier sends them for `user.registered`: the rendered welcome
     template with a signed link, the same Metadata fields."""
-    renderer = Renderer()
+    emails = Emails.load()
     secret = stack.secrets["EMAIL_TOKEN_SECRET"]
     messages = []
     for n in range(count):
         user_id = uuid.uuid4()
         email = f"{tag}-{n}@example.com"
         token = tokens.issue_token(secret, user_id=user_id, email=email)
-        rendered = renderer.render(
+        rendered = emails.render(
             "welcome",
+            None,
             {
                 "name": "Bench User",
                 "email": email,

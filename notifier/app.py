@@ -40,6 +40,8 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     registry = process_registry()
     metrics = NotifierMetrics(registry)
     outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
+    # The catalogue and every template checked now: a problem stops the start, in one line.
+    emails = settings.load_emails(base_url=settings.public_base_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +62,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             postmark=postmark,
             dead_letters=dead_letters,
             metrics=metrics,
+            emails=emails,
         )
         consumer = Consumer(settings, delivery=delivery, dead_letters=dead_letters, metrics=metrics)
         retries = RetryLoop(

@@ -300,7 +300,7 @@ class Consumer:
                     source = replace(
                         source, traceparent=tracing.traceparent_of(span) or source.traceparent
                     )
-                plans = plan(source)
+                plans = plan(source, self.delivery.emails.catalogue)
                 kept = SourceRecord.of(record) if plans else None
             except Exception as exc:
                 if span is not None:

@@ -39,9 +39,9 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from opentelemetry.trace import SpanKind
@@ -58,14 +58,15 @@ from notifier.postmark import (
     RequestRejected,
     SendSlot,
 )
-from notifier.rendering import Renderer
 from notifier.settings import NotifierSettings
 from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
+from postroom.emails import Emails, EmailSpec
 from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")
+T = TypeVar("T")
 
 DELIVERY_FAILED = "delivery-failed"
 OUTCOME_UNKNOWN = "outcome-unknown"
@@ -83,7 +84,7 @@ class Mailer(Protocol):
         self, messages: Sequence[dict[str, Any]], *, slot: SendSlot
     ) -> list[MessageResult]: ...
 
-    async def find_sent(self, notification_id: str) -> str | None: ...
+    async def find_sent(self, notification_id: str, stream: str) -> str | None: ...
 
 
 class DeadLetters(Protocol):
@@ -108,13 +109,14 @@ class Delivery:
         postmark: Mailer,
         dead_letters: DeadLetters,
         metrics: NotifierMetrics,
+        emails: Emails | None = None,
     ) -> None:
         self.settings = settings
+        self.emails = emails or settings.load_emails(base_url=settings.public_base_url)
         self.store = store
         self.postmark = postmark
         self.dead_letters = dead_letters
         self.metrics = metrics
-        self.renderer = Renderer()
         self._searches = asyncio.Semaphore(SEARCH_THREADS)
 
     async def intake(
@@ -127,11 +129,8 @@ class Delivery:
         if not by_id:
             return
         claim = claimant_name()
-        fresh = list(by_id.values())
         earlier: list[uuid.UUID] = []
-        size = self.settings.notifier_batch_size
-        for at in range(0, len(fresh), size):
-            chunk = fresh[at : at + size]
+        for chunk in self._batches(list(by_id.values()), lambda plan: plan):
             attempt_id = uuid.uuid4().hex
             messages = self._messages(chunk, attempt_id)
             # Recorded, claimed, screened and begun in one statement under a send slot, then
@@ -178,7 +177,7 @@ class Delivery:
         for row in rows:
             try:
                 assert row.source is not None  # the sweep claims only rows with a source
-                plans[row.id] = replan(row.source, row.id)
+                plans[row.id] = replan(row.source, row.id, self.emails.catalogue)
             except UnreadableEvent as exc:
                 unplannable.append((row, f"gave up: cannot plan the email again: {exc}"))
         if unplannable:
@@ -259,9 +258,7 @@ class Delivery:
             )
         sendable = [row for row in sendable if row.attempts < limit]
 
-        size = self.settings.notifier_batch_size
-        for at in range(0, len(sendable), size):
-            chunk = sendable[at : at + size]
+        for chunk in self._batches(sendable, lambda row: plans[row.id]):
             attempt_id = uuid.uuid4().hex
             messages = self._messages([plans[row.id] for row in chunk], attempt_id)
             # Begun right before its call, under a send slot, so the claim, the suppression
@@ -288,7 +285,7 @@ class Delivery:
         async def search(row: ClaimedRow) -> str | Exception | None:
             async with self._searches:
                 try:
-                    return await self.postmark.find_sent(str(row.id))
+                    return await self.postmark.find_sent(str(row.id), self._stream(plans[row.id]))
                 except PostmarkUnauthorized:
                     raise
                 except (PostmarkUnavailable, RequestRejected) as exc:
@@ -479,6 +476,20 @@ class Delivery:
             cap=self.settings.notifier_backoff_max,
         )
 
+    def _batches(self, items: list[T], plan_of: Callable[[T], PlannedEmail]) -> list[list[T]]:
+        """`items` in Postmark calls: those sent with a Postmark template apart from those
+        rendered here (two endpoints), at most NOTIFIER_BATCH_SIZE a call, in order."""
+        size = self.settings.notifier_batch_size
+        kinds: dict[bool, list[T]] = {}
+        for item in items:
+            kinds.setdefault(_spec(plan_of(item)).postmark_template is not None, []).append(item)
+        return [
+            group[at : at + size] for group in kinds.values() for at in range(0, len(group), size)
+        ]
+
+    def _stream(self, plan: PlannedEmail) -> str:
+        return _spec(plan).stream or self.settings.postmark_message_stream
+
     def _messages(
         self, emails: Sequence[PlannedEmail], attempt_id: str
     ) -> dict[uuid.UUID, dict[str, Any]]:
@@ -487,6 +498,7 @@ class Delivery:
         return {plan.id: self._message(plan, attempt_id) for plan in emails}
 
     def _message(self, plan: PlannedEmail, attempt_id: str) -> dict[str, Any]:
+        spec = _spec(plan)
         context = dict(plan.context)
         if plan.verification and plan.user_id is not None:
             token = tokens.issue_token(
@@ -496,19 +508,30 @@ class Delivery:
             )
             base = self.settings.public_base_url.rstrip("/")
             context["verify_url"] = f"{base}/verify-email?token={token}"
-        rendered = self.renderer.render(plan.template, context)
-        return {
-            "From": self.settings.mail_from,
-            "To": plan.recipient,
-            "Subject": rendered.subject,
-            "HtmlBody": rendered.html,
-            "TextBody": rendered.text,
-            "Tag": plan.template,
-            "MessageStream": self.settings.postmark_message_stream,
-            "Metadata": {
-                "notification_id": str(plan.id),
-                "event_id": str(plan.event_id),
-                "user_id": str(plan.user_id) if plan.user_id else "",
-                "attempt_id": attempt_id,
-            },
+        message: dict[str, Any] = {"From": self.settings.mail_from, "To": plan.recipient}
+        if spec.postmark_template is not None:
+            locale = self.emails.postmark_locale(spec, plan.locale)
+            message["TemplateAlias"] = self.emails.postmark_alias(spec, plan.locale)
+            message["TemplateModel"] = self.emails.variables(context, locale)
+        else:
+            rendered = self.emails.render(spec.template_name, plan.locale, context)
+            message["Subject"] = rendered.subject
+            message["HtmlBody"] = rendered.html
+            message["TextBody"] = rendered.text
+        if self.settings.mail_reply_to:
+            message["ReplyTo"] = self.settings.mail_reply_to
+        message["Tag"] = spec.tag_or_name
+        message["MessageStream"] = self._stream(plan)
+        message["Metadata"] = {
+            **spec.metadata,
+            "notification_id": str(plan.id),
+            "event_id": str(plan.event_id),
+            "user_id": str(plan.user_id) if plan.user_id else "",
+            "attempt_id": attempt_id,
         }
+        return message
+
+
+def _spec(plan: PlannedEmail) -> EmailSpec:
+    """What the catalogue says of a planned email (one planned without it: its defaults)."""
+    return plan.spec or EmailSpec(name=plan.template, verification_link=plan.verification)

@@ -1,5 +1,6 @@
-"""Which emails a user event asks for. Pure functions of the event: the same event always
-plans the same notifications, with the same deterministic ids."""
+"""Which emails a user event asks for, by the emails catalogue. Pure functions of the event
+and the catalogue: the same event always plans the same notifications, with the same
+deterministic ids."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pydantic import ValidationError
 
 from postroom import events
 from postroom.addresses import address_key
+from postroom.emails.catalogue import BUILT_IN, Catalogue, EmailSpec, read_catalogue
+from postroom.emails.samples import email_context
 from postroom.kafka import text_headers
 
+BUILT_IN_CATALOGUE = read_catalogue(BUILT_IN)
 # Fixed namespace: notification ids are uuid5(namespace, "event id:template:address key").
 _NAMESPACE = uuid.UUID("6f1d2f4e-8a59-4f38-9d0c-6c1b1f0a9e21")
 
@@ -43,6 +47,9 @@ class PlannedEmail:
     verification: bool = False
     # The trace of the request that caused the event, continued around the Postmark call.
     traceparent: str | None = field(default=None, hash=False, compare=False)
+    # What the catalogue says of it (stream, tag, template), and the user's locale.
+    spec: EmailSpec | None = field(default=None, hash=False, compare=False)
+    locale: str | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +101,12 @@ class SourceRecord:
         )
 
 
-def replan(source: SourceRecord, notification: uuid.UUID) -> PlannedEmail:
+def replan(
+    source: SourceRecord, notification: uuid.UUID, catalogue: Catalogue = BUILT_IN_CATALOGUE
+) -> PlannedEmail:
     """The email `notification` stands for, planned again from the record that asked for it;
-    UnreadableEvent if that record no longer plans it."""
-    for email in plan(source.event()):
+    UnreadableEvent if that record no longer plans it (its email left the catalogue)."""
+    for email in plan(source.event(), catalogue):
         if email.id == notification:
             return email
         if _id_before_keys(email) == notification:
@@ -134,53 +143,40 @@ def read_record(headers: dict[str, str], value: bytes | None) -> SourceEvent:
 
 
 _MODELS: dict[str, type[events.EventData]] = {
-    model.event_type: model
-    for model in (events.UserRegistered, events.UserEmailChanged, events.UserDeleted)
+    model.event_type: model for model in events.USER_EVENTS
 }
 
 
-def plan(source: SourceEvent) -> list[PlannedEmail]:
-    """The emails `source` asks for; none for event types that send nothing."""
+def plan(source: SourceEvent, catalogue: Catalogue = BUILT_IN_CATALOGUE) -> list[PlannedEmail]:
+    """The emails `source` asks for in `catalogue`; none for event types it lists nothing for."""
+    specs = catalogue.specs(source.event_type)
     model = _MODELS.get(source.event_type)
-    if model is None:
+    if not specs or model is None:
         return []
     try:
         data = model.model_validate(source.data)
     except ValidationError as exc:
         raise UnreadableEvent(f"{source.event_type} data does not match its schema") from exc
-
-    def email(
-        template: str, recipient: str, context: dict[str, Any], *, verify: bool = False
-    ) -> PlannedEmail:
-        user_id = getattr(data, "user_id", None)
-        return PlannedEmail(
-            id=notification_id(source.event_id, template, recipient),
-            event_id=source.event_id,
-            event_type=source.event_type,
-            user_id=user_id,
-            template=template,
-            recipient=recipient,
-            context=context,
-            verification=verify,
-            traceparent=source.traceparent,
+    fields = data.model_dump(mode="json")
+    user_id = getattr(data, "user_id", None)
+    locale = getattr(data, "locale", None)
+    planned = []
+    for spec in specs:
+        context = email_context(source.event_type, fields, spec)
+        recipient = context["email"]
+        planned.append(
+            PlannedEmail(
+                id=notification_id(source.event_id, spec.name, recipient),
+                event_id=source.event_id,
+                event_type=source.event_type,
+                user_id=user_id,
+                template=spec.name,
+                recipient=recipient,
+                context=context,
+                verification=spec.verification_link,
+                traceparent=source.traceparent,
+                spec=spec,
+                locale=locale,
+            )
         )
-
-    if isinstance(data, events.UserRegistered):
-        return [email("welcome", data.email, {"name": data.name, "email": data.email}, verify=True)]
-    if isinstance(data, events.UserEmailChanged):
-        return [
-            email(
-                "email_change_notice",
-                data.old_email,
-                {"name": data.name, "old_email": data.old_email, "new_email": data.new_email},
-            ),
-            email(
-                "verify_new_email",
-                data.new_email,
-                {"name": data.name, "email": data.new_email},
-                verify=True,
-            ),
-        ]
-    if isinstance(data, events.UserDeleted):
-        return [email("goodbye", data.email, {"name": data.name})]
-    return []
+    return planned

@@ -135,12 +135,22 @@ class Postmark:
     async def send_batch(
         self, messages: Sequence[dict[str, Any]], *, slot: SendSlot
     ) -> list[MessageResult]:
-        """Send up to 500 messages in one call; one result per message, in order."""
+        """Send up to 500 messages in one call; one result per message, in order. Messages
+        that name a Postmark template (`TemplateAlias`) go together to its template batch
+        endpoint; a batch never mixes the two kinds."""
         if not 1 <= len(messages) <= BATCH_LIMIT:
             raise ValueError(f"a batch holds 1 to {BATCH_LIMIT} messages, not {len(messages)}")
-        answers = await self._call(
-            "send", lambda client: client.emails.send_batch(*messages), slot=slot
-        )
+        templated = {"TemplateAlias" in message for message in messages}
+        if len(templated) != 1:
+            raise ValueError("a batch holds messages of one kind: templated or rendered")
+        if templated.pop():
+            answers = await self._call(
+                "send", lambda client: client.emails.send_template_batch(*messages), slot=slot
+            )
+        else:
+            answers = await self._call(
+                "send", lambda client: client.emails.send_batch(*messages), slot=slot
+            )
         if not isinstance(answers, list) or len(answers) != len(messages):
             raise PostmarkUnavailable("batch answer does not match the request", ambiguous=True)
         results: list[MessageResult] = []
@@ -152,7 +162,7 @@ class Postmark:
                 results.append(Rejected(code, str(answer.get("Message", ""))))
         return results
 
-    async def find_sent(self, notification_id: str) -> str | None:
+    async def find_sent(self, notification_id: str, stream: str) -> str | None:
         """The MessageID of the earliest message Postmark holds for a notification, found by
         the `notification_id` Metadata every attempt's message carried, in the message stream
         they were sent on (Postmark searches one stream, `outbound` unless told); None if it
@@ -164,7 +174,7 @@ class Postmark:
                 "/messages/outbound",
                 count=SEARCH_PAGE,
                 offset=at,
-                messagestream=self._settings.postmark_message_stream,
+                messagestream=stream,
                 metadata_notification_id=notification_id,
             )
 

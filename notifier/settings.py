@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from email.utils import getaddresses
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from postroom.addresses import address_key
-from postroom.settings import HttpServiceSettings, KafkaSettings, split_commas
+from postroom.settings import EmailSettings, HttpServiceSettings, KafkaSettings, split_commas
 
 # How long a Postmark call may take to start once its attempt is stamped in the database
 # (a worker is free by then, so it starts at once; a call that has not is not made at all).
@@ -17,7 +19,7 @@ CALL_START_WINDOW = 0.5
 RETENTION_MARGIN_DAYS = 1
 
 
-class NotifierSettings(KafkaSettings, HttpServiceSettings):
+class NotifierSettings(KafkaSettings, HttpServiceSettings, EmailSettings):
     """Settings of the `notifier` process."""
 
     notifier_host: str = "127.0.0.1"
@@ -42,7 +44,10 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     webhook_receipt_retention: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
     # The longest the retry loop sleeps before it looks for due notifications again.
     notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
+    # The sender of every email: an address, or `Name <address>`.
     mail_from: str = "Postroom <hello@postroom.test>"
+    # Where replies go, when not to MAIL_FROM.
+    mail_reply_to: str = ""
     postmark_server_token: SecretStr = SecretStr("")
     postmark_api_url: str = "https://api.postmarkapp.com/"
     postmark_message_stream: str = "outbound"
@@ -56,6 +61,21 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings):
     webhook_password: SecretStr = SecretStr("")
     staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("mail_from", "mail_reply_to")
+    @classmethod
+    def _one_address(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value and info.field_name == "mail_reply_to":
+            return value
+        parsed = getaddresses([value])
+        if len(parsed) != 1 or "@" not in parsed[0][1] or any(ord(c) < 32 for c in value):
+            raise ValueError(f"must be one address or 'Name <address>', got {value[:80]!r}")
+        try:
+            validate_email(parsed[0][1], check_deliverability=False, test_environment=True)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not an email address: {exc}") from None
+        return value
 
     @field_validator("staging_allowed_recipients", mode="before")
     @classmethod

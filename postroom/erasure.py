@@ -51,7 +51,8 @@ WITH tombstone AS (
 answers AS (
     UPDATE idempotency_keys SET status_code = 410, response_body = $4::jsonb,
                                 response_headers = $5::jsonb
-    WHERE response_body ->> 'id' = $1::uuid::text
+    -- A user's answer (`id`), or a new verification link's (`user_id`).
+    WHERE $1::uuid::text IN (response_body ->> 'id', response_body ->> 'user_id')
 ),
 mine AS (
     SELECT id, message_id, late_message_ids, recipient_key FROM notifications

@@ -32,6 +32,9 @@ class EventData(BaseModel):
 
 class _UserEvent(EventData):
     aggregate_type: ClassVar[str] = "user"
+    # Who an email about this event may go to: a role (the emails catalogue's `to`) and the
+    # field of the data that holds that address. `user` is the user's address after the event.
+    recipients: ClassVar[dict[str, str]] = {"user": "email"}
     user_id: uuid.UUID
     version: int
 
@@ -44,26 +47,32 @@ class UserRegistered(_UserEvent):
     email: str
     name: str
     registered_at: datetime
+    # The user's BCP 47 language tag (e.g. `de-AT`), when they gave one: their emails' language.
+    locale: str | None = None
 
 
 class UserUpdated(_UserEvent):
     event_type: ClassVar[str] = "user.updated"
     email: str
     name: str
-    changed: list[Literal["name", "email"]]
+    changed: list[Literal["name", "email", "locale"]]
+    locale: str | None = None
 
 
 class UserEmailChanged(_UserEvent):
     event_type: ClassVar[str] = "user.email_changed"
+    recipients: ClassVar[dict[str, str]] = {"user": "new_email", "old_address": "old_email"}
     old_email: str
     new_email: str
     name: str
+    locale: str | None = None
 
 
 class UserEmailVerified(_UserEvent):
     event_type: ClassVar[str] = "user.email_verified"
     email: str
     verified_at: datetime
+    locale: str | None = None
 
 
 class UserDeleted(_UserEvent):
@@ -71,6 +80,17 @@ class UserDeleted(_UserEvent):
     email: str
     name: str
     deleted_at: datetime
+    locale: str | None = None
+
+
+class UserVerificationRequested(_UserEvent):
+    """The user asked for a new verification link for their current address."""
+
+    event_type: ClassVar[str] = "user.verification_requested"
+    email: str
+    name: str
+    requested_at: datetime
+    locale: str | None = None
 
 
 class _EmailEvent(EventData):
@@ -152,6 +172,7 @@ USER_EVENTS: tuple[type[EventData], ...] = (
     UserEmailChanged,
     UserEmailVerified,
     UserDeleted,
+    UserVerificationRequested,
 )
 EMAIL_EVENTS: tuple[type[EventData], ...] = (
     EmailSent,

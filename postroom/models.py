@@ -29,12 +29,35 @@ users = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False, server_default=sa.text("1")),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    # A BCP 47 language tag in canonical form (`postroom.locales`), or NULL: the language of
+    # the user's emails (DEFAULT_LOCALE when NULL or when there are no templates for it).
+    sa.Column("locale", sa.Text),
     sa.CheckConstraint("version >= 1", name="version_positive"),
 )
 # One user per address key: `Ann@x.io`, `ann@X.IO` (and `Émile`, `e\u0301mile`, `ÉMILE`) are
 # one mailbox to a person.
 USERS_EMAIL_INDEX = "uq_users_email_key"
 sa.Index(USERS_EMAIL_INDEX, users.c.email_key, unique=True)
+
+# When a user asked for a new verification link: the resend route's rate limit reads the
+# last day of them; they go with the user.
+verification_requests = sa.Table(
+    "verification_requests",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "user_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+)
+sa.Index(
+    "ix_verification_requests_user_id_requested_at",
+    verification_requests.c.user_id,
+    verification_requests.c.requested_at,
+)
 
 
 def rfc3339_sql(at: str) -> str:

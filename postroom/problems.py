@@ -120,6 +120,19 @@ TOKEN_SUPERSEDED = _known(
     "The link is for an address the account no longer has, or for a deleted account.",
     title="Verification link no longer valid",
 )
+ALREADY_VERIFIED = _known(
+    "already-verified",
+    409,
+    "The user's email address is verified already: no new link is sent.",
+    title="Email address already verified",
+)
+TOO_MANY_VERIFICATION_REQUESTS = _known(
+    "too-many-verification-requests",
+    429,
+    "New verification links are limited per user (VERIFICATION_RESEND_INTERVAL, "
+    "VERIFICATION_RESEND_DAILY); ask again after `Retry-After` seconds.",
+    title="Too many verification requests",
+)
 # The notifier.
 NOTIFICATION_NOT_FOUND = _known(
     "notification-not-found", 404, "No notification has this id.", title="Notification not found"

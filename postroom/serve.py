@@ -47,8 +47,12 @@ def serve(
     )
     configure_tracing(f"postroom-{service}")
     host, port = address(settings)
+    try:
+        app = make_app(settings)
+    except ConfigError as exc:  # what only the app can check (the emails' templates)
+        _refuse_to_start(service, str(exc))
     uvicorn.run(
-        make_app(settings),
+        app,
         host=host,
         port=port,
         access_log=False,

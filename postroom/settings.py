@@ -7,10 +7,16 @@ one-line reason (`ConfigError`), so a mis-deployed service never runs with a gue
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from postroom.locales import InvalidLocale, canonical_locale
+
+if TYPE_CHECKING:
+    from postroom.emails import Emails
 
 AppEnv = Literal["development", "staging", "production"]
 
@@ -131,6 +137,71 @@ class HttpServiceSettings(CommonSettings):
             "EMAIL_TOKEN_SECRET", self.email_token_secret.get_secret_value(), min_length=32
         )
         return self
+
+
+class BrandSettings(CommonSettings):
+    """The product's name and support address: in every built-in email and on the pages a
+    verification link opens."""
+
+    brand_name: str = Field(default="Postroom", min_length=1, max_length=100)
+    # Shown in every built-in email's footer when set.
+    brand_support_email: str = Field(default="", max_length=254)
+
+    @field_validator("brand_name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be one line of text")
+        return value.strip()
+
+    @field_validator("brand_support_email")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        from email_validator import EmailNotValidError, validate_email
+
+        if value.strip():
+            try:
+                validate_email(value.strip(), check_deliverability=False)
+            except EmailNotValidError as exc:
+                raise ValueError(f"not an email address: {exc}") from None
+        return value.strip()
+
+
+class EmailSettings(BrandSettings):
+    """Where the emails come from: the templates folder (its `emails.yaml`, if any, is the
+    catalogue) and the locale an email falls back to."""
+
+    notifier_templates_dir: Path | None = None
+    default_locale: str = "en"
+
+    @field_validator("default_locale")
+    @classmethod
+    def _a_locale(cls, value: str) -> str:
+        try:
+            return canonical_locale(value)
+        except InvalidLocale as exc:
+            raise ValueError(str(exc)) from None
+
+    def load_emails(self, *, base_url: str) -> Emails:
+        """The catalogue and templates in effect, checked: ConfigError in one line naming
+        the first problem (a catalogue that does not validate, a template or a variable
+        missing in some locale)."""
+        from postroom.emails import Brand, CatalogueError, Emails
+        from postroom.emails.samples import check
+
+        try:
+            emails = Emails.load(
+                self.notifier_templates_dir,
+                brand=Brand(self.brand_name, self.brand_support_email, base_url),
+                default_locale=self.default_locale,
+            )
+        except CatalogueError as exc:
+            raise ConfigError(f"emails: {exc}") from None
+        problems = check(emails)
+        if problems:
+            more = f" (and {len(problems) - 1} more: postroom templates check)"
+            raise ConfigError(f"emails: {problems[0]}{more if len(problems) > 1 else ''}")
+        return emails
 
 
 class KafkaSettings(CommonSettings):

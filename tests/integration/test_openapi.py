@@ -153,6 +153,7 @@ OPERATION_IDS = {
         ("/v1/users/{user_id}", "get"): "getUser",
         ("/v1/users/{user_id}", "patch"): "updateUser",
         ("/v1/users/{user_id}", "delete"): "deleteUser",
+        ("/v1/users/{user_id}/verification-emails", "post"): "requestVerificationEmail",
         ("/v1/email-verifications", "post"): "verifyEmail",
         ("/verify-email", "get"): "verifyEmailPage",
         ("/verify-email", "post"): "verifyEmailButton",

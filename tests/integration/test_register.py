@@ -53,6 +53,7 @@ async def test_registering_writes_the_user_and_exactly_one_event(
         "name": "Ada",
         "version": 1,
         "registered_at": payload["registered_at"],
+        "locale": None,
     }
     assert json.loads(row["headers"]) == {"ce_source": "/postroom/api"}
     user = await db.fetchrow("SELECT * FROM users WHERE id = $1", uuid.UUID(body["id"]))

@@ -52,6 +52,7 @@ async def test_changing_the_email_announces_old_and_new_and_resets_verification(
         "old_email": "ada@example.com",
         "new_email": "ada@new.example",
         "name": "Ada",
+        "locale": None,
     }
 
 

@@ -119,7 +119,8 @@ def test_registration_plans_one_welcome_email_with_verification() -> None:
     assert email.user_id == data.user_id
     assert email.event_id == event.event_id
     assert email.event_type == "user.registered"
-    assert email.context == {"name": "Ada", "email": "Ada@Example.com"}
+    # The template is given the event's fields and `email`, the address it goes to.
+    assert email.context == {**data.model_dump(mode="json"), "email": "Ada@Example.com"}
     assert email.id == plans.notification_id(event.event_id, "welcome", "Ada@Example.com")
 
 
@@ -140,11 +141,8 @@ def test_email_change_notifies_the_old_address_and_verifies_the_new_one() -> Non
         "old@example.com",
         False,
     )
-    assert notice.context == {
-        "name": "Ada",
-        "old_email": "old@example.com",
-        "new_email": "new@example.com",
-    }
+    assert notice.context == {**data.model_dump(mode="json"), "email": "old@example.com"}
+    assert verify.context["email"] == "new@example.com"
     assert (verify.template, verify.recipient, verify.verification) == (
         "verify_new_email",
         "new@example.com",

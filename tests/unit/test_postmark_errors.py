@@ -499,7 +499,7 @@ async def test_slow_reactivations_and_searches_never_hold_up_a_send(fake: FakePo
     fake.routes["/messages/outbound"] = "hang"
     fake.routes["/email/batch"] = Reply(200, ONE_ACCEPTED)
     slow = [asyncio.ensure_future(postmark.reactivate(7)) for _ in range(12)]
-    slow += [asyncio.ensure_future(postmark.find_sent(f"n-{n}")) for n in range(20)]
+    slow += [asyncio.ensure_future(postmark.find_sent(f"n-{n}", "outbound")) for n in range(20)]
     while len(fake.seen) < REACTIVATE_THREADS + SEARCH_THREADS:
         await asyncio.sleep(0.01)
 
@@ -568,7 +568,7 @@ async def test_find_sent_gives_the_earliest_matching_message(
         )
     )
 
-    assert await postmark.find_sent("n-1") == "earliest"
+    assert await postmark.find_sent("n-1", "outbound") == "earliest"
 
     [request] = fake.seen
     assert (request.method, request.path) == ("GET", "/messages/outbound")
@@ -584,7 +584,7 @@ async def test_find_sent_is_none_when_postmark_holds_nothing(
 ) -> None:
     fake.then(outbound(0))
 
-    assert await postmark.find_sent("n-1") is None
+    assert await postmark.find_sent("n-1", "outbound") is None
     assert len(fake.seen) == 1
 
 
@@ -593,7 +593,7 @@ async def test_find_sent_is_none_when_no_message_matches(
 ) -> None:
     fake.then(outbound(2, ("a", "2026-01-02T10:00:00-05:00", "n-2"), ("b", "x", None)))
 
-    assert await postmark.find_sent("n-1") is None
+    assert await postmark.find_sent("n-1", "outbound") is None
 
 
 async def test_find_sent_reads_every_page(fake: FakePostmark, postmark: Postmark) -> None:
@@ -612,7 +612,7 @@ async def test_find_sent_reads_every_page(fake: FakePostmark, postmark: Postmark
         ),
     )
 
-    assert await postmark.find_sent("n-1") == "m-first"
+    assert await postmark.find_sent("n-1", "outbound") == "m-first"
 
     assert [r.query["offset"] for r in fake.seen] == [["0"], [str(SEARCH_PAGE)]]
     assert all(r.query["metadata_notification_id"] == ["n-1"] for r in fake.seen)
@@ -622,7 +622,7 @@ async def test_find_sent_stops_on_an_empty_page(fake: FakePostmark, postmark: Po
     # TotalCount promises more than the pages hold (the index moved): no endless paging.
     fake.then(outbound(500, ("m-1", "2026-01-02T10:00:00-05:00", "n-1")), outbound(500))
 
-    assert await postmark.find_sent("n-1") == "m-1"
+    assert await postmark.find_sent("n-1", "outbound") == "m-1"
     assert len(fake.seen) == 2
 
 
@@ -639,7 +639,7 @@ async def test_find_sent_compares_times_not_strings_across_utc_offsets(
         )
     )
 
-    assert await postmark.find_sent("n-1") == "first"
+    assert await postmark.find_sent("n-1", "outbound") == "first"
 
 
 async def test_find_sent_errors_are_sorted_like_sends(
@@ -648,6 +648,6 @@ async def test_find_sent_errors_are_sorted_like_sends(
     fake.then(Reply(401, {"ErrorCode": 10, "Message": "Bad token"}), "close")
 
     with pytest.raises(PostmarkUnauthorized):
-        await postmark.find_sent("n-1")
+        await postmark.find_sent("n-1", "outbound")
     with pytest.raises(PostmarkUnavailable):
-        await postmark.find_sent("n-1")
+        await postmark.find_sent("n-1", "outbound")

@@ -65,11 +65,11 @@ from notifier.postmark import (
     SendSlot,
     refuse_late_start,
 )
-from notifier.rendering import Renderer
 from notifier.settings import CALL_START_WINDOW, NotifierSettings
 from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, Replay
 from postroom import events
 from postroom.addresses import address_key
+from postroom.emails import Emails
 from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
@@ -87,7 +87,7 @@ CALM_STEPS = 3000
 
 
 CURRENT_WORKER: contextvars.ContextVar[str] = contextvars.ContextVar("worker")
-RENDERER = Renderer()
+EMAILS = Emails.load()  # templates compiled once, not per notifier
 
 # Mailboxes, each spelled several ways by the people who own them ({n}: which one). Which
 # spellings are one mailbox is written out here, not computed: the check's truth.
@@ -466,7 +466,7 @@ class FakePostmark:
             raise PostmarkUnavailable("timed out", ambiguous=True)
         return results
 
-    async def find_sent(self, notification_id: str) -> str | None:
+    async def find_sent(self, notification_id: str, stream: str = "outbound") -> str | None:
         await self.world.step("postmark search")
         if self.faulty and self.world.rng.random() < 0.25:
             raise PostmarkUnavailable("search failed", ambiguous=True)
@@ -502,8 +502,8 @@ class FakeMailer:
         refuse_late_start(slot, self.world.clock.now)
         return await self.postmark.call(messages, ends=self.world.clock.now + TIMEOUT)
 
-    async def find_sent(self, notification_id: str) -> str | None:
-        return await self.postmark.find_sent(notification_id)
+    async def find_sent(self, notification_id: str, stream: str = "outbound") -> str | None:
+        return await self.postmark.find_sent(notification_id, stream)
 
 
 class FakeDeadLetters:
@@ -627,8 +627,8 @@ async def run_schedule(seed: int) -> None:
             postmark=FakeMailer(world, postmark),
             dead_letters=dead_letters,
             metrics=metrics,
+            emails=EMAILS,
         )
-        delivery.renderer = RENDERER  # templates compiled once, not per notifier
         return delivery
 
     async def notifier(name: str, delivery: Delivery, intake: bool) -> None:
