@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api import idempotency, pages
 from api import users as use_cases
+from api.pages import STYLESHEET_PATH
 from api.schemas import (
     EmailVerificationRequest,
     UserCreate,
@@ -38,6 +39,10 @@ class Api:
     pool: asyncpg.Pool
     outbox: OutboxWriter
     settings: ApiSettings
+
+    @property
+    def brand(self) -> pages.PageBrand:
+        return pages.PageBrand(self.settings.brand_name, self.settings.brand_support_email)
 
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         """A connection of the pool; waits up to DATABASE_CONNECT_TIMEOUT for one (then
@@ -372,6 +377,17 @@ async def verify_email(
 
 
 _HTML = {"text/html": {"schema": {"type": "string"}}}
+# The pages' forms are read by hand, so no input can turn them into a JSON validation error.
+_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
+            }
+        },
+    }
+}
 MAX_TOKEN = 1024
 
 
@@ -400,9 +416,9 @@ async def verify_email_page(request: Request, api: ApiDep) -> HTMLResponse:
     async def confirm(claim: tokens.VerificationClaim) -> HTMLResponse:
         async with api.connection() as conn:
             user = await use_cases.claimed_user(conn, claim=claim)
-        return pages.confirmation_page(token=token or "", email=user.email)
+        return pages.confirmation_page(api.brand, token=token or "", email=user.email)
 
-    return await _verification_page(token, api.settings, confirm)
+    return await _verification_page(token, api, confirm)
 
 
 @pages_router.post(
@@ -417,49 +433,110 @@ async def verify_email_page(request: Request, api: ApiDep) -> HTMLResponse:
         **problem_responses(problems.BODY_TOO_LARGE),
     },
     # Read by hand, like the page that posts it.
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
-                }
-            },
-        }
-    },
+    openapi_extra=_FORM,
 )
 async def verify_email_button(request: Request, api: ApiDep) -> HTMLResponse:
     """The confirmation page's button: verifies the address, then says so."""
-    try:
-        fields = parse_qs((await request.body()).decode("latin-1"), max_num_fields=4)
-    except ValueError:  # more fields than a form of one
-        return pages.verification_page(400)
-    given = fields.get("token")
+    token = await _form_token(request)
 
     async def verify(claim: tokens.VerificationClaim) -> HTMLResponse:
         async with api.connection() as conn, conn.transaction():
             row = await use_cases.verify_email(conn, claim=claim, outbox=api.outbox)
-        return pages.verification_page(200, email=row.email)
+        return pages.outcome_page(api.brand, "verified", email=row.email)
 
-    return await _verification_page(given[0] if given else None, api.settings, verify)
+    return await _verification_page(token, api, verify)
+
+
+# How long after it expired a link may still ask for a new one.
+RESEND_GRACE = 30 * 24 * 3600
+
+
+@pages_router.post(
+    "/verify-email/resend",
+    status_code=202,
+    response_class=HTMLResponse,
+    tags=["users"],
+    responses={
+        202: {"content": _HTML, "description": "A new link is on its way"},
+        400: {"content": _HTML, "description": "Missing or invalid token"},
+        409: {"content": _HTML, "description": "The address is verified already"},
+        410: {"content": _HTML, "description": "The link's address or user is gone"},
+        429: {"content": _HTML, "description": "Asked too often; `Retry-After` seconds"},
+        503: {"content": _HTML, "description": "Database unavailable"},
+        **problem_responses(problems.BODY_TOO_LARGE),
+    },
+    openapi_extra=_FORM,
+)
+async def resend_verification_button(request: Request, api: ApiDep) -> HTMLResponse:
+    """An expired link's page button: a new link to the address the old one was for, if the
+    account still has it and has not verified it (the same limits as
+    `POST /v1/users/{id}/verification-emails`). The old link, genuine but expired up to 30
+    days, is the credential."""
+    token = await _form_token(request)
+
+    async def resend(claim: tokens.VerificationClaim) -> HTMLResponse:
+        async with api.connection() as conn, conn.transaction():
+            user = await use_cases.claimed_user(conn, claim=claim, lock=True)
+            try:
+                await use_cases.request_verification(
+                    conn,
+                    user_id=user.id,
+                    outbox=api.outbox,
+                    interval=api.settings.verification_resend_interval,
+                    daily=api.settings.verification_resend_daily,
+                )
+            except use_cases.AlreadyVerified:
+                return pages.outcome_page(api.brand, "already-verified", email=user.email)
+            except use_cases.AskedTooOften as exc:
+                return pages.outcome_page(api.brand, "too-soon", retry_after=exc.retry_after)
+        return pages.outcome_page(api.brand, "sent", email=user.email)
+
+    return await _verification_page(token, api, resend, grace=RESEND_GRACE)
+
+
+@pages_router.get(STYLESHEET_PATH, include_in_schema=False)
+async def stylesheet() -> Response:
+    """The verification pages' one stylesheet."""
+    return pages.stylesheet()
+
+
+async def _form_token(request: Request) -> str | None:
+    """The `token` field of a form of one field; None if there is none, or more fields."""
+    try:
+        fields = parse_qs((await request.body()).decode("latin-1"), max_num_fields=4)
+    except ValueError:  # more fields than a form of one
+        return None
+    given = fields.get("token")
+    return given[0] if given else None
 
 
 async def _verification_page(
     token: str | None,
-    settings: ApiSettings,
+    api: Api,
     work: Callable[[tokens.VerificationClaim], Awaitable[HTMLResponse]],
+    *,
+    grace: int = 0,
 ) -> HTMLResponse:
-    """Both verification pages: `work` on the token's claim, or the page that says why not
-    (400 bad token, 410 expired or superseded, 503 database away)."""
+    """The verification pages: `work` on the token's claim, or the page that says why not
+    (400 bad token, 410 expired or superseded, 503 database away). `grace`: seconds past
+    its expiry a token is still taken."""
     if not token or len(token) > MAX_TOKEN:
-        return pages.verification_page(400)
+        return pages.outcome_page(api.brand, "invalid")
     try:
-        return await work(_claim_from(token, settings))
-    except ProblemError as problem:
-        return pages.verification_page(problem.status)
-    except use_cases.Refused as refusal:
-        return pages.verification_page(REFUSALS[type(refusal)].status)
+        claim = tokens.read_token(
+            api.settings.email_token_secret.get_secret_value(),
+            token,
+            max_age=api.settings.email_token_max_age + grace,
+        )
+    except tokens.TokenExpired:
+        return pages.outcome_page(api.brand, "expired", token=token)
+    except tokens.TokenInvalid:
+        return pages.outcome_page(api.brand, "invalid")
+    try:
+        return await work(claim)
+    except use_cases.LinkSuperseded:
+        return pages.outcome_page(api.brand, "superseded")
     except Exception as exc:
         if is_unavailable(exc):
-            return pages.verification_page(503)
+            return pages.outcome_page(api.brand, "unavailable")
         raise

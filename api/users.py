@@ -336,7 +336,7 @@ async def claimed_user(
     (LinkSuperseded if not). Reads only (the page a link opens shows it before anything
     changes)."""
     record = await conn.fetchrow(_LOCK if lock else _READ, claim.user_id)
-    if record is None or not same_mailbox(claim.email, record["email"]):
+    if record is None or not claim.names(record["email"]):
         raise LinkSuperseded()
     return User.of(record)
 

@@ -1,11 +1,20 @@
 """Signed email-verification tokens, shared by the api (which checks them) and the notifier
 (which puts them in links). A token binds a user id to one address and expires; it is the
-only credential of the verification routes, so it never appears in events or logs."""
+only credential of the verification routes, so it never appears in events or logs.
+
+A token is signed, not encrypted: anyone holding the link can read what it carries. So it
+carries the address only as a keyed digest (HMAC under EMAIL_TOKEN_SECRET of the address as
+the api compares spellings, `str.lower`), which proves the address without showing it: the
+page the link opens reads the address from the user's row. Tokens issued before carried the
+address itself (`email`); they are read as they are until they expire."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
@@ -23,8 +32,22 @@ class TokenExpired(Exception):
 
 @dataclass(frozen=True, slots=True)
 class VerificationClaim:
+    """What a genuine token says: this user, and (as a digest) this address."""
+
     user_id: uuid.UUID
-    email: str
+    address_digest: str
+    _secret: str = field(repr=False, compare=False)
+
+    def names(self, email: str) -> bool:
+        """Whether the token was issued for `email` (in any letter case)."""
+        return hmac.compare_digest(self.address_digest, address_digest(self._secret, email))
+
+
+def address_digest(secret: str, email: str) -> str:
+    """The keyed digest of an address a token carries: 128 bits, URL-safe."""
+    key = hashlib.sha256(f"{_SALT}:address:{secret}".encode()).digest()
+    mac = hmac.new(key, email.lower().encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def _serializer(secret: str, issued_at: datetime | None = None) -> URLSafeTimedSerializer:
@@ -44,7 +67,9 @@ def issue_token(
 ) -> str:
     """A URL-safe token that proves, until it expires, that `email` belongs to `user_id`.
     `issued_at` back-dates it (re-issuing, drills); by default it is issued now."""
-    return _serializer(secret, issued_at).dumps({"uid": str(user_id), "email": email})
+    return _serializer(secret, issued_at).dumps(
+        {"uid": str(user_id), "ad": address_digest(secret, email)}
+    )
 
 
 def read_token(secret: str, token: str, *, max_age: int) -> VerificationClaim:
@@ -56,6 +81,8 @@ def read_token(secret: str, token: str, *, max_age: int) -> VerificationClaim:
     except BadSignature as exc:
         raise TokenInvalid from exc
     try:
-        return VerificationClaim(user_id=uuid.UUID(data["uid"]), email=str(data["email"]))
+        user_id = uuid.UUID(data["uid"])
+        digest = str(data["ad"]) if "ad" in data else address_digest(secret, str(data["email"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenInvalid from exc
+    return VerificationClaim(user_id, digest, secret)

@@ -157,6 +157,7 @@ OPERATION_IDS = {
         ("/v1/email-verifications", "post"): "verifyEmail",
         ("/verify-email", "get"): "verifyEmailPage",
         ("/verify-email", "post"): "verifyEmailButton",
+        ("/verify-email/resend", "post"): "resendVerificationButton",
     },
     "notifier": {
         ("/v1/notifications", "get"): "listNotifications",

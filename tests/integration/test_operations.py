@@ -31,6 +31,17 @@ async def test_openapi_lists_every_answer_a_route_gives(app: FastAPI) -> None:
         ("/v1/email-verifications", "post"): {"200", "400", "410", "413", "422", "503"},
         ("/verify-email", "get"): {"200", "400", "410", "503"},
         ("/verify-email", "post"): {"200", "400", "410", "413", "503"},
+        ("/verify-email/resend", "post"): {"202", "400", "409", "410", "413", "429", "503"},
+        ("/v1/users/{user_id}/verification-emails", "post"): {
+            "202",
+            "401",
+            "404",
+            "409",
+            "410",
+            "422",
+            "429",
+            "503",
+        },
     }
     for (path, method), statuses in expected.items():
         assert set(paths[path][method]["responses"]) == statuses, (path, method)
