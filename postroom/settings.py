@@ -161,7 +161,7 @@ class BrandSettings(CommonSettings):
 
         if value.strip():
             try:
-                validate_email(value.strip(), check_deliverability=False)
+                validate_email(value.strip(), check_deliverability=False, test_environment=True)
             except EmailNotValidError as exc:
                 raise ValueError(f"not an email address: {exc}") from None
         return value.strip()

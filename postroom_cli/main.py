@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.engine import make_url
@@ -19,7 +19,10 @@ from sqlalchemy.engine import make_url
 from notifier.settings import NotifierSettings
 from outbox_relay.settings import RelaySettings
 from postroom.addresses import address_key
-from postroom.settings import CommonSettings, ConfigError, load
+from postroom.settings import CommonSettings, ConfigError, EmailSettings, load
+
+if TYPE_CHECKING:
+    from postroom.emails import Emails
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -32,6 +35,12 @@ dlq_app = typer.Typer(no_args_is_help=True, help="The notifier's dead-letter top
 app.add_typer(dlq_app, name="dlq")
 suppressions_app = typer.Typer(no_args_is_help=True, help="The addresses nothing is sent to.")
 app.add_typer(suppressions_app, name="suppressions")
+templates_app = typer.Typer(
+    no_args_is_help=True,
+    help="The emails: check and preview the catalogue and templates in effect "
+    "(NOTIFIER_TEMPLATES_DIR over the built-ins).",
+)
+app.add_typer(templates_app, name="templates")
 
 
 def _fail(process: str, reason: str) -> typer.Exit:
@@ -351,6 +360,112 @@ def events_publish(
 
     for path in publish(directory):
         typer.echo(f"wrote {path}")
+
+
+class TemplateSettings(EmailSettings):
+    """What the `templates` verbs read: the emails' settings, and where links point."""
+
+    public_base_url: str = "http://127.0.0.1:8000"
+
+
+def _emails() -> Emails:
+    """The emails in effect, or exit 2 with the one-line reason the catalogue is refused."""
+    from postroom.emails import Brand, CatalogueError, Emails
+
+    settings = _load("templates", TemplateSettings)
+    try:
+        return Emails.load(
+            settings.notifier_templates_dir,
+            brand=Brand(
+                settings.brand_name, settings.brand_support_email, settings.public_base_url
+            ),
+            default_locale=settings.default_locale,
+        )
+    except CatalogueError as exc:
+        raise _fail("templates", str(exc)) from None
+
+
+@templates_app.command("check")
+def templates_check() -> None:
+    """Render every email of the catalogue in every locale with sample events; exit 1 with
+    one line per problem (a template, a variable or a locale missing). For a team's CI."""
+    from postroom.emails.samples import check
+
+    emails = _emails()
+    problems = check(emails)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(code=1)
+    count = len(emails.catalogue.all())
+    where = emails.templates_dir or "the built-in templates"
+    typer.echo(
+        f"{count} emails in {len(emails.locales())} locales "
+        f"({', '.join(emails.locales())}) render from {where}"
+    )
+
+
+@templates_app.command("preview")
+def templates_preview(
+    name: Annotated[str, typer.Argument(help="The email's name in the catalogue.")],
+    locale: Annotated[
+        str | None, typer.Option(help="A BCP 47 tag; DEFAULT_LOCALE if not given.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write NAME.LOCALE.html and .txt here instead of printing."),
+    ] = None,
+) -> None:
+    """Email NAME rendered with a sample event: its subject and text part (and, with
+    --out, its HTML part in a file to open in a browser)."""
+    from postroom.emails import TemplateProblem
+    from postroom.emails.samples import preview
+
+    emails = _emails()
+    try:
+        shown = preview(emails, name, locale)
+    except KeyError:
+        known = ", ".join(spec.name for _, spec in emails.catalogue.all())
+        typer.echo(f"postroom templates: no email {name!r} in the catalogue ({known})", err=True)
+        raise typer.Exit(code=1) from None
+    except TemplateProblem as exc:
+        typer.echo(f"postroom templates: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    if shown.rendered is None:
+        alias = emails.postmark_alias(shown.spec, locale)
+        typer.echo(f"Postmark template {alias!r} ({shown.locale}) with the model:")
+        typer.echo(json.dumps(shown.model, indent=2, sort_keys=True))
+        return
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for suffix, body in (("html", shown.rendered.html), ("txt", shown.rendered.text)):
+            path = out / f"{name}.{shown.locale}.{suffix}"
+            path.write_text(body, encoding="utf-8")
+            typer.echo(f"wrote {path}")
+        return
+    typer.echo(f"Subject: {shown.rendered.subject}")
+    typer.echo(f"Locale: {shown.locale}")
+    typer.echo("")
+    typer.echo(shown.rendered.text, nl=False)
+
+
+@templates_app.command("schema")
+def templates_schema() -> None:
+    """Print the JSON Schema of the emails catalogue (emails.yaml)."""
+    from postroom.emails.catalogue import catalogue_schema_json
+
+    typer.echo(catalogue_schema_json(), nl=False)
+
+
+@templates_app.command("catalogue")
+def templates_catalogue() -> None:
+    """Print the emails catalogue in effect: a start for a team's own emails.yaml."""
+    from postroom.emails.catalogue import BUILT_IN, CATALOGUE_FILE
+
+    emails = _emails()
+    team = emails.templates_dir and emails.templates_dir / CATALOGUE_FILE
+    path = team if team and team.exists() else BUILT_IN
+    typer.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:

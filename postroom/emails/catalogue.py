@@ -129,7 +129,25 @@ class Catalogue(BaseModel):
         json_schema_extra={"$id": "urn:postroom:emails-catalogue", "title": "emails.yaml"},
     )
 
+    locales: list[str] = Field(
+        default_factory=list,
+        description="The locales every email has templates in, besides DEFAULT_LOCALE: "
+        "`postroom templates check` fails when one lacks any (an email in a locale not "
+        "listed falls back to the nearest one there is, down to DEFAULT_LOCALE).",
+        examples=[["de", "fr"]],
+    )
     emails: dict[str, list[EmailSpec]]
+
+    @model_validator(mode="after")
+    def _canonical_locales(self) -> Catalogue:
+        for locale in self.locales:
+            try:
+                canonical = canonical_locale(locale)
+            except InvalidLocale as exc:
+                raise ValueError(f"locales: {exc}") from None
+            if canonical != locale:
+                raise ValueError(f"locales: write {locale!r} as {canonical!r}")
+        return self
 
     @model_validator(mode="after")
     def _known_events_and_recipients(self) -> Catalogue:

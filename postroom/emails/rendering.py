@@ -8,6 +8,7 @@ sent email. A locale is looked up as RFC 4647 does (de-AT, de, then the default 
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,26 +199,21 @@ class Emails:
             raise TemplateProblem(_describe(LAYOUT, chain[0], exc)) from None
 
     def locales(self) -> list[str]:
-        """The locales there are templates for (folders named by a BCP 47 tag), the default
-        first."""
-        found = {self.default_locale}
-        for name in self._env.list_templates():
-            folder, _, _ = name.partition("/")
-            if "/" in name:
-                try:
-                    if canonical_locale(folder) == folder:
-                        found.add(folder)
-                except InvalidLocale:
-                    continue
-        return [self.default_locale, *sorted(found - {self.default_locale})]
-
-    def has_template(self, template: str, locale: str) -> bool:
-        """Whether `locale`'s own folder (not a fallback) holds all three parts."""
-        names = set(self._env.list_templates())
-        return all(f"{locale}/{template}.{part}" in names for part in PARTS)
+        """The locales every email must have templates in: the default, then the
+        catalogue's `locales`."""
+        return list(dict.fromkeys([self.default_locale, *self.catalogue.locales]))
 
 
 def _describe(template: str, locale: str, exc: TemplateError) -> str:
+    """One line: the template file and line at fault (a syntax error names them; an error
+    while rendering, such as an undefined variable, is found in Jinja's traceback, whose
+    frames are the templates' own lines), then what is wrong."""
     where = getattr(exc, "name", None) or f"{locale}/{template}"
     line = getattr(exc, "lineno", None)
+    if line is None:
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename.endswith((".html", ".txt")):
+                path = Path(frame.filename)
+                where, line = f"{path.parent.name}/{path.name}", frame.lineno
+                break
     return f"{where}{f' line {line}' if line else ''}: {exc.message or type(exc).__name__}"

@@ -80,8 +80,9 @@ def preview(emails: Emails, name: str, locale: str | None = None) -> Preview:
 
 def check(emails: Emails) -> list[str]:
     """Every problem with the emails in effect, one line each: an email that cannot be
-    rendered in some locale (a missing template or variable, a broken template), or a locale
-    folder whose language lacks an email (it would go out in another language)."""
+    rendered in one of the catalogue's locales (a missing template or variable, a broken
+    template), or that has no template in that locale's language (it would go out in
+    another)."""
     problems: list[str] = []
     locales = emails.locales()
     for event_type, spec in emails.catalogue.all():

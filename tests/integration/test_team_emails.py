@@ -1,0 +1,183 @@
+"""A team's own emails end to end: their catalogue and templates folder, their brand, the
+user's locale, their streams, tags and metadata, and an email type they added; a notifier
+whose templates are broken refuses to start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from notifier.app import create_app as create_notifier
+from postroom.settings import ConfigError
+from tests.support.names import address
+from tests.support.postmark import Sandbox
+from tests.support.settings import make_notifier_settings
+from tests.support.stack import running_stack
+from tests.support.waiting import wait_until
+
+TEAM = Path(__file__).parents[1] / "fixtures" / "team_emails"
+BRAND: dict[str, Any] = {
+    "notifier_templates_dir": TEAM,
+    "brand_name": "Acme",
+    "brand_support_email": "help@acme.test",
+    "mail_from": "Acme <hello@acme.test>",
+    "mail_reply_to": "support@acme.test",
+}
+
+
+def by_tag(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {message["Tag"]: message for message in messages}
+
+
+@pytest.mark.kafka
+async def test_a_team_folder_decides_the_emails_in_the_users_locale(
+    database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+) -> None:
+    old, new, plain = address("acme-old"), address("acme-new"), address("acme-plain")
+    async with running_stack(database_url, kafka_bootstrap, sandbox, **BRAND) as stack:
+        created = await stack.api.post(
+            "/v1/users", json={"email": old, "name": "Ada", "locale": "de-AT"}
+        )
+        assert created.status_code == 201
+        user_id = created.json()["id"]
+        await stack.api.post("/v1/users", json={"email": plain, "name": "Bob"})
+        [welcome] = await stack.wait_messages(old)
+        [english] = await stack.wait_messages(plain)
+
+        # Their subject (a file of theirs), in the user's language (de-AT -> de), on their
+        # stream, with their tag, metadata, sender and reply-to; the body is the built-in
+        # German one in their brand.
+        assert welcome["Subject"] == "Ada, willkommen bei Acme"
+        assert (welcome["MessageStream"], welcome["Tag"]) == ("onboarding", "acme-welcome")
+        assert welcome["Metadata"]["campaign"] == "spring"
+        assert welcome["Metadata"]["user_id"] == user_id
+        assert (welcome["From"], welcome["ReplyTo"]) == (
+            "Acme <hello@acme.test>",
+            "support@acme.test",
+        )
+        assert '<html lang="de">' in welcome["HtmlBody"]
+        assert "Danke für Ihre Anmeldung" in welcome["TextBody"]
+        assert "help@acme.test" in welcome["TextBody"]
+        assert "Postroom" not in welcome["HtmlBody"] + welcome["TextBody"]
+        assert english["Subject"] == "Bob, welcome to Acme"  # no locale: DEFAULT_LOCALE
+
+        # The address changes: the old one hears of it twice (the built-in notice, and the
+        # security notice the team added without code), the new one is asked to verify.
+        changed = await stack.api.patch(f"/v1/users/{user_id}", json={"email": new})
+        assert changed.status_code == 200
+        told = by_tag(await stack.wait_messages(old, count=3))
+        [verify] = await stack.wait_messages(new)
+        notice = told["security"]
+        assert notice["Subject"] == "Sicherheitshinweis: Ihre Adresse bei Acme wurde geändert"
+        assert notice["MessageStream"] == "security"
+        assert new in notice["TextBody"]
+        assert told["email_change_notice"]["MessageStream"] == "outbound"
+        assert "geändert" in told["email_change_notice"]["Subject"]
+        assert verify["Tag"] == "verify_new_email"
+        assert "neue E-Mail-Adresse" in verify["Subject"]
+
+        # A new link asked for: in German too, to the current address.
+        asked = await stack.api.post(f"/v1/users/{user_id}/verification-emails")
+        assert asked.status_code == 202
+        messages = await stack.wait_messages(new, count=2)
+        resent = by_tag(messages)["verify_email"]
+        assert resent["Subject"] == "Ihr neuer Bestätigungslink für Acme"
+        assert "/verify-email?token=" in resent["TextBody"]
+        await stack.wait_status(new, "sent", count=2)
+
+
+@pytest.mark.kafka
+async def test_a_lost_answer_on_the_catalogues_stream_is_found_not_sent_again(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+) -> None:
+    """The welcome goes on the catalogue's `onboarding` stream, not POSTMARK_MESSAGE_STREAM:
+    the search after a lost answer must look there."""
+    email = address("acme-lost")
+    async with running_stack(
+        database_url,
+        kafka_bootstrap,
+        sandbox,
+        postmark_timeout=1.0,
+        notifier_lease=2.0,
+        **BRAND,
+    ) as stack:
+        await stack.wait_consuming()
+        await stack.sandbox.put(
+            "/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 1500, "timeout_accepts": True}
+        )
+        await stack.api.post("/v1/users", json={"email": email, "name": "Lost"})
+
+        async def answer_lost() -> bool:
+            row = await db.fetchrow(
+                "SELECT attempts, attempt_open FROM notifications WHERE recipient = $1", email
+            )
+            return bool(row and row["attempts"] >= 1 and not row["attempt_open"])
+
+        await wait_until(answer_lost, what="the first attempt to time out", within=30)
+        await stack.sandbox.delete("/api/faults")
+        [sent] = await stack.wait_status(email, "sent", within=30)
+        messages = await stack.messages(email)
+
+    assert [m["MessageStream"] for m in messages] == ["onboarding"]
+    assert (sent["message_id"], sent["attempts"]) == (messages[0]["MessageID"], 1)
+
+
+def broken_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "emails"
+    (folder / "en").mkdir(parents=True)
+    (folder / "en" / "goodbye.txt").write_text("Bye {{ nmae }}\n", encoding="utf-8")
+    return folder
+
+
+def test_a_notifier_with_a_broken_template_refuses_to_start_in_one_line(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    settings = make_notifier_settings(
+        "postgresql://postgres@127.0.0.1:1/unused",
+        "127.0.0.1:1",
+        sandbox.url,
+        "unused",
+        notifier_templates_dir=broken_folder(tmp_path),
+    )
+    with pytest.raises(ConfigError) as refused:
+        create_notifier(settings)
+    assert str(refused.value) == (
+        "emails: goodbye (user.deleted, en): en/goodbye.txt line 1: 'nmae' is undefined"
+    )
+
+
+def test_the_notifier_process_exits_2_with_the_reason(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("NOTIFIER_", "BRAND_", "POSTMARK_", "DATABASE_"))
+    }
+    env |= {
+        "APP_ENV": "development",
+        "API_TOKENS": "dev-only-token-0123456789",
+        "EMAIL_TOKEN_SECRET": "dev-only-secret-0123456789abcdef0123",
+        "POSTMARK_SERVER_TOKEN": "dev-only-postmark",
+        "WEBHOOK_USERNAME": "postmark",
+        "WEBHOOK_PASSWORD": "dev-only-webhook-password",
+        "NOTIFIER_TEMPLATES_DIR": str(broken_folder(tmp_path)),
+        "NOTIFIER_PORT": "1",  # never reached
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "notifier"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("postroom notifier: configuration error: emails: goodbye")
+    assert "'nmae' is undefined" in lines[0]
