@@ -34,6 +34,7 @@ dev: $(STAMP)
 	$(BIN)/postroom dev
 
 test: $(STAMP) lint types
+	$(BIN)/postroom templates check
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -7,6 +7,7 @@ pages carry a Content-Security-Policy that allows no scripts at all.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from itertools import islice
@@ -16,6 +17,9 @@ from fastapi.responses import HTMLResponse
 from jinja2 import DictLoader, Environment
 from markupsafe import Markup, escape
 
+from postroom.emails import TemplateProblem
+from postroom.emails.samples import preview
+from postroom.settings import ConfigError
 from sandbox.state import SandboxDep
 
 router = APIRouter(include_in_schema=False)
@@ -42,7 +46,14 @@ _LAYOUT = """<!doctype html>
 <style>
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
 header { background: #1d2330; color: #fff; padding: .6rem 1.2rem; }
+header { display: flex; flex-wrap: wrap; gap: .4rem 1.5rem; align-items: baseline; }
 header a { color: #fff; text-decoration: none; font-weight: 600; }
+nav a { font-weight: 400; margin-right: 1rem; }
+.pair { display: grid; grid-template-columns: 1fr; gap: 1rem; margin-bottom: 2rem; }
+@media (min-width: 60rem) { .pair { grid-template-columns: 3fr 2fr; } }
+.pair iframe, .pair pre { height: 30rem; margin: 0; overflow: auto; }
+.problem { background: #fff4f2; border: 1px solid #e5b4ab; padding: .6rem .8rem; }
+.locales a { margin-right: .6rem; }
 main { padding: 1rem 1.2rem; max-width: 72rem; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #e3e6eb;
@@ -59,7 +70,8 @@ dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
 </style>
 </head>
 <body>
-<header><a href="/">Postroom sandbox · dev inbox</a></header>
+<header><a href="/">Postroom sandbox · dev inbox</a>
+<nav><a href="/">Inbox</a> <a href="/previews">Templates</a></nav></header>
 <main>
 {% block main %}{% endblock %}
 </main>
@@ -144,6 +156,42 @@ _MESSAGE = """{% extends "layout.html" %}
 {% endblock %}
 """
 
+_PREVIEWS = """{% extends "layout.html" %}
+{% block title %}Templates{% endblock %}
+{% block main %}
+<h1>Templates</h1>
+<p class="muted">Every email of the catalogue rendered with a sample event, as the notifier
+would send it; nothing is sent. Read from {{ source }} on every visit, so an edited file shows
+on reload. <code>postroom templates check</code> says the same in a terminal.</p>
+{% if refused %}
+<p class="problem">{{ refused }}</p>
+{% else %}
+<p class="locales">Locale:
+{% for each in locales %}{% if each == locale %}<strong>{{ each }}</strong>{% else %}<a
+href="/previews?locale={{ each }}">{{ each }}</a>{% endif %} {% endfor %}</p>
+{% for item in items %}
+<h2 id="{{ item.name }}">{{ item.name }} <span class="muted">· {{ item.event_type }} · to {{
+item.to }} · stream {{ item.stream }} · tag <span class="tag">{{ item.tag }}</span></span></h2>
+{% if item.problem %}
+<p class="problem">{{ item.problem }}</p>
+{% elif item.alias %}
+<p>Sent with the Postmark template <code>{{ item.alias }}</code> ({{ item.locale }}); Postmark
+renders it with this model:</p>
+<pre>{{ item.model }}</pre>
+{% else %}
+<p><strong>Subject:</strong> {{ item.subject }}
+{% if item.locale != locale %}<span class="muted">(written in {{ item.locale }}: no {{ locale }}
+template)</span>{% endif %}</p>
+<div class="pair">
+<iframe sandbox srcdoc="{{ item.html }}" title="{{ item.name }}: HTML part"></iframe>
+<pre>{{ item.text }}</pre>
+</div>
+{% endif %}
+{% endfor %}
+{% endif %}
+{% endblock %}
+"""
+
 _NOT_FOUND = """{% extends "layout.html" %}
 {% block title %}Not found{% endblock %}
 {% block main %}<p>No captured message has the id <code>{{ message_id }}</code>; it may have been
@@ -176,6 +224,7 @@ def create_templates() -> Environment:
                 "index.html": _INDEX,
                 "message.html": _MESSAGE,
                 "not_found.html": _NOT_FOUND,
+                "previews.html": _PREVIEWS,
             }
         ),
         autoescape=True,
@@ -203,3 +252,52 @@ async def message_page(message_id: str, request: Request, sandbox: SandboxDep) -
     if message is None:
         return _render(request, "not_found.html", status=404, message_id=message_id)
     return _render(request, "message.html", m=message)
+
+
+@router.get("/previews")
+async def previews(request: Request, sandbox: SandboxDep) -> HTMLResponse:
+    """The Templates page: every email of the catalogue in one locale, HTML beside text,
+    rendered with sample data from the templates as they are on disk now."""
+    settings = sandbox.settings
+    source = str(settings.notifier_templates_dir or "the built-in templates")
+    try:
+        emails = settings.load_emails(base_url=settings.public_base_url, check_all=False)
+    except ConfigError as exc:
+        return _render(request, "previews.html", status=500, refused=str(exc), source=source)
+    locale = request.query_params.get("locale") or emails.default_locale
+    if locale not in emails.locales():
+        locale = emails.default_locale
+    items = []
+    for event_type, spec in emails.catalogue.all():
+        item: dict[str, object] = {
+            "name": spec.name,
+            "event_type": event_type,
+            "to": spec.to,
+            "stream": spec.stream or "the default (POSTMARK_MESSAGE_STREAM)",
+            "tag": spec.tag_or_name,
+        }
+        try:
+            shown = preview(emails, spec.name, locale)
+        except TemplateProblem as exc:
+            item["problem"] = str(exc)
+        else:
+            item["locale"] = shown.locale
+            if shown.rendered is None:
+                item["alias"] = emails.postmark_alias(spec, locale)
+                item["model"] = json.dumps(shown.model, indent=2, sort_keys=True)
+            else:
+                item |= {
+                    "subject": shown.rendered.subject,
+                    "html": shown.rendered.html,
+                    "text": shown.rendered.text,
+                }
+        items.append(item)
+    return _render(
+        request,
+        "previews.html",
+        items=items,
+        locale=locale,
+        locales=emails.locales(),
+        source=source,
+        refused=None,
+    )

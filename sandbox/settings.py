@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from postroom.settings import CommonSettings
+from postroom.settings import EmailSettings
 
 # Postmark's own test token: requests are validated, nothing is captured or delivered.
 TEST_TOKEN = "POSTMARK_API_TEST"  # noqa: S105 - public, documented by Postmark
 
 
-class SandboxSettings(CommonSettings):
-    """Settings of the `sandbox` process (it reads no database)."""
+class SandboxSettings(EmailSettings):
+    """Settings of the `sandbox` process (it reads no database). The emails' settings are
+    the notifier's, read for the dev inbox's Templates page."""
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = Field(default=8025, ge=1, le=65535)
@@ -25,3 +26,5 @@ class SandboxSettings(CommonSettings):
     sandbox_webhook_delay_ms: int = Field(default=250, ge=0, le=600_000)
     sandbox_max_messages: int = Field(default=10_000, ge=1, le=1_000_000)
     sandbox_fault_seed: int | None = None
+    # Where the Templates page's sample verification links point.
+    public_base_url: str = "http://127.0.0.1:8000"
