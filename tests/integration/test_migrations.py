@@ -44,3 +44,60 @@ def test_the_newest_revision_can_be_undone_and_redone(database_url: str) -> None
     assert differences(database_url) != []
     upgrade(database_url)
     assert differences(database_url) == []
+
+
+def test_0014_gives_users_a_locale_and_keeps_them_going_down(database_url: str) -> None:
+    """Users from before 0014 keep everything and get no locale (their emails: the default
+    locale); going back drops the locales and the resend requests, not the users."""
+    import asyncpg
+
+    from postroom.settings import plain_url
+
+    command.downgrade(alembic_config(database_url), "0013")
+
+    async def before() -> None:
+        conn = await asyncpg.connect(plain_url(database_url))
+        try:
+            await conn.execute(
+                "INSERT INTO users (id, email, email_key, name) "
+                "VALUES (gen_random_uuid(), 'Ada@Example.com', 'ada@example.com', 'Ada')"
+            )
+        finally:
+            await conn.close()
+
+    run_async(before)
+    upgrade(database_url)
+
+    async def after() -> tuple[Any, Any]:
+        conn = await asyncpg.connect(plain_url(database_url))
+        try:
+            user = await conn.fetchrow("SELECT id, email, name, locale FROM users")
+            await conn.execute(
+                "INSERT INTO verification_requests (user_id) VALUES ($1)", user["id"]
+            )
+            await conn.execute("UPDATE users SET locale = 'de-AT'")
+            return user, await conn.fetchval("SELECT count(*) FROM verification_requests")
+        finally:
+            await conn.close()
+
+    user, requests = run_async(after)
+    assert (user["email"], user["name"], user["locale"]) == ("Ada@Example.com", "Ada", None)
+    assert requests == 1
+
+    command.downgrade(alembic_config(database_url), "0013")
+
+    async def down() -> list[str]:
+        conn = await asyncpg.connect(plain_url(database_url))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM users") == 1
+            assert await conn.fetchval("SELECT to_regclass('verification_requests')") is None
+            rows = await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'"
+            )
+            return [row["column_name"] for row in rows]
+        finally:
+            await conn.close()
+
+    assert "locale" not in run_async(down)
+    upgrade(database_url)
+    assert differences(database_url) == []
