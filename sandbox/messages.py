@@ -76,6 +76,8 @@ class Message:
     track_links: str | None
     attachments: list[dict[str, Any]] = field(default_factory=list)
     bounce_type: str | None = None
+    # The Postmark template it was rendered from (`/email/withTemplate`), if any.
+    template_alias: str | None = None
     # When (time.monotonic) Postmark's search index shows it: later than acceptance when the
     # `search_delay_ms` fault is on.
     searchable_at: float = 0.0
@@ -112,6 +114,7 @@ class Message:
             "TrackOpens": self.track_opens,
             "TrackLinks": self.track_links,
             "Attachments": self.attachments,
+            "TemplateAlias": self.template_alias,
         }
 
     def search_json(self) -> dict[str, Any]:
@@ -308,6 +311,7 @@ def parse_message(data: object, *, known_bounce_types: frozenset[str]) -> Messag
         track_opens=track_opens,
         track_links=_optional_str(data, "TrackLinks"),
         attachments=_attachments(data),
+        template_alias=_optional_str(data, "TemplateAlias"),
     )
     requested = message.header(BOUNCE_TYPE_HEADER)
     if requested is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,6 +15,7 @@ from sandbox.bounces import Bounce
 from sandbox.faults import CallKind
 from sandbox.messages import DEFAULT_STREAM, PostmarkError
 from sandbox.state import Sandbox, SandboxDep
+from sandbox.templates import MAX_TEMPLATE_PAGE
 
 router = APIRouter()
 
@@ -92,7 +93,15 @@ async def _read_json(request: Request, *, limit: int) -> object:
         ) from None
 
 
-def _send_batch(sandbox: Sandbox, data: object, *, test: bool) -> list[dict[str, Any]]:
+def _send_batch(
+    sandbox: Sandbox, data: object, *, test: bool, templated: bool = False
+) -> list[dict[str, Any]]:
+    if templated:  # {"Messages": [...]}
+        if not isinstance(data, dict) or not isinstance(data.get("Messages"), list):
+            raise PostmarkError(
+                422, 403, "The request body must be a JSON object with a 'Messages' array."
+            )
+        data = data["Messages"]
     if not isinstance(data, list):
         raise PostmarkError(422, 403, "The request body must be a JSON array of messages.")
     sandbox.faults.stats.batch_sizes[len(data)] += 1
@@ -103,13 +112,16 @@ def _send_batch(sandbox: Sandbox, data: object, *, test: bool) -> list[dict[str,
     answers: list[dict[str, Any]] = []
     for item in data:
         try:
-            answers.append(sandbox.accept(item, test=test))
+            message = sandbox.store.templates.render_message(item) if templated else item
+            answers.append(sandbox.accept(message, test=test))
         except PostmarkError as exc:
             answers.append(exc.body())
     return answers
 
 
-async def _send(request: Request, sandbox: Sandbox, *, batch: bool) -> Response:
+async def _send(
+    request: Request, sandbox: Sandbox, *, batch: bool, templated: bool = False
+) -> Response:
     decision = sandbox.faults.decide()
     if decision.delay:
         await asyncio.sleep(decision.delay)
@@ -124,9 +136,10 @@ async def _send(request: Request, sandbox: Sandbox, *, batch: bool) -> Response:
         _require_json(request, with_body=True)
         data = await _read_json(request, limit=MAX_BATCH_BYTES if batch else MAX_MESSAGE_BYTES)
         if batch:
-            answer = _send_batch(sandbox, data, test=kind == "test")
+            answer = _send_batch(sandbox, data, test=kind == "test", templated=templated)
         else:
-            answer = sandbox.accept(data, test=kind == "test")
+            message = sandbox.store.templates.render_message(data) if templated else data
+            answer = sandbox.accept(message, test=kind == "test")
         response: Response = JSONResponse(answer)
     except PostmarkError as exc:
         response = error_response(exc)
@@ -145,6 +158,91 @@ async def send_email(request: Request, sandbox: SandboxDep) -> Response:
 async def send_batch(request: Request, sandbox: SandboxDep) -> Response:
     """Send up to 500 messages; answers in request order, failures in place."""
     return await _send(request, sandbox, batch=True)
+
+
+# postmarker posts to these with a trailing slash; Postmark's documentation names them without.
+@router.post("/email/withTemplate")
+@router.post("/email/withTemplate/", include_in_schema=False)
+async def send_with_template(request: Request, sandbox: SandboxDep) -> Response:
+    """Send one message rendered from a template (`TemplateAlias` or `TemplateId`, and a
+    `TemplateModel`)."""
+    return await _send(request, sandbox, batch=False, templated=True)
+
+
+@router.post("/email/batchWithTemplates")
+@router.post("/email/batchWithTemplates/", include_in_schema=False)
+async def send_batch_with_templates(request: Request, sandbox: SandboxDep) -> Response:
+    """Send up to 500 template messages (`{"Messages": [...]}`); answers in request order,
+    failures in place."""
+    return await _send(request, sandbox, batch=True, templated=True)
+
+
+async def _template_call(
+    request: Request, sandbox: Sandbox, work: Callable[[], Any], *, with_body: bool = False
+) -> Response:
+    try:
+        _authorize(request, sandbox)
+        _require_json(request, with_body=with_body)
+        return JSONResponse(await work())
+    except PostmarkError as exc:
+        return error_response(exc)
+
+
+@router.post("/templates")
+async def create_template(request: Request, sandbox: SandboxDep) -> Response:
+    """Create a template: `{Name, Alias?, Subject, HtmlBody?, TextBody?}`."""
+
+    async def work() -> Any:
+        data = await _read_json(request, limit=MAX_MESSAGE_BYTES)
+        return sandbox.store.templates.create(data).summary_json()
+
+    return await _template_call(request, sandbox, work, with_body=True)
+
+
+@router.get("/templates")
+async def list_templates(request: Request, sandbox: SandboxDep) -> Response:
+    """The server's templates, `Count` at a time from `Offset`."""
+
+    async def work() -> Any:
+        params = {key.lower(): value for key, value in request.query_params.items()}
+        try:
+            count, offset = int(params["count"]), int(params.get("offset") or "0")
+        except (KeyError, ValueError):
+            raise PostmarkError(
+                422, 700, "'Count' is a required integer; 'Offset' an integer."
+            ) from None
+        if not 1 <= count <= MAX_TEMPLATE_PAGE or offset < 0:
+            raise PostmarkError(422, 700, f"'Count' must be 1-{MAX_TEMPLATE_PAGE}.")
+        total, page = sandbox.store.templates.page(count, offset)
+        return {"TotalCount": total, "Templates": [t.summary_json() for t in page]}
+
+    return await _template_call(request, sandbox, work)
+
+
+@router.get("/templates/{id_or_alias}")
+async def get_template(id_or_alias: str, request: Request, sandbox: SandboxDep) -> Response:
+    async def work() -> Any:
+        return sandbox.store.templates.get(id_or_alias).json()
+
+    return await _template_call(request, sandbox, work)
+
+
+@router.put("/templates/{id_or_alias}")
+async def edit_template(id_or_alias: str, request: Request, sandbox: SandboxDep) -> Response:
+    async def work() -> Any:
+        data = await _read_json(request, limit=MAX_MESSAGE_BYTES)
+        return sandbox.store.templates.update(id_or_alias, data).summary_json()
+
+    return await _template_call(request, sandbox, work, with_body=True)
+
+
+@router.delete("/templates/{id_or_alias}")
+async def delete_template(id_or_alias: str, request: Request, sandbox: SandboxDep) -> Response:
+    async def work() -> Any:
+        removed = sandbox.store.templates.delete(id_or_alias)
+        return {"ErrorCode": 0, "Message": f"Template {removed.template_id} removed."}
+
+    return await _template_call(request, sandbox, work)
 
 
 def _page(request: Request) -> tuple[int, int]:

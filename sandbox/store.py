@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 
 from sandbox.bounces import Bounce
 from sandbox.messages import Message
+from sandbox.templates import Templates
 
 
 class Store:
@@ -17,6 +18,8 @@ class Store:
         # case-folded address -> the bounce that made it inactive
         self._inactive: dict[str, Bounce] = {}
         self.captured_total = 0
+        # The server's templates: set up by hand, so clearing the messages keeps them.
+        self.templates = Templates()
 
     def __len__(self) -> int:
         return len(self._messages)

@@ -7,17 +7,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from postmarker.core import PostmarkClient
 
 from notifier.app import create_app as create_notifier
 from postroom.settings import ConfigError
 from tests.support.names import address
 from tests.support.postmark import Sandbox
-from tests.support.settings import make_notifier_settings
+from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
 from tests.support.stack import running_stack
 from tests.support.waiting import wait_until
 
@@ -181,3 +183,102 @@ def test_the_notifier_process_exits_2_with_the_reason(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("postroom notifier: configuration error: emails: goodbye")
     assert "'nmae' is undefined" in lines[0]
+
+
+# -- Postmark's own templates --------------------------------------------------------------
+
+
+def postmark_catalogue(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str, str]:
+    """A catalogue whose welcome is a Postmark template (one per locale), and the two
+    templates created in the sandbox with the real client."""
+    suffix = uuid.uuid4().hex[:8]
+    english, german = f"acme-welcome-{suffix}", f"acme-welcome-de-{suffix}"
+    client = PostmarkClient(server_token=POSTMARK_TOKEN, root_api_url=sandbox.url + "/")
+    for alias, subject in ((english, "Welcome to {{product}}"), (german, "Willkommen, {{name}}")):
+        client.templates.create(
+            Name=alias,
+            Alias=alias,
+            Subject=subject,
+            HtmlBody="<p>{{name}}: <a href='{{verify_url}}'>{{verify_url}}</a></p>",
+            TextBody="{{name}} ({{email}}, {{locale}}): {{verify_url}}",
+        )
+    folder = tmp_path / "emails"
+    folder.mkdir()
+    (folder / "emails.yaml").write_text(
+        "emails:\n"
+        "  user.registered:\n"
+        "    - name: welcome\n"
+        "      verification_link: true\n"
+        "      stream: onboarding\n"
+        f"      postmark_template: {english}\n"
+        f"      postmark_template_locales: {{de: {german}}}\n",
+        encoding="utf-8",
+    )
+    return folder, english, german
+
+
+@pytest.mark.kafka
+async def test_an_email_sent_with_a_postmark_template_end_to_end(
+    tmp_path: Path, database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+) -> None:
+    folder, english, german = postmark_catalogue(tmp_path, sandbox)
+    swiss, plain = address("pm-swiss"), address("pm-plain")
+    async with running_stack(
+        database_url, kafka_bootstrap, sandbox, notifier_templates_dir=folder, brand_name="Acme"
+    ) as stack:
+        await stack.api.post("/v1/users", json={"email": swiss, "name": "Ada", "locale": "de-CH"})
+        await stack.api.post("/v1/users", json={"email": plain, "name": "Bob"})
+        [message] = await stack.wait_messages(swiss)
+        [other] = await stack.wait_messages(plain)
+        [sent] = await stack.wait_status(swiss, "sent")
+
+        assert (message["TemplateAlias"], message["Subject"]) == (german, "Willkommen, Ada")
+        assert (other["TemplateAlias"], other["Subject"]) == (english, "Welcome to Acme")
+        assert message["MessageStream"] == "onboarding"
+        assert message["Metadata"]["notification_id"] == sent["id"]
+        assert sent["message_id"] == message["MessageID"]
+        assert message["TextBody"].startswith(f"Ada ({swiss}, de): http://testserver/verify-email?")
+        link = message["TextBody"].rsplit(" ", 1)[1]
+        page = await stack.api.get(link.removeprefix("http://testserver"))
+        assert page.status_code == 200
+        assert swiss in page.text
+
+
+@pytest.mark.kafka
+async def test_a_lost_answer_for_a_template_email_is_found_by_search_not_sent_twice(
+    tmp_path: Path,
+    db: asyncpg.Connection,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    folder, english, _ = postmark_catalogue(tmp_path, sandbox)
+    email = address("pm-lost")
+    async with running_stack(
+        database_url,
+        kafka_bootstrap,
+        sandbox,
+        notifier_templates_dir=folder,
+        postmark_timeout=1.0,
+        notifier_lease=2.0,
+    ) as stack:
+        await stack.wait_consuming()
+        # Postmark takes the message, and the answer never comes back.
+        await stack.sandbox.put(
+            "/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 1500, "timeout_accepts": True}
+        )
+        await stack.api.post("/v1/users", json={"email": email, "name": "Lost"})
+
+        async def answer_lost() -> bool:
+            row = await db.fetchrow(
+                "SELECT attempts, attempt_open FROM notifications WHERE recipient = $1", email
+            )
+            return bool(row and row["attempts"] >= 1 and not row["attempt_open"])
+
+        await wait_until(answer_lost, what="the first attempt to time out", within=30)
+        await stack.sandbox.delete("/api/faults")
+        [sent] = await stack.wait_status(email, "sent", within=30)
+        messages = await stack.messages(email)
+
+    assert [(m["TemplateAlias"], m["MessageStream"]) for m in messages] == [(english, "onboarding")]
+    assert (sent["message_id"], sent["attempts"]) == (messages[0]["MessageID"], 1)
