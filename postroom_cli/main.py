@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from notifier.settings import NotifierSettings
@@ -385,14 +386,59 @@ def _emails() -> Emails:
         raise _fail("templates", str(exc)) from None
 
 
+class PostmarkAccount(CommonSettings):
+    """The Postmark server `templates check --postmark` asks about its templates."""
+
+    postmark_server_token: SecretStr = SecretStr("")
+    postmark_api_url: str = "https://api.postmarkapp.com/"
+
+
+def _missing_postmark_templates(emails: Emails) -> list[str]:
+    """One line per Postmark template alias of the catalogue the server does not have."""
+    from postmarker.core import PostmarkClient
+    from postmarker.exceptions import ClientError
+
+    account = _load("templates", PostmarkAccount)
+    client = PostmarkClient(
+        server_token=account.postmark_server_token.get_secret_value(),
+        root_api_url=account.postmark_api_url,
+    )
+    problems = []
+    for event_type, spec in emails.catalogue.all():
+        aliases = [spec.postmark_template, *spec.postmark_template_locales.values()]
+        for alias in dict.fromkeys(a for a in aliases if a):
+            try:
+                client.templates.get(alias)
+            except ClientError as exc:
+                problems.append(f"{spec.name} ({event_type}): Postmark template {alias!r}: {exc}")
+    return problems
+
+
 @templates_app.command("check")
-def templates_check() -> None:
+def templates_check(
+    postmark: Annotated[
+        bool,
+        typer.Option(
+            "--postmark",
+            help="Also ask Postmark (POSTMARK_SERVER_TOKEN, POSTMARK_API_URL) whether every "
+            "Postmark template alias of the catalogue exists.",
+        ),
+    ] = False,
+) -> None:
     """Render every email of the catalogue in every locale with sample events; exit 1 with
     one line per problem (a template, a variable or a locale missing). For a team's CI."""
+    import requests
+
     from postroom.emails.samples import check
 
     emails = _emails()
     problems = check(emails)
+    if postmark:
+        try:
+            problems += _missing_postmark_templates(emails)
+        except requests.RequestException as exc:
+            typer.echo(f"postroom templates: Postmark does not answer: {exc}", err=True)
+            raise typer.Exit(code=UNREACHABLE) from None
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:

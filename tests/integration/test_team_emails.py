@@ -282,3 +282,31 @@ async def test_a_lost_answer_for_a_template_email_is_found_by_search_not_sent_tw
 
     assert [(m["TemplateAlias"], m["MessageStream"]) for m in messages] == [(english, "onboarding")]
     assert (sent["message_id"], sent["attempts"]) == (messages[0]["MessageID"], 1)
+
+
+def test_templates_check_asks_postmark_for_every_alias(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from postroom_cli.main import app
+
+    folder, _, german = postmark_catalogue(tmp_path, sandbox)
+    monkeypatch.setenv("NOTIFIER_TEMPLATES_DIR", str(folder))
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+    monkeypatch.setenv("POSTMARK_API_URL", sandbox.url + "/")
+    assert CliRunner().invoke(app, ["templates", "check", "--postmark"]).exit_code == 0
+    PostmarkClient(server_token=POSTMARK_TOKEN, root_api_url=sandbox.url + "/").templates.delete(
+        german
+    )
+
+    result = CliRunner().invoke(app, ["templates", "check", "--postmark"])
+
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith(f"welcome (user.registered): Postmark template '{german}': ")
+    assert "not found" in line
+    monkeypatch.setenv("POSTMARK_API_URL", "http://127.0.0.1:1/")
+    down = CliRunner().invoke(app, ["templates", "check", "--postmark"])
+    assert down.exit_code == 3
+    assert "Postmark does not answer" in down.output
