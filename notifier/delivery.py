@@ -285,7 +285,11 @@ class Delivery:
         async def search(row: ClaimedRow) -> str | Exception | None:
             async with self._searches:
                 try:
-                    return await self.postmark.find_sent(str(row.id), self._stream(plans[row.id]))
+                    for stream in self._streams_to_search(plans[row.id]):
+                        found = await self.postmark.find_sent(str(row.id), stream)
+                        if found is not None:
+                            return found
+                    return None
                 except PostmarkUnauthorized:
                     raise
                 except (PostmarkUnavailable, RequestRejected) as exc:
@@ -489,6 +493,16 @@ class Delivery:
 
     def _stream(self, plan: PlannedEmail) -> str:
         return _spec(plan).stream or self.settings.postmark_message_stream
+
+    def _streams_to_search(self, plan: PlannedEmail) -> list[str]:
+        """Where an earlier attempt of `plan` may be: Postmark searches one stream at a time,
+        and the email's stream may have changed in the catalogue since that attempt. Its own
+        stream first, then every other stream the catalogue or POSTMARK_MESSAGE_STREAM names
+        (a stream no longer named anywhere is not searched: docs/architecture.md)."""
+        others = [spec.stream for _, spec in self.emails.catalogue.all() if spec.stream]
+        return list(
+            dict.fromkeys([self._stream(plan), self.settings.postmark_message_stream, *others])
+        )
 
     def _messages(
         self, emails: Sequence[PlannedEmail], attempt_id: str

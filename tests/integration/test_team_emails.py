@@ -4,6 +4,7 @@ whose templates are broken refuses to start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -310,3 +311,53 @@ def test_templates_check_asks_postmark_for_every_alias(
     down = CliRunner().invoke(app, ["templates", "check", "--postmark"])
     assert down.exit_code == 3
     assert "Postmark does not answer" in down.output
+
+
+@pytest.mark.kafka
+async def test_an_email_whose_stream_changed_while_in_doubt_is_found_not_sent_twice(
+    db: asyncpg.Connection, database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+) -> None:
+    """The welcome's answer is lost on `outbound` (the built-in catalogue); the team then
+    deploys a catalogue that sends welcomes on `onboarding`. Postmark searches one stream at
+    a time: the search must still look where the first attempt went."""
+    email = address("moved")
+    async with running_stack(
+        database_url,
+        kafka_bootstrap,
+        sandbox,
+        postmark_timeout=1.0,
+        notifier_lease=2.0,
+        notifier_search_settle=60.0,  # this notifier never resends: it only waits
+    ) as stack:
+        await stack.wait_consuming()
+        await stack.sandbox.put(
+            "/api/faults",
+            json={
+                "timeout_rate": 1.0,
+                "timeout_ms": 1500,
+                "timeout_accepts": True,
+                "search_delay_ms": 3000,
+            },
+        )
+        await stack.api.post("/v1/users", json={"email": email, "name": "Moved"})
+
+        async def in_doubt() -> bool:
+            row = await db.fetchrow(
+                "SELECT attempts, attempt_open, doubt_since FROM notifications "
+                "WHERE recipient = $1",
+                email,
+            )
+            return bool(row and row["doubt_since"] and not row["attempt_open"])
+
+        await wait_until(in_doubt, what="the first attempt to time out", within=30)
+        await stack.sandbox.delete("/api/faults")
+    await asyncio.sleep(3.5)  # the search index has caught up by now
+    # The first notifier may have scheduled its wait for the settle window: a minute later.
+    await db.execute("UPDATE notifications SET next_attempt_at = now() WHERE recipient = $1", email)
+
+    async with running_stack(database_url, kafka_bootstrap, sandbox, **BRAND) as stack:
+        [sent] = await stack.wait_status(email, "sent", within=30)
+        messages = await stack.messages(email)
+
+    assert [m["MessageStream"] for m in messages] == ["outbound"]
+    assert sent["message_id"] == messages[0]["MessageID"]
