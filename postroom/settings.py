@@ -174,6 +174,11 @@ class EmailSettings(BrandSettings):
     notifier_templates_dir: Path | None = None
     default_locale: str = "en"
 
+    @field_validator("notifier_templates_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("default_locale")
     @classmethod
     def _a_locale(cls, value: str) -> str:
