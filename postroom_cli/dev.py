@@ -356,6 +356,8 @@ def _run_children(
         f"  notifier  {notifier_base}  (docs at {notifier_base}/docs, "
         f"metrics at {notifier_base}/metrics)\n"
         f"  inbox     {inbox}  (every email sent, as the sandbox captured it)\n"
+        f"  emails    {inbox}/previews  (every email of the catalogue, per locale: "
+        f"{env.get('NOTIFIER_TEMPLATES_DIR') or 'the built-in templates'})\n"
         f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}  "
         f"({broker.description + ', ' if broker else ''}topic {topic})\n"
         f"  token     {token}\n\n"
