@@ -318,3 +318,12 @@ def test_a_broken_catalogue_stops_the_command_with_exit_2(
     result = CliRunner().invoke(app, ["templates", "check"])
     assert result.exit_code == 2
     assert "is not a user event type" in result.output
+
+
+def test_the_published_catalogue_schema_is_what_the_code_generates() -> None:
+    from postroom.emails.catalogue import catalogue_schema_json
+
+    published = Path(__file__).parents[2] / "docs" / "emails.schema.json"
+    assert published.read_text() == catalogue_schema_json(), (
+        "regenerate it: postroom templates schema > docs/emails.schema.json"
+    )
