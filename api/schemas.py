@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, Str
 
 from api.users import User
 from postroom.locales import MAX_LENGTH as MAX_LOCALE_LENGTH
+from postroom.locales import PATTERN as LOCALE_PATTERN
 from postroom.locales import InvalidLocale, canonical_locale
 from postroom.text import NO_CONTROL_CHARACTERS, refuse_control_characters
 
@@ -33,12 +34,12 @@ def _canonical_locale(value: str) -> str:
 
 Locale = Annotated[
     str,
-    StringConstraints(max_length=MAX_LOCALE_LENGTH),
+    StringConstraints(max_length=MAX_LOCALE_LENGTH, pattern=LOCALE_PATTERN),
     AfterValidator(_canonical_locale),
     Field(
-        description="A BCP 47 language tag: the language of the user's emails (stored in "
-        "canonical form: `en-us` becomes `en-US`). Emails fall back to the nearest language "
-        "there are templates for (de-AT, de, then DEFAULT_LOCALE).",
+        description="A well-formed BCP 47 language tag: the language of the user's emails "
+        "(stored in canonical form: `en-us` becomes `en-US`). Emails fall back to the "
+        "nearest language there are templates for (de-AT, de, then DEFAULT_LOCALE).",
         examples=["de-AT"],
     ),
 ]

@@ -36,10 +36,17 @@ def shared_api(postgres: PostgresServer) -> Iterator[LiveApi]:
         postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-PUBLIC = {"/verify-email", "/v1/email-verifications", "/healthz", "/readyz", "/metrics"}
+PUBLIC = {
+    "/verify-email",
+    "/verify-email/resend",
+    "/v1/email-verifications",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+}
 # A verification token's validity is its signature, which no schema can describe: a
 # schema-valid random token is rightly refused (400), so "valid data is accepted" cannot hold.
-SIGNED = {"/verify-email", "/v1/email-verifications"}
+SIGNED = {"/verify-email", "/verify-email/resend", "/v1/email-verifications"}
 
 
 @schema.parametrize()

@@ -36,13 +36,20 @@ def write_catalogue(folder: Path, data: object) -> None:
 
 @pytest.mark.parametrize(
     ("tag", "canonical"),
-    [("de-at", "de-AT"), ("de_AT", "de-AT"), ("EN", "en"), ("zh-hant-tw", "zh-Hant-TW")],
+    [
+        ("de-at", "de-AT"),
+        ("EN", "en"),
+        ("zh-hant-tw", "zh-Hant-TW"),
+        ("iw", "he"),  # the registry's current code
+        ("xx-yy", "xx-YY"),  # well formed, registered or not: its emails use DEFAULT_LOCALE
+        ("de-AT-X-Vienna", "de-AT-x-vienna"),
+    ],
 )
 def test_a_locale_is_kept_in_one_form(tag: str, canonical: str) -> None:
     assert canonical_locale(tag) == canonical
 
 
-@pytest.mark.parametrize("tag", ["", "xx-YY", "english", "en US", "a" * 36])
+@pytest.mark.parametrize("tag", ["", "de_AT", "english", "en US", "de--AT", "a" * 36, "0000"])
 def test_a_locale_that_is_no_language_tag_is_refused(tag: str) -> None:
     with pytest.raises(InvalidLocale):
         canonical_locale(tag)
@@ -54,6 +61,7 @@ def test_lookup_goes_from_specific_to_general_then_to_the_default() -> None:
     assert lookup_chain("de-AT-x-vienna", "en") == ["de-AT-x-vienna", "de-AT", "de", "en"]
     assert lookup_chain(None, "fr") == ["fr"]
     assert lookup_chain("not a tag", "en") == ["en"]
+    assert lookup_chain("../../etc", "en") == ["en"]
 
 
 # -- the built-in emails -------------------------------------------------------------------
@@ -186,7 +194,8 @@ def test_a_broken_template_is_a_problem_not_a_crash(team: Path) -> None:
         ),
         ({"emails": {"user.registered": [{"name": "Welcome!"}]}}, "should match pattern"),
         ({"emails": {"user.registered": [{"name": "w", "colour": "red"}]}}, "colour"),
-        ({"locales": ["de_at"], "emails": {}}, "write 'de_at' as 'de-AT'"),
+        ({"locales": ["de-at"], "emails": {}}, "write 'de-at' as 'de-AT'"),
+        ({"locales": ["de_AT"], "emails": {}}, "'de_AT' is not a BCP 47 language tag"),
         (
             {
                 "emails": {
