@@ -11,6 +11,7 @@ address itself (`email`); they are read as they are until they expire."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import uuid
@@ -30,6 +31,12 @@ class TokenExpired(Exception):
     """Genuine, but older than the allowed age."""
 
 
+@functools.lru_cache(maxsize=8)
+def _digest_key(secret: str) -> bytes:
+    """The address digests' own key, derived from EMAIL_TOKEN_SECRET (not the signing key)."""
+    return hashlib.sha256(f"{_SALT}:address:{secret}".encode()).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationClaim:
     """What a genuine token says: this user, and (as a digest) this address."""
@@ -45,8 +52,7 @@ class VerificationClaim:
 
 def address_digest(secret: str, email: str) -> str:
     """The keyed digest of an address a token carries: 128 bits, URL-safe."""
-    key = hashlib.sha256(f"{_SALT}:address:{secret}".encode()).digest()
-    mac = hmac.new(key, email.lower().encode(), hashlib.sha256).digest()[:16]
+    mac = hmac.new(_digest_key(secret), email.lower().encode(), hashlib.sha256).digest()[:16]
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
