@@ -76,7 +76,8 @@ class Message:
     track_links: str | None
     attachments: list[dict[str, Any]] = field(default_factory=list)
     bounce_type: str | None = None
-    # The Postmark template it was rendered from (`/email/withTemplate`), if any.
+    # The Postmark template it was rendered from (`/email/withTemplate`): its alias, or its id
+    # when it has none; None for a plain message, whatever fields that carried.
     template_alias: str | None = None
     # When (time.monotonic) Postmark's search index shows it: later than acceptance when the
     # `search_delay_ms` fault is on.
@@ -311,7 +312,6 @@ def parse_message(data: object, *, known_bounce_types: frozenset[str]) -> Messag
         track_opens=track_opens,
         track_links=_optional_str(data, "TrackLinks"),
         attachments=_attachments(data),
-        template_alias=_optional_str(data, "TemplateAlias"),
     )
     requested = message.header(BOUNCE_TYPE_HEADER)
     if requested is not None:

@@ -49,9 +49,14 @@ class Sandbox:
             return "server"
         return None
 
-    def accept(self, data: object, *, test: bool) -> dict[str, Any]:
-        """Validate, check suppressions, capture and schedule webhooks; the send answer."""
+    def accept(
+        self, data: object, *, test: bool, template_alias: str | None = None
+    ) -> dict[str, Any]:
+        """Validate, check suppressions, capture and schedule webhooks; the send answer.
+        `template_alias` names the template a rendered message came from: it is given by the
+        template endpoints, never read from the body, so a plain message never claims one."""
         message = parse_message(data, known_bounce_types=BOUNCE_TYPE_NAMES)
+        message.template_alias = template_alias
         if test:
             return message.send_answer(test=True)
         inactive = self.store.inactive_among([address.email for address in message.recipients])

@@ -88,12 +88,10 @@ class Templates:
         alias = _text(data, "Alias") or None
         subject = _text(data, "Subject", required=True)
         html, text = _text(data, "HtmlBody"), _text(data, "TextBody")
-        if not html and not text:
-            raise invalid("Provide either a TextBody or an HtmlBody or both.")
         if alias is not None and self._by_alias(alias) is not None:
             raise PostmarkError(422, ALIAS_TAKEN, f"A template with the alias '{alias}' exists.")
         template = Template(next(self._ids), name or "", alias, subject or "", html, text)
-        self._check_syntax(template)
+        self._check(template)
         self._by_id[template.template_id] = template
         return template
 
@@ -120,7 +118,7 @@ class Templates:
             _text(data, "HtmlBody") if data.get("HtmlBody") is not None else template.html_body,
             _text(data, "TextBody") if data.get("TextBody") is not None else template.text_body,
         )
-        self._check_syntax(changed)
+        self._check(changed)
         self._by_id[template.template_id] = changed
         return changed
 
@@ -137,16 +135,21 @@ class Templates:
         return next((t for t in self._by_id.values() if t.alias == alias), None)
 
     @staticmethod
-    def _check_syntax(template: Template) -> None:
+    def _check(template: Template) -> None:
+        """Refuse, on create and on edit alike, a template no message could be sent from: one
+        without a body, or one that does not parse (so a send never meets a broken one)."""
+        if not template.html_body and not template.text_body:
+            raise invalid("Provide either a TextBody or an HtmlBody or both.")
         for part in (template.subject, template.html_body, template.text_body):
             try:
                 pystache.parse(part or "")
             except ParsingError as exc:
                 raise invalid(f"The template does not parse: {exc}") from None
 
-    def render_message(self, data: object) -> dict[str, Any]:
-        """The plain message a template message stands for: the template's parts rendered
-        with its `TemplateModel`, the other fields as given, and `TemplateAlias` kept."""
+    def render_message(self, data: object) -> tuple[dict[str, Any], str]:
+        """The plain message a template message stands for (the template's parts rendered with
+        its `TemplateModel`, the other fields as given), and the template it came from: its
+        alias, or its id when it has none, for the capture to show."""
         if not isinstance(data, dict):
             raise PostmarkError(422, 403, "Each message must be a JSON object.")
         alias, template_id = data.get("TemplateAlias"), data.get("TemplateId")
@@ -171,4 +174,4 @@ class Templates:
             for key, value in data.items()
             if key not in ("TemplateAlias", "TemplateId", "TemplateModel", "InlineCss")
         }
-        return {**plain, **rendered, "TemplateAlias": template.alias or str(template.template_id)}
+        return {**plain, **rendered}, template.alias or str(template.template_id)

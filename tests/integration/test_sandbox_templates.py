@@ -11,8 +11,11 @@ import pytest
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
+from sandbox.settings import TEST_TOKEN
 from tests.support.postmark import Sandbox
 from tests.support.settings import POSTMARK_TOKEN
+
+MODEL = {"name": "Ada", "product": "Acme", "verify_url": "https://x/v"}
 
 
 @pytest.fixture
@@ -69,6 +72,35 @@ def test_an_alias_is_one_template(client: PostmarkClient) -> None:
     assert taken.value.error_code == 1122
 
 
+def test_a_template_no_message_could_come_from_is_refused(client: PostmarkClient) -> None:
+    with pytest.raises(ClientError) as broken:
+        client.templates.create(
+            Name="Broken", Alias=alias("broken"), Subject="Hi", TextBody="{{/name}}"
+        )
+    assert broken.value.error_code == 300
+    assert "does not parse" in str(broken.value)
+    name = alias("bodiless")
+    make_template(client, name)
+    with pytest.raises(ClientError) as emptied:
+        client.templates.edit(name, HtmlBody="", TextBody="")
+    assert emptied.value.error_code == 300
+    assert client.templates.get(name).TextBody == "Hello {{name}}: {{verify_url}}"
+
+
+def test_clearing_the_captured_messages_keeps_the_templates(
+    client: PostmarkClient, sandbox: Sandbox
+) -> None:
+    name = alias("kept")
+    make_template(client, name)
+    httpx.delete(f"{sandbox.url}/api/messages", timeout=10).raise_for_status()
+    to = f"{name}@example.com"
+    answer = client.emails.send_with_template(
+        TemplateAlias=name, TemplateModel=MODEL, From="hello@acme.test", To=to
+    )
+    assert answer["ErrorCode"] == 0
+    assert [m["Subject"] for m in captured(sandbox, to)] == ["Welcome to Acme, Ada"]
+
+
 def test_sending_with_a_template_renders_it_and_escapes_only_the_html(
     client: PostmarkClient, sandbox: Sandbox
 ) -> None:
@@ -97,16 +129,69 @@ def test_sending_with_a_template_renders_it_and_escapes_only_the_html(
     assert "https://x/v?a=1&amp;b=2" in message["HtmlBody"]
     assert message["TextBody"] == "Hello <b>Ada</b>: https://x/v?a=1&b=2"
     assert (message["TemplateAlias"], message["MessageStream"]) == (name, "onboarding")
-    # Found by its metadata in its own stream, as send-once searches for it.
-    found = client.call(
-        "GET",
-        "/messages/outbound",
-        count=10,
-        offset=0,
-        messagestream="onboarding",
-        metadata_notification_id=notification,
+    assert message["Metadata"] == {"notification_id": notification}
+
+    def search(stream: str) -> list[str]:
+        found = client.call(
+            "GET",
+            "/messages/outbound",
+            count=10,
+            offset=0,
+            messagestream=stream,
+            metadata_notification_id=notification,
+        )
+        return [m["MessageID"] for m in found["Messages"]]
+
+    # Found by its metadata in its own stream, as send-once searches for it; only there.
+    assert search("onboarding") == [answer["MessageID"]]
+    assert search("outbound") == []
+
+
+def test_a_plain_message_never_claims_a_template(client: PostmarkClient, sandbox: Sandbox) -> None:
+    to = f"{alias('plain')}@example.com"
+    # A stray field postmarker's `send` would not pass on, so the raw call.
+    plain = {"From": "hello@acme.test", "To": to, "Subject": "Hi", "TextBody": "Hi"}
+    client.call("POST", "/email", data={**plain, "TemplateAlias": "welcome"})
+    [message] = captured(sandbox, to)
+    assert message["TemplateAlias"] is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"TemplateModel": MODEL}, "'TemplateAlias' or a 'TemplateId'"),
+        ({"TemplateAlias": "any", "TemplateModel": "Ada"}, "'TemplateModel'"),
+    ],
+)
+def test_a_template_message_without_a_template_or_model_is_refused_with_300(
+    client: PostmarkClient, sandbox: Sandbox, fields: dict[str, Any], reason: str
+) -> None:
+    to = f"{alias('incomplete')}@example.com"
+    message = {**fields, "From": "hello@acme.test", "To": to}
+    with pytest.raises(ClientError) as refused:  # raw: postmarker checks for an alias itself
+        client.call("POST", "/email/withTemplate/", data=message)
+    assert refused.value.error_code == 300
+    assert reason in str(refused.value)
+    assert captured(sandbox, to) == []
+
+
+def test_the_test_token_renders_a_template_message_without_capturing(
+    client: PostmarkClient, sandbox: Sandbox
+) -> None:
+    name = alias("dry-run")
+    make_template(client, name)
+    to = f"{name}@example.com"
+    dry_run = PostmarkClient(server_token=TEST_TOKEN, root_api_url=sandbox.url + "/")
+    answer = dry_run.emails.send_with_template(
+        TemplateAlias=name, TemplateModel=MODEL, From="hello@acme.test", To=to
     )
-    assert [m["MessageID"] for m in found["Messages"]] == [answer["MessageID"]]
+    assert (answer["ErrorCode"], answer["Message"]) == (0, "Test job accepted")
+    with pytest.raises(ClientError) as unknown:
+        dry_run.emails.send_with_template(
+            TemplateAlias="no-such", TemplateModel=MODEL, From="hello@acme.test", To=to
+        )
+    assert unknown.value.error_code == 1101
+    assert captured(sandbox, to) == []
 
 
 def test_a_template_batch_answers_each_message_in_place(
