@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from email.utils import getaddresses
+from email.utils import formataddr, getaddresses
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
@@ -16,6 +16,7 @@ from postroom.settings import EmailSettings, HttpServiceSettings, KafkaSettings,
 # (a worker is free by then, so it starts at once; a call that has not is not made at all).
 # A call may thus reach Postmark until START_WINDOW + POSTMARK_TIMEOUT after its stamp.
 CALL_START_WINDOW = 0.5
+DEFAULT_SENDER = "hello@postroom.test"
 RETENTION_MARGIN_DAYS = 1
 
 
@@ -45,7 +46,7 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings, EmailSettings):
     # The longest the retry loop sleeps before it looks for due notifications again.
     notifier_retry_interval: float = Field(default=1.0, gt=0, description="seconds")
     # The sender of every email: an address, or `Name <address>`.
-    mail_from: str = "Postroom <hello@postroom.test>"
+    mail_from: str = f"Postroom <{DEFAULT_SENDER}>"
     # Where replies go, when not to MAIL_FROM.
     mail_reply_to: str = ""
     postmark_server_token: SecretStr = SecretStr("")
@@ -61,6 +62,16 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings, EmailSettings):
     webhook_password: SecretStr = SecretStr("")
     staging_allowed_recipients: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sender_named_after_the_brand(cls, data: object) -> object:
+        """Without MAIL_FROM, the sender's name is BRAND_NAME (the address stays the
+        development one: set MAIL_FROM to send from your domain)."""
+        if isinstance(data, dict) and not data.get("mail_from") and data.get("brand_name"):
+            name = str(data["brand_name"]).strip()
+            return {**data, "mail_from": formataddr((name, DEFAULT_SENDER))}
+        return data
 
     @field_validator("mail_from", "mail_reply_to")
     @classmethod

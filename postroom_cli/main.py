@@ -445,8 +445,9 @@ def templates_check(
         raise typer.Exit(code=1)
     count = len(emails.catalogue.all())
     where = emails.templates_dir or "the built-in templates"
+    locales = len(emails.locales())
     typer.echo(
-        f"{count} emails in {len(emails.locales())} locales "
+        f"{count} email{'s' * (count != 1)} in {locales} locale{'s' * (locales != 1)} "
         f"({', '.join(emails.locales())}) render from {where}"
     )
 

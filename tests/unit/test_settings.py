@@ -213,3 +213,37 @@ def test_the_search_is_trusted_a_day_short_of_postmarks_retention() -> None:
     assert default.postmark_retention_days == 45  # Postmark's default
     assert default.search_window == 44 * 86400
     assert shortest.search_window == 6 * 86400
+
+
+def test_the_sender_is_named_after_the_brand_unless_mail_from_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("MAIL_FROM", "BRAND_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert NotifierSettings(**NOTIFIER_GOOD).mail_from == "Postroom <hello@postroom.test>"
+    branded = NotifierSettings(**NOTIFIER_GOOD, brand_name="Acme, Inc.")
+    assert branded.mail_from == '"Acme, Inc." <hello@postroom.test>'
+    monkeypatch.setenv("BRAND_NAME", "Acme")
+    assert NotifierSettings(**NOTIFIER_GOOD).mail_from == "Acme <hello@postroom.test>"
+    monkeypatch.setenv("MAIL_FROM", "Ops <ops@acme.example>")
+    assert NotifierSettings(**NOTIFIER_GOOD).mail_from == "Ops <ops@acme.example>"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("mail_from", "two@example.com, three@example.com", "one address"),
+        ("mail_from", "not an address", "one address"),
+        ("mail_reply_to", "nobody@", "one address"),
+        ("brand_name", "Acme\nBcc: x@y", "one line"),
+        ("brand_support_email", "help", "not an email address"),
+        ("default_locale", "english", "not a BCP 47 language tag"),
+    ],
+)
+def test_the_emails_settings_refuse_what_cannot_be_sent(
+    setting: str, value: str, says: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=says):
+        NotifierSettings(**{**NOTIFIER_GOOD, setting: value})
