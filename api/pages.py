@@ -43,6 +43,12 @@ _OUTCOMES = {
         "Link expired",
         "This verification link has expired. We can send a new one to the address it was for.",
     ),
+    "too-old": _Outcome(
+        410,
+        "Link too old",
+        "This verification link is too old to send a new one from. Ask {product} for a new "
+        "verification email from your account.",
+    ),
     "superseded": _Outcome(
         410,
         "Link no longer valid",

@@ -500,6 +500,18 @@ async def stylesheet() -> Response:
     return pages.stylesheet()
 
 
+def _within_grace(token: str, settings: ApiSettings) -> bool:
+    try:
+        tokens.read_token(
+            settings.email_token_secret.get_secret_value(),
+            token,
+            max_age=settings.email_token_max_age + RESEND_GRACE,
+        )
+    except (tokens.TokenExpired, tokens.TokenInvalid):
+        return False
+    return True
+
+
 async def _form_token(request: Request) -> str | None:
     """The `token` field of a form of one field; None if there is none, or more fields."""
     try:
@@ -529,7 +541,10 @@ async def _verification_page(
             max_age=api.settings.email_token_max_age + grace,
         )
     except tokens.TokenExpired:
-        return pages.outcome_page(api.brand, "expired", token=token)
+        # A new link may be asked for with it only while it is within RESEND_GRACE.
+        if grace < RESEND_GRACE and _within_grace(token, api.settings):
+            return pages.outcome_page(api.brand, "expired", token=token)
+        return pages.outcome_page(api.brand, "too-old")
     except tokens.TokenInvalid:
         return pages.outcome_page(api.brand, "invalid")
     try:

@@ -62,7 +62,7 @@ from notifier.settings import NotifierSettings
 from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, NotificationStore
 from postroom import tokens
 from postroom.backoff import delay_after
-from postroom.emails import Emails, EmailSpec
+from postroom.emails import Emails, EmailSpec, TemplateProblem
 from postroom.tracing import context_from, links_to, tracer
 
 log = structlog.get_logger("postroom.notifier")
@@ -70,6 +70,9 @@ T = TypeVar("T")
 
 DELIVERY_FAILED = "delivery-failed"
 OUTCOME_UNKNOWN = "outcome-unknown"
+# An email its templates cannot render for this event's data (a team template that fails on
+# some users): given up and dead-lettered alone; replay it once the templates are fixed.
+TEMPLATE_PROBLEM = "template-problem"
 UNKNOWN_OUTCOME = "whether an earlier attempt was accepted is unknown"
 # Longest wait for the dead-letter topic to acknowledge one record.
 DEAD_LETTER_TIMEOUT = 15.0
@@ -132,7 +135,7 @@ class Delivery:
         earlier: list[uuid.UUID] = []
         for chunk in self._batches(list(by_id.values()), lambda plan: plan):
             attempt_id = uuid.uuid4().hex
-            messages = self._messages(chunk, attempt_id)
+            messages, broken = self._messages(chunk, attempt_id)
             # Recorded, claimed, screened and begun in one statement under a send slot, then
             # sent at once: nothing else happens between this claim and the Postmark call.
             async with self.postmark.send_slot() as slot:
@@ -147,7 +150,10 @@ class Delivery:
                     attempt_id=attempt_id,
                     claim=claim,
                 )
-                await self._send(claimed, by_id, messages, claim, slot)
+                await self._send(
+                    [row for row in claimed if row.id not in broken], by_id, messages, claim, slot
+                )
+            await self._unrenderable(claimed, broken, by_id, claim)
             self.metrics.suppressed.inc(len(suppressed))
             seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
             earlier += [plan.id for plan in chunk if plan.id not in seen]
@@ -260,7 +266,12 @@ class Delivery:
 
         for chunk in self._batches(sendable, lambda row: plans[row.id]):
             attempt_id = uuid.uuid4().hex
-            messages = self._messages([plans[row.id] for row in chunk], attempt_id)
+            messages, broken = self._messages([plans[row.id] for row in chunk], attempt_id)
+            if broken:
+                await self._unrenderable(chunk, broken, plans, claim)
+                chunk = [row for row in chunk if row.id not in broken]
+                if not chunk:
+                    continue
             # Begun right before its call, under a send slot, so the claim, the suppression
             # list (on the address it goes to), the user's erasure and the attempt's start are
             # all checked and stamped as late as they can be.
@@ -506,10 +517,37 @@ class Delivery:
 
     def _messages(
         self, emails: Sequence[PlannedEmail], attempt_id: str
-    ) -> dict[uuid.UUID, dict[str, Any]]:
+    ) -> tuple[dict[uuid.UUID, dict[str, Any]], dict[uuid.UUID, str]]:
         """Each email's message, rendered before its attempt is stamped (rendering takes
-        time, and nothing may stand between the stamp and the call)."""
-        return {plan.id: self._message(plan, attempt_id) for plan in emails}
+        time, and nothing may stand between the stamp and the call); and why each email
+        that cannot be rendered cannot."""
+        messages: dict[uuid.UUID, dict[str, Any]] = {}
+        broken: dict[uuid.UUID, str] = {}
+        for plan in emails:
+            try:
+                messages[plan.id] = self._message(plan, attempt_id)
+            except TemplateProblem as exc:
+                broken[plan.id] = f"gave up: the email cannot be rendered: {exc}"
+        return messages, broken
+
+    async def _unrenderable(
+        self,
+        rows: Sequence[ClaimedRow],
+        broken: dict[uuid.UUID, str],
+        plans: dict[uuid.UUID, PlannedEmail],
+        claim: str,
+    ) -> None:
+        """Give up the claimed emails that cannot be rendered (nothing was sent): their
+        records go to the dead-letter topic as `template-problem`, the others go on."""
+        failing = [(row, broken[row.id]) for row in rows if row.id in broken]
+        if not failing:
+            return
+        log.error(
+            "emails cannot be rendered; dead-lettered, the rest go on",
+            count=len(failing),
+            reason=failing[0][1][:300],
+        )
+        await self._give_up(failing, plans, claim, dead_letter=TEMPLATE_PROBLEM)
 
     def _message(self, plan: PlannedEmail, attempt_id: str) -> dict[str, Any]:
         spec = _spec(plan)

@@ -157,9 +157,9 @@ def plan(source: SourceEvent, catalogue: Catalogue = BUILT_IN_CATALOGUE) -> list
         data = model.model_validate(source.data)
     except ValidationError as exc:
         raise UnreadableEvent(f"{source.event_type} data does not match its schema") from exc
-    # The record's own JSON, which the model has just validated: the template's fields as
-    # the event carries them, with no second serialisation (a sixth of planning's time).
-    fields = source.data
+    # The validated values, in the published schema's types (a producer may write a version
+    # as "2" or a time as a number; a template always sees what the schema says).
+    fields = data.model_dump(mode="json")
     user_id = getattr(data, "user_id", None)
     locale = getattr(data, "locale", None)
     planned = []

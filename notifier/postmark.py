@@ -245,6 +245,9 @@ class Postmark:
             ) from exc
         except requests.RequestException as exc:
             raise PostmarkUnavailable(f"{type(exc).__name__}: {exc}", ambiguous=True) from exc
+        except AssertionError as exc:
+            # postmarker checks a message before any request (a body, say): nothing left.
+            raise RequestRejected(0, f"refused before sending: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             # An answer postmarker cannot read (a proxy's JSON, a body of the wrong shape):
             # whatever it was, the request reached something that may have passed it on.

@@ -97,7 +97,9 @@ class Templates:
 
     def get(self, id_or_alias: str | int) -> Template:
         key = str(id_or_alias)
-        found = self._by_id.get(int(key)) if key.isdigit() else self._by_alias(key)
+        # An id is ASCII digits that fit an id ("²" is a digit to Python, not to int()).
+        numeric = key.isascii() and key.isdigit() and len(key) <= 18
+        found = self._by_id.get(int(key)) if numeric else self._by_alias(key)
         if found is None:
             raise not_found(id_or_alias)
         return found

@@ -155,10 +155,12 @@ class Emails:
             values["subject"] = subject
             html = html_t.render(values, layout=layout)
             text = text_t.render(values)
-        except TemplateError as exc:
+        except Exception as exc:  # a template's own expression may raise anything
             raise TemplateProblem(_describe(template, used, exc)) from None
         if not subject:
             raise TemplateProblem(f"{used}/{template}.subject.txt: renders an empty subject")
+        if not html.strip() and not text.strip():
+            raise TemplateProblem(f"{used}/{template}: both the HTML and the text part are empty")
         if len(subject) > MAX_SUBJECT:
             raise TemplateProblem(f"{used}/{template}.subject.txt: longer than {MAX_SUBJECT}")
         return RenderedEmail(subject=subject, html=html, text=text, locale=used)
@@ -166,10 +168,16 @@ class Emails:
     def _templates(self, template: str, locale: str | None) -> tuple[str, list[Template], Template]:
         """The first locale of the lookup chain that has all three parts of `template`, its
         three templates and that locale's layout; cached."""
-        key = (template, locale)
+        # Keyed by the canonical tag: an event's locale is anyone's string (a huge one must
+        # not be kept, and `de-at` is `de-AT`); one that is no tag is the default's.
+        try:
+            tag = canonical_locale(locale) if locale else None
+        except InvalidLocale:
+            tag = None
+        key = (template, tag)
         chosen = self._chosen.get(key)
         if chosen is None:
-            chosen = self._choose(template, locale)
+            chosen = self._choose(template, tag)
             if len(self._chosen) < 10_000:
                 self._chosen[key] = chosen
         return chosen
@@ -204,7 +212,7 @@ class Emails:
         return list(dict.fromkeys([self.default_locale, *self.catalogue.locales]))
 
 
-def _describe(template: str, locale: str, exc: TemplateError) -> str:
+def _describe(template: str, locale: str, exc: BaseException) -> str:
     """One line: the template file and line at fault (a syntax error names them; an error
     while rendering, such as an undefined variable, is found in Jinja's traceback, whose
     frames are the templates' own lines), then what is wrong."""
@@ -216,4 +224,5 @@ def _describe(template: str, locale: str, exc: TemplateError) -> str:
                 path = Path(frame.filename)
                 where, line = f"{path.parent.name}/{path.name}", frame.lineno
                 break
-    return f"{where}{f' line {line}' if line else ''}: {exc.message or type(exc).__name__}"
+    what = exc.message if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
+    return f"{where}{f' line {line}' if line else ''}: {what or type(exc).__name__}"

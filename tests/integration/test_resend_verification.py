@@ -265,3 +265,19 @@ async def test_a_locale_change_alone_is_an_update_that_names_it(
     assert (update["changed"], update["locale"]) == (["locale"], "de-AT")
     same = await client.patch(f"/v1/users/{user['id']}", json={"locale": "de-AT"})
     assert same.json()["version"] == changed.json()["version"]  # nothing changed, nothing written
+
+
+async def test_a_link_too_old_to_resend_from_says_so_and_offers_no_button(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client)
+    ancient = expired_token(user, days=40)  # past 48 h and the 30 days' grace
+
+    page = await client.get("/verify-email", params={"token": ancient})
+    pressed = await client.post("/verify-email/resend", data={"token": ancient})
+
+    for answer in (page, pressed):
+        assert answer.status_code == 410
+        assert "too old" in answer.text
+        assert "<form" not in answer.text
+    assert await requests_of(db) == []

@@ -222,3 +222,30 @@ def test_a_template_batch_answers_each_message_in_place(
     assert [a["ErrorCode"] for a in answers] == [0, 1101, 406]
     assert len(captured(sandbox, good)) == 1
     assert captured(sandbox, unknown) == []
+
+
+def test_an_id_python_calls_a_digit_is_an_unknown_template_not_a_crash(
+    client: PostmarkClient, sandbox: Sandbox
+) -> None:
+    headers = {"X-Postmark-Server-Token": POSTMARK_TOKEN, "Accept": "application/json"}
+    for key in ("%C2%B2", "9" * 5000):
+        answer = httpx.get(f"{sandbox.url}/templates/{key}", headers=headers, timeout=10)
+        assert (answer.status_code, answer.json()["ErrorCode"]) == (422, 1101)
+    name = alias("digits")
+    make_template(client, name)
+    model = {"name": "x", "product": "Acme", "verify_url": "u"}
+    answers = client.emails.send_template_batch(
+        {
+            "TemplateAlias": "²",
+            "TemplateModel": model,
+            "From": "hello@acme.test",
+            "To": "a@example.com",
+        },
+        {
+            "TemplateAlias": name,
+            "TemplateModel": model,
+            "From": "hello@acme.test",
+            "To": f"{name}@example.com",
+        },
+    )
+    assert [a["ErrorCode"] for a in answers] == [1101, 0]

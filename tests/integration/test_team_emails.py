@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -361,3 +362,52 @@ async def test_an_email_whose_stream_changed_while_in_doubt_is_found_not_sent_tw
 
     assert [m["MessageStream"] for m in messages] == ["outbound"]
     assert sent["message_id"] == messages[0]["MessageID"]
+
+
+@pytest.mark.kafka
+async def test_an_email_its_template_cannot_render_is_dead_lettered_and_the_rest_go_on(
+    tmp_path: Path,
+    db: asyncpg.Connection,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    """A team template that works for "Ada Lovelace" (the check's sample) and fails for
+    "Cher": her welcome is given up and dead-lettered as `template-problem`; the emails
+    around it, before and after on the same partitions, are sent."""
+    folder = tmp_path / "emails"
+    shutil.copytree(TEAM, folder)
+    (folder / "en" / "welcome.txt").write_text("Dear {{ name.split()[1] }} family\n")
+    cher, before, after = address("cher"), address("tmpl-before"), address("tmpl-after")
+    async with running_stack(
+        database_url, kafka_bootstrap, sandbox, notifier_templates_dir=folder
+    ) as stack:
+        await stack.wait_consuming()
+        for email, name in ((before, "Ada Lovelace"), (cher, "Cher"), (after, "Grace Hopper")):
+            await stack.api.post("/v1/users", json={"email": email, "name": name})
+        [first] = await stack.wait_messages(before)
+        [last] = await stack.wait_messages(after)
+        [failed] = await stack.wait_status(cher, "failed")
+        letters = await wait_until(
+            lambda: dead_letters_for(stack.settings, failed["id"]),
+            what="the dead letter",
+            within=20,
+        )
+        assert await stack.messages(cher) == []
+
+    assert "Dear Lovelace family" in first["TextBody"]
+    assert "Dear Hopper family" in last["TextBody"]
+    assert "cannot be rendered" in failed["last_error"]
+    assert "list object has no element 1" in failed["last_error"]
+    assert [letter.reason for letter in letters] == ["template-problem"]
+
+
+async def dead_letters_for(settings: Any, notification_id: str) -> list[Any] | None:
+    from notifier.dlq import list_dead_letters
+
+    found = [
+        letter
+        for letter in await list_dead_letters(settings)
+        if letter.headers.get("dlq_notification_id") == notification_id
+    ]
+    return found or None

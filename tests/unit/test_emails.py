@@ -336,3 +336,34 @@ def test_the_published_catalogue_schema_is_what_the_code_generates() -> None:
     assert published.read_text() == catalogue_schema_json(), (
         "regenerate it: postroom templates schema > docs/emails.schema.json"
     )
+
+
+# -- what the review found ------------------------------------------------------------------
+
+
+def test_a_template_expression_that_raises_is_a_one_line_problem(team: Path) -> None:
+    (team / "en" / "welcome.subject.txt").write_text("Hi {{ name + 1 }}\n", encoding="utf-8")
+    [problem] = check(Emails.load(team))
+    assert problem.startswith("welcome (user.registered, en): en/welcome.subject.txt line 1: ")
+    assert "TypeError" in problem
+    assert "\n" not in problem
+
+
+def test_an_email_whose_parts_are_both_empty_is_a_problem(team: Path) -> None:
+    (team / "en" / "security_notice.html").write_text("", encoding="utf-8")
+    (team / "en" / "security_notice.txt").write_text("{% if false %}x{% endif %}", encoding="utf-8")
+    [problem] = check(Emails.load(team))
+    assert "both the HTML and the text part are empty" in problem
+
+
+def test_a_huge_or_odd_locale_in_an_event_is_not_kept() -> None:
+    """Events come from any service: a locale that is no tag renders in the default locale,
+    and only canonical tags are remembered."""
+    emails = Emails.load()
+    context = {"name": "Ada", "email": "a@example.com", "verify_url": "https://x/"}
+    for n in range(200):
+        rendered = emails.render("welcome", f"{n}" * 50_000, context)
+        assert rendered.locale == "en"
+    emails.render("welcome", "de-at", context)
+    emails.render("welcome", "DE-AT", context)
+    assert len(emails._chosen) == 2  # (welcome, None) and (welcome, de-AT)

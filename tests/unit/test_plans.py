@@ -346,3 +346,25 @@ def test_replan_of_an_unreadable_record_is_unreadable() -> None:
     record = SourceRecord(topic="t", partition=0, offset=0, key=None, headers=(), value="not json")
     with pytest.raises(UnreadableEvent):
         plans.replan(record, uuid.uuid4())
+
+
+def test_templates_see_the_published_types_whoever_wrote_the_event() -> None:
+    """Another service may write a version as "2", a time as a number, a uuid in braces: the
+    model accepts them, and the template gets the schema's types."""
+    user_id = uuid.uuid4()
+    event = plans.read_record(
+        headers(uuid.uuid4(), "user.registered"),
+        json.dumps(
+            {
+                "user_id": "{" + str(user_id).upper() + "}",
+                "version": "2",
+                "email": "ada@example.com",
+                "name": "Ada",
+                "registered_at": 1_700_000_000,
+            }
+        ).encode(),
+    )
+    [email] = plans.plan(event)
+    assert email.context["version"] == 2
+    assert email.context["user_id"] == str(user_id)
+    assert email.context["registered_at"] == "2023-11-14T22:13:20Z"

@@ -651,3 +651,13 @@ async def test_find_sent_errors_are_sorted_like_sends(
         await postmark.find_sent("n-1", "outbound")
     with pytest.raises(PostmarkUnavailable):
         await postmark.find_sent("n-1", "outbound")
+
+
+async def test_a_message_postmarker_refuses_before_sending_is_rejected_not_raised(
+    fake: FakePostmark, postmark: Postmark
+) -> None:
+    """postmarker asserts a body before any request: a definite refusal, nothing left."""
+    bodiless = {k: v for k, v in message("a@example.com").items() if k != "TextBody"}
+    with pytest.raises(RequestRejected, match="refused before sending"):
+        await send(postmark, [bodiless])
+    assert fake.seen == []
