@@ -238,6 +238,7 @@ async def update_user(
             email=body.email,
             outbox=api.outbox,
             locale=body.locale,
+            clear_locale=body.clears_locale,
         )
     return UserOut.from_row(row)
 

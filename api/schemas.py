@@ -56,12 +56,18 @@ class UserCreate(_Request):
 
 
 class UserPatch(_Request):
-    """Only the fields present change. Neither may be null, so the default (absent) is not a
-    value of the field's type and the published schema has no `null` in it."""
+    """Only the fields present change. `name` and `email` may not be null, so their default
+    (absent) is not a value of their type and the published schema has no `null` for them;
+    `locale` may: null takes it away."""
 
     name: Name = None  # type: ignore[assignment]
     email: Email = None  # type: ignore[assignment]
-    locale: Locale = None  # type: ignore[assignment]
+    # null clears it: the user's emails go back to DEFAULT_LOCALE.
+    locale: Locale | None = None
+
+    @property
+    def clears_locale(self) -> bool:
+        return "locale" in self.model_fields_set and self.locale is None
 
 
 class EmailVerificationRequest(_Request):

@@ -204,8 +204,10 @@ async def update_user(
     email: str | None,
     outbox: OutboxWriter,
     locale: str | None = None,
+    clear_locale: bool = False,
 ) -> User:
-    """Change name, email and/or locale (None: unchanged); `user.updated`, plus
+    """Change name, email and/or locale (None: unchanged; `clear_locale`: back to none);
+    `user.updated`, plus
     `user.email_changed` when the address changes (which also resets verification). A
     request that changes nothing writes nothing.
 
@@ -221,7 +223,7 @@ async def update_user(
             current = User.of(record)
             new_name = current.name if name is None else name
             new_email = current.email if email is None else email
-            new_locale = current.locale if locale is None else locale
+            new_locale = None if clear_locale else current.locale if locale is None else locale
             if (new_name, new_email, new_locale) == (current.name, current.email, current.locale):
                 return current
             new_key = address_key(new_email)

@@ -31,7 +31,7 @@ class InvalidLocale(ValueError):
 
 def canonical_locale(tag: str) -> str:
     """The tag in its canonical form (`en-us` -> `en-US`), or InvalidLocale."""
-    if len(tag) > MAX_LENGTH or not _WELL_FORMED.match(tag):
+    if len(tag) > MAX_LENGTH or not _WELL_FORMED.fullmatch(tag):  # `$` lets "en\n" by
         raise InvalidLocale(f"{tag[:MAX_LENGTH]!r} is not a BCP 47 language tag (e.g. de-AT)")
     if langcodes.tag_is_valid(tag):
         return str(langcodes.standardize_tag(tag))

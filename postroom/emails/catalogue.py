@@ -23,6 +23,8 @@ BUILT_IN = Path(__file__).with_name(CATALOGUE_FILE)
 # metadata may not take these names, and Postmark keeps at most 10 fields per message.
 RESERVED_METADATA = frozenset({"notification_id", "event_id", "user_id", "attempt_id"})
 MAX_METADATA_FIELDS = 10 - len(RESERVED_METADATA)
+# The event of `POST /v1/users/{id}/verification-emails`: its email carries the new link.
+RESEND_EVENT = "user.verification_requested"
 # Event type -> recipient role -> the field of its data holding that address.
 RECIPIENTS: dict[str, dict[str, str]] = {
     model.event_type: dict(model.recipients)  # type: ignore[attr-defined]
@@ -151,12 +153,12 @@ class Catalogue(BaseModel):
 
     @model_validator(mode="after")
     def _known_events_and_recipients(self) -> Catalogue:
+        names: set[str] = set()  # an email's name is its identity (ids, tags, previews)
         for event_type, specs in self.emails.items():
             roles = RECIPIENTS.get(event_type)
             if roles is None:
                 known = ", ".join(sorted(RECIPIENTS))
                 raise ValueError(f"{event_type!r} is not a user event type (one of {known})")
-            names: set[str] = set()
             for spec in specs:
                 if spec.to not in roles:
                     raise ValueError(
@@ -164,8 +166,19 @@ class Catalogue(BaseModel):
                         f"{', '.join(sorted(roles))}"
                     )
                 if spec.name in names:
-                    raise ValueError(f"{event_type}: two emails named {spec.name!r}")
+                    raise ValueError(f"two emails named {spec.name!r}: a name is one email")
                 names.add(spec.name)
+        return self
+
+    @model_validator(mode="after")
+    def _a_new_link_is_sent_when_asked_for(self) -> Catalogue:
+        """The api answers "a new link is on its way" to a resend request: the catalogue
+        must send one."""
+        if not any(spec.verification_link for spec in self.specs(RESEND_EVENT)):
+            raise ValueError(
+                f"{RESEND_EVENT} needs an email with `verification_link: true` (the api "
+                "promises a new link to whoever asks for one)"
+            )
         return self
 
     def specs(self, event_type: str) -> list[EmailSpec]:

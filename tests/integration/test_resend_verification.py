@@ -281,3 +281,18 @@ async def test_a_link_too_old_to_resend_from_says_so_and_offers_no_button(
         assert "too old" in answer.text
         assert "<form" not in answer.text
     assert await requests_of(db) == []
+
+
+async def test_a_locale_can_be_cleared_with_null(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await register(client, locale="fr")
+    cleared = await client.patch(f"/v1/users/{user['id']}", json={"locale": None})
+    assert cleared.status_code == 200
+    assert cleared.json()["locale"] is None
+    untouched = await client.patch(f"/v1/users/{user['id']}", json={"name": "Ada L."})
+    assert untouched.json()["locale"] is None
+    row = await db.fetchrow(
+        "SELECT payload FROM outbox WHERE event_type = 'user.updated' ORDER BY id LIMIT 1"
+    )
+    assert json.loads(row["payload"])["changed"] == ["locale"]

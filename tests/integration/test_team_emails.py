@@ -213,7 +213,10 @@ def postmark_catalogue(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str, str
         "      verification_link: true\n"
         "      stream: onboarding\n"
         f"      postmark_template: {english}\n"
-        f"      postmark_template_locales: {{de: {german}}}\n",
+        f"      postmark_template_locales: {{de: {german}}}\n"
+        "  user.verification_requested:\n"
+        "    - name: verify_email\n"
+        "      verification_link: true\n",
         encoding="utf-8",
     )
     return folder, english, german

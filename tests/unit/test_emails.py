@@ -27,6 +27,10 @@ def team(tmp_path: Path) -> Path:
     return folder
 
 
+# The resend route's email, which every catalogue must have.
+RESEND = {"user.verification_requested": [{"name": "verify_email", "verification_link": True}]}
+
+
 def write_catalogue(folder: Path, data: object) -> None:
     (folder / "emails.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
 
@@ -49,7 +53,9 @@ def test_a_locale_is_kept_in_one_form(tag: str, canonical: str) -> None:
     assert canonical_locale(tag) == canonical
 
 
-@pytest.mark.parametrize("tag", ["", "de_AT", "english", "en US", "de--AT", "a" * 36, "0000"])
+@pytest.mark.parametrize(
+    "tag", ["", "de_AT", "english", "en US", "de--AT", "a" * 36, "0000", "en\n", "de-AT\n"]
+)
 def test_a_locale_that_is_no_language_tag_is_refused(tag: str) -> None:
     with pytest.raises(InvalidLocale):
         canonical_locale(tag)
@@ -192,6 +198,15 @@ def test_a_broken_template_is_a_problem_not_a_crash(team: Path) -> None:
             {"emails": {"user.registered": [{"name": "w"}, {"name": "w"}]}},
             "two emails named 'w'",
         ),
+        (
+            {"emails": {"user.registered": [{"name": "w"}], "user.deleted": [{"name": "w"}]}},
+            "two emails named 'w'",
+        ),
+        ({"emails": {"user.registered": [{"name": "w"}]}}, "needs an email with `verification"),
+        (
+            {"emails": {"user.verification_requested": [{"name": "goodbye"}]}},
+            "needs an email with `verification_link: true`",
+        ),
         ({"emails": {"user.registered": [{"name": "Welcome!"}]}}, "should match pattern"),
         ({"emails": {"user.registered": [{"name": "w", "colour": "red"}]}}, "colour"),
         ({"locales": ["de-at"], "emails": {}}, "write 'de-at' as 'de-AT'"),
@@ -250,12 +265,13 @@ def test_postmark_templates_are_chosen_per_locale(tmp_path: Path) -> None:
                         "postmark_template": "welcome-en",
                         "postmark_template_locales": {"de": "welcome-de"},
                     }
-                ]
+                ],
+                **RESEND,
             }
         },
     )
     emails = Emails.load(tmp_path, brand=Brand("Acme"))
-    [(event_type, spec)] = emails.catalogue.all()
+    event_type, spec = emails.catalogue.all()[0]
     assert emails.postmark_alias(spec, "de-CH") == "welcome-de"
     assert emails.postmark_alias(spec, "fr") == "welcome-en"
     assert emails.postmark_alias(spec, None) == "welcome-en"
