@@ -73,6 +73,9 @@ OUTCOME_UNKNOWN = "outcome-unknown"
 # An email its templates cannot render for this event's data (a team template that fails on
 # some users): given up and dead-lettered alone; replay it once the templates are fixed.
 TEMPLATE_PROBLEM = "template-problem"
+# Postmark's template errors (its 11xx codes: a template not found, a model it cannot use):
+# the template is the team's to fix, so such an email is dead-lettered, not failed for good.
+TEMPLATE_ERRORS = range(1100, 1200)
 UNKNOWN_OUTCOME = "whether an earlier attempt was accepted is unknown"
 # Longest wait for the dead-letter topic to acknowledge one record.
 DEAD_LETTER_TIMEOUT = 15.0
@@ -150,10 +153,12 @@ class Delivery:
                     attempt_id=attempt_id,
                     claim=claim,
                 )
-                await self._send(
+                refused = await self._send(
                     [row for row in claimed if row.id not in broken], by_id, messages, claim, slot
                 )
             await self._unrenderable(claimed, broken, by_id, claim)
+            if refused:
+                await self._give_up(refused, by_id, claim, dead_letter=TEMPLATE_PROBLEM)
             self.metrics.suppressed.inc(len(suppressed))
             seen = {row.id for row in claimed} | {plan.id for plan, _ in suppressed}
             earlier += [plan.id for plan in chunk if plan.id not in seen]
@@ -188,6 +193,18 @@ class Delivery:
                 unplannable.append((row, f"gave up: cannot plan the email again: {exc}"))
         if unplannable:
             log.error("pending notifications cannot be planned again", count=len(unplannable))
+            # One in doubt may have been sent (its email renamed or removed from the
+            # catalogue since): Postmark is asked first, in every stream, and what it holds
+            # is marked sent; only the rest are given up.
+            reasons = {row.id: reason for row, reason in unplannable}
+            doubtful = [row for row, _ in unplannable if row.in_doubt and row.searchable]
+            cleared = {row.id for row in await self._reconcile(doubtful, plans, claim)}
+            searched = {row.id for row in doubtful}
+            unplannable = [
+                (row, reasons[row.id])
+                for row, _ in unplannable
+                if row.id not in searched or row.id in cleared
+            ]
             await self._give_up(unplannable, plans, claim)
         await self._work([row for row in rows if row.id in plans], plans, claim)
         return len(rows)
@@ -280,7 +297,9 @@ class Delivery:
                     {row.id: plans[row.id].recipient for row in chunk}, attempt_id, claim=claim
                 )
                 begun = [row for row in chunk if row.id in held and held[row.id] is None]
-                await self._send(begun, plans, messages, claim, slot)
+                refused = await self._send(begun, plans, messages, claim, slot)
+            if refused:
+                await self._give_up(refused, plans, claim, dead_letter=TEMPLATE_PROBLEM)
             late = [(row_id, reason) for row_id, reason in held.items() if reason is not None]
             if late:  # suppressed (or its user deleted) while its search or backoff went on
                 self.metrics.suppressed.inc(await self.store.mark_suppressed(late))
@@ -296,7 +315,7 @@ class Delivery:
         async def search(row: ClaimedRow) -> str | Exception | None:
             async with self._searches:
                 try:
-                    for stream in self._streams_to_search(plans[row.id]):
+                    for stream in self._streams_to_search(plans.get(row.id)):
                         found = await self.postmark.find_sent(str(row.id), stream)
                         if found is not None:
                             return found
@@ -369,11 +388,12 @@ class Delivery:
         messages: dict[uuid.UUID, dict[str, Any]],
         claim: str,
         slot: SendSlot,
-    ) -> None:
+    ) -> list[tuple[ClaimedRow, str]]:
         """One Postmark batch call for rows whose attempt was just begun under `slot`, and
-        its outcome."""
+        its outcome; returned, the rows Postmark refused for their template (to be given up
+        and dead-lettered once the slot is free)."""
         if not chunk:
-            return
+            return []
         emails = [plans[row.id] for row in chunk]
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -414,17 +434,22 @@ class Delivery:
                 pending=len(chunk),
                 error=str(exc)[:300],
             )
-            return
+            return []
         self.metrics.send_latency.observe(loop.time() - started)
         self.metrics.batches.inc()
         accepted: list[tuple[uuid.UUID, str]] = []
         inactive: list[tuple[uuid.UUID, str]] = []
         refused: list[tuple[uuid.UUID, str]] = []
-        for plan, result in zip(emails, results, strict=True):
+        template_refused: list[tuple[ClaimedRow, str]] = []
+        for row, plan, result in zip(chunk, emails, results, strict=True):
             if isinstance(result, Accepted):
                 accepted.append((plan.id, result.message_id))
             elif result.error_code == INACTIVE_RECIPIENT:
                 inactive.append((plan.id, f"inactive at Postmark: {result.message}"))
+            elif result.error_code in TEMPLATE_ERRORS:
+                # The team's Postmark template is missing or broken: nothing was sent, and
+                # it will be once the template is there (a replay of the dead letter).
+                template_refused.append((row, f"ErrorCode {result.error_code}: {result.message}"))
             else:
                 refused.append((plan.id, f"ErrorCode {result.error_code}: {result.message}"))
         moved, late = await self.store.mark_sent(accepted, claim=claim)
@@ -435,6 +460,7 @@ class Delivery:
             self.metrics.suppressed.inc(moved)
         if refused:
             self.metrics.failed.inc(await self.store.mark_failed(refused))
+        return template_refused
 
     async def _give_up(
         self,
@@ -505,15 +531,15 @@ class Delivery:
     def _stream(self, plan: PlannedEmail) -> str:
         return _spec(plan).stream or self.settings.postmark_message_stream
 
-    def _streams_to_search(self, plan: PlannedEmail) -> list[str]:
+    def _streams_to_search(self, plan: PlannedEmail | None) -> list[str]:
         """Where an earlier attempt of `plan` may be: Postmark searches one stream at a time,
         and the email's stream may have changed in the catalogue since that attempt. Its own
         stream first, then every other stream the catalogue or POSTMARK_MESSAGE_STREAM names
-        (a stream no longer named anywhere is not searched: docs/architecture.md)."""
+        (a stream no longer named anywhere is not searched: docs/architecture.md). Without a
+        plan (its email left the catalogue): all of those."""
         others = [spec.stream for _, spec in self.emails.catalogue.all() if spec.stream]
-        return list(
-            dict.fromkeys([self._stream(plan), self.settings.postmark_message_stream, *others])
-        )
+        own = [self._stream(plan)] if plan is not None else []
+        return list(dict.fromkeys([*own, self.settings.postmark_message_stream, *others]))
 
     def _messages(
         self, emails: Sequence[PlannedEmail], attempt_id: str

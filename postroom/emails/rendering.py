@@ -211,6 +211,19 @@ class Emails:
         catalogue's `locales`."""
         return list(dict.fromkeys([self.default_locale, *self.catalogue.locales]))
 
+    def team_locales(self) -> list[str]:
+        """The locale folders of the team's templates folder (named by a canonical tag)."""
+        if self.templates_dir is None:
+            return []
+        found = []
+        for folder in sorted(self.templates_dir.iterdir()):
+            try:
+                if folder.is_dir() and canonical_locale(folder.name) == folder.name:
+                    found.append(folder.name)
+            except InvalidLocale:
+                continue
+        return found
+
 
 def _describe(template: str, locale: str, exc: BaseException) -> str:
     """One line: the template file and line at fault (a syntax error names them; an error

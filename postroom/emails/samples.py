@@ -80,11 +80,14 @@ def preview(emails: Emails, name: str, locale: str | None = None) -> Preview:
 
 def check(emails: Emails) -> list[str]:
     """Every problem with the emails in effect, one line each: an email that cannot be
-    rendered in one of the catalogue's locales (a missing template or variable, a broken
-    template), or that has no template in that locale's language (it would go out in
-    another)."""
+    rendered in one of the catalogue's locales or of the team folder's (a missing template
+    or variable, a broken template), or that has no template in the language of a locale
+    the catalogue promises (it would go out in another)."""
     problems: list[str] = []
-    locales = emails.locales()
+    promised = emails.locales()
+    # A locale folder of the team's that the catalogue does not promise is still used for
+    # its users: what is in it must render, though it need not hold every email.
+    locales = promised + [tag for tag in emails.team_locales() if tag not in promised]
     for event_type, spec in emails.catalogue.all():
         if spec.postmark_template:
             continue  # rendered by Postmark: `templates check --postmark` asks it
@@ -96,7 +99,7 @@ def check(emails: Emails) -> list[str]:
             except TemplateProblem as exc:
                 problems.append(f"{spec.name} ({event_type}, {locale}): {exc}")
                 continue
-            if rendered.locale.split("-")[0] != locale.split("-")[0]:
+            if locale in promised and rendered.locale.split("-")[0] != locale.split("-")[0]:
                 problems.append(
                     f"{spec.name} ({event_type}, {locale}): no {locale}/"
                     f"{spec.template_name}.{{subject.txt,html,txt}}: it would go out in "

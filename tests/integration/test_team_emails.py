@@ -414,3 +414,113 @@ async def dead_letters_for(settings: Any, notification_id: str) -> list[Any] | N
         if letter.headers.get("dlq_notification_id") == notification_id
     ]
     return found or None
+
+
+@pytest.mark.kafka
+async def test_a_postmark_template_missing_at_postmark_is_dead_lettered_then_sent_by_a_replay(
+    tmp_path: Path, database_url: str, kafka_bootstrap: str, sandbox: Sandbox
+) -> None:
+    """The team deploys a catalogue naming a Postmark template before creating it: Postmark
+    refuses the email (1101); it is dead-lettered as `template-problem`, not lost, and a
+    replay once the template exists sends it, once."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from notifier.dlq import replay
+    from postroom.settings import asyncpg_url
+
+    folder, english, _ = postmark_catalogue(tmp_path, sandbox)
+    client = PostmarkClient(server_token=POSTMARK_TOKEN, root_api_url=sandbox.url + "/")
+    client.templates.delete(english)
+    email = address("pm-missing")
+    async with running_stack(
+        database_url, kafka_bootstrap, sandbox, notifier_templates_dir=folder
+    ) as stack:
+        await stack.api.post("/v1/users", json={"email": email, "name": "Early"})
+        [failed] = await stack.wait_status(email, "failed")
+        [letter] = await wait_until(
+            lambda: dead_letters_for(stack.settings, failed["id"]),
+            what="the dead letter",
+            within=20,
+        )
+        assert letter.reason == "template-problem"
+        assert "1101" in failed["last_error"]
+
+        client.templates.create(
+            Name=english, Alias=english, Subject="Welcome, {{name}}", TextBody="{{verify_url}}"
+        )
+        engine = create_async_engine(asyncpg_url(database_url))
+        try:
+            replayed = await replay(stack.settings, engine, reason="template-problem")
+        finally:
+            await engine.dispose()
+        assert replayed.replayed == 1
+        [sent] = await stack.wait_status(email, "sent")
+        [message] = await stack.wait_messages(email)
+        await asyncio.sleep(0.5)
+        assert len(await stack.messages(email)) == 1
+
+    assert sent["id"] == failed["id"]
+    assert (message["Subject"], message["TemplateAlias"]) == ("Welcome, Early", english)
+
+
+@pytest.mark.kafka
+async def test_an_email_renamed_while_in_doubt_is_found_sent_not_failed(
+    tmp_path: Path,
+    db: asyncpg.Connection,
+    database_url: str,
+    kafka_bootstrap: str,
+    sandbox: Sandbox,
+) -> None:
+    """The welcome's answer is lost; the team then renames the email (`welcome_v2`), so its
+    record no longer plans that notification. Postmark holds the message: the notification
+    is marked sent, not failed, and nothing is dead-lettered (a replay would send it again)."""
+    folder = tmp_path / "emails"
+    shutil.copytree(TEAM, folder)
+    catalogue = folder / "emails.yaml"
+    catalogue.write_text(
+        catalogue.read_text().replace(
+            "- name: welcome\n", "- name: welcome_v2\n      template: welcome\n"
+        )
+    )
+    email = address("renamed")
+    async with running_stack(
+        database_url,
+        kafka_bootstrap,
+        sandbox,
+        postmark_timeout=1.0,
+        notifier_lease=2.0,
+        notifier_search_settle=60.0,
+    ) as stack:
+        await stack.wait_consuming()
+        await stack.sandbox.put(
+            "/api/faults",
+            json={
+                "timeout_rate": 1.0,
+                "timeout_ms": 1500,
+                "timeout_accepts": True,
+                "search_delay_ms": 3000,
+            },
+        )
+        await stack.api.post("/v1/users", json={"email": email, "name": "Renamed"})
+
+        async def in_doubt() -> bool:
+            row = await db.fetchrow(
+                "SELECT attempt_open, doubt_since FROM notifications WHERE recipient = $1", email
+            )
+            return bool(row and row["doubt_since"] and not row["attempt_open"])
+
+        await wait_until(in_doubt, what="the first attempt to time out", within=30)
+        await stack.sandbox.delete("/api/faults")
+    await asyncio.sleep(3.5)
+    await db.execute("UPDATE notifications SET next_attempt_at = now() WHERE recipient = $1", email)
+
+    async with running_stack(
+        database_url, kafka_bootstrap, sandbox, notifier_templates_dir=folder
+    ) as stack:
+        [sent] = await stack.wait_status(email, "sent", within=30)
+        messages = await stack.messages(email)
+        letters = await dead_letters_for(stack.settings, sent["id"])
+
+    assert sent["message_id"] == messages[0]["MessageID"]
+    assert len(messages) == 1
+    assert letters is None

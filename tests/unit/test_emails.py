@@ -383,3 +383,15 @@ def test_a_huge_or_odd_locale_in_an_event_is_not_kept() -> None:
     emails.render("welcome", "de-at", context)
     emails.render("welcome", "DE-AT", context)
     assert len(emails._chosen) == 2  # (welcome, None) and (welcome, de-AT)
+
+
+def test_a_locale_folder_the_catalogue_does_not_promise_is_checked_too(team: Path) -> None:
+    """`pt/` is not in `locales:`, but Portuguese users get what is in it: it must render
+    (it need not hold every email)."""
+    (team / "pt").mkdir()
+    (team / "pt" / "welcome.subject.txt").write_text("Bem-vindo {{ nome }}\n", encoding="utf-8")
+    for part in ("html", "txt"):
+        (team / "pt" / f"welcome.{part}").write_text("Olá {{ name }}\n", encoding="utf-8")
+    assert check(Emails.load(team)) == [
+        "welcome (user.registered, pt): pt/welcome.subject.txt line 1: 'nome' is undefined"
+    ]
