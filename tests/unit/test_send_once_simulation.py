@@ -29,7 +29,10 @@ What must hold for every schedule:
   suppression;
 - every notification's status is true to what Postmark accepted: sent naming the message it
   accepted if it accepted one (or failed saying that this is unknown), never sent otherwise;
-- once the faults stop, every notification ends sent, suppressed or failed.
+- once the faults stop, every notification ends sent, suppressed or failed;
+- an email failed for its template (one the team's templates cannot render for its data, or
+  whose Postmark template is missing: some schedules have both until the team fixes them and
+  replays) was dead-lettered, so the fix and a replay bring it back.
 
 Assumption, as in production (docs/architecture.md): the search shows an accepted message
 within `SETTLE` (≥ `LAG`) of the last instant its request could reach Postmark.
@@ -62,6 +65,7 @@ from notifier.postmark import (
     Accepted,
     MessageResult,
     PostmarkUnavailable,
+    Rejected,
     SendSlot,
     refuse_late_start,
 )
@@ -69,7 +73,7 @@ from notifier.settings import CALL_START_WINDOW, NotifierSettings
 from notifier.store import USER_DELETED, ClaimedRow, LateAcceptance, Replay
 from postroom import events
 from postroom.addresses import address_key
-from postroom.emails import Emails
+from postroom.emails import Emails, TemplateProblem
 from tests.support.settings import make_notifier_settings
 
 TIMEOUT = 2.0  # POSTMARK_TIMEOUT
@@ -430,6 +434,8 @@ class FakePostmark:
         self.outage = False  # while it lasts, Postmark refuses every send
         self.accepted: list[Acceptance] = []
         self.lag: dict[str, float] = {}  # message id -> searchable after
+        # Notifications whose Postmark template is missing until the team creates it.
+        self.template_missing: set[str] = set()
 
     async def call(self, messages: Sequence[dict[str, Any]], *, ends: float) -> list[MessageResult]:
         """One batch call that the client cuts at `ends` (its total deadline)."""
@@ -444,6 +450,9 @@ class FakePostmark:
         results: list[MessageResult] = []
         if arrived and fault in ("none", "lost-answer"):
             for message in messages:
+                if message["Metadata"]["notification_id"] in self.template_missing:
+                    results.append(Rejected(1101, "The template was not found."))
+                    continue
                 message_id = uuid.uuid4().hex
                 self.accepted.append(
                     Acceptance(
@@ -478,6 +487,23 @@ class FakePostmark:
             and self.lag[a.message_id] <= now < a.at + RETENTION
         ]
         return min(visible, key=lambda a: a.at).message_id if visible else None
+
+
+class TemplateTrouble:
+    """The team's templates, some of which fail to render for some recipients until the
+    team fixes them (the real `Emails` otherwise)."""
+
+    def __init__(self, emails: Emails) -> None:
+        self._emails = emails
+        self.broken_for: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._emails, name)
+
+    def render(self, template: str, locale: str | None, context: dict[str, Any]) -> Any:
+        if context["email"] in self.broken_for:
+            raise TemplateProblem(f"en/{template}.txt line 1: 'nickname' is undefined")
+        return self._emails.render(template, locale, context)
 
 
 class FakeMailer:
@@ -617,6 +643,17 @@ async def run_schedule(seed: int) -> None:
     record_of = {p.id: record for record, plans in planned for p in plans}
     metrics = NotifierMetrics(CollectorRegistry())
     stores: list[MemoryStore] = []
+    # Some schedules have template trouble: emails the team's templates cannot render for
+    # their data, and emails whose Postmark template is missing, until the team fixes them
+    # and replays the dead letters.
+    trouble = TemplateTrouble(EMAILS)
+    if rng.random() < 0.25:
+        for p in every.values():
+            roll = rng.random()
+            if roll < 0.15:
+                trouble.broken_for.add(p.recipient)
+            elif roll < 0.3:
+                postmark.template_missing.add(str(p.id))
 
     def new_delivery() -> Delivery:
         store = MemoryStore(world, rows, suppressed)
@@ -627,7 +664,7 @@ async def run_schedule(seed: int) -> None:
             postmark=FakeMailer(world, postmark),
             dead_letters=dead_letters,
             metrics=metrics,
-            emails=EMAILS,
+            emails=trouble,  # type: ignore[arg-type]
         )
         return delivery
 
@@ -799,7 +836,10 @@ async def run_schedule(seed: int) -> None:
                 event()
         # Calm: faults stop, one notifier at least, time keeps moving.
         postmark.faulty = dead_letters.faulty = postmark.outage = False
-        if dead_letters.written and (told or rng.random() < 0.5):
+        troubled = bool(trouble.broken_for or postmark.template_missing)
+        trouble.broken_for.clear()  # the team fixed its templates
+        postmark.template_missing.clear()
+        if dead_letters.written and (told or troubled or rng.random() < 0.5):
             replay()  # the documented step once Postmark is back
         # Records whose offsets no notifier committed are read again by a live one.
         start(intake=True)
@@ -814,6 +854,13 @@ async def run_schedule(seed: int) -> None:
         try:
             check(world, rows, every, suppressed_mailboxes, mailbox_of, postmark)
             check_erasure(world, rows, every, mailbox_of, postmark, stores)
+            for row in rows.values():
+                error = row.last_error or ""
+                if row.status == "failed" and ("rendered" in error or "ErrorCode 1101" in error):
+                    assert row.plan.id in dead_letters.written, (
+                        f"{row.plan.id} failed for its template and was never dead-lettered: "
+                        "fixing the template could not bring it back"
+                    )
         except AssertionError as exc:
             shown = world.trace if "SIMULATION_SEED" in os.environ else world.trace[-25:]
             raise AssertionError(f"{exc}\n" + "\n".join(shown)) from None

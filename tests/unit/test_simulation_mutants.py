@@ -1,4 +1,4 @@
-"""The send-once simulation catches each of issue 18's fixes taken out in turn.
+"""The send-once simulation catches each of issue 18's and issue 20's fixes taken out in turn.
 
 A simulation that passes proves little unless it fails when a rule it guards is broken. Each
 case below puts back one mistake the fixes removed (in the real code where it can be reached
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from notifier import delivery
 from notifier.store import LateAcceptance
 from tests.unit import test_send_once_simulation as sim
 
@@ -59,6 +60,16 @@ def _drop_late_acceptances(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sim.MemoryStore, "mark_sent", mark_sent)
 
 
+def _template_refusals_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Postmark's template errors are refusals like any other: failed for good, no dead letter.
+    monkeypatch.setattr(delivery, "TEMPLATE_ERRORS", range(0))
+
+
+def _render_failures_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A template that cannot be rendered raises out of delivery, as before issue 20's review.
+    monkeypatch.setattr(delivery, "TemplateProblem", type("NeverRaised", (Exception,), {}))
+
+
 MUTANTS: dict[str, tuple[Callable[[pytest.MonkeyPatch], Any], str]] = {
     "a call started past its start window": (_no_start_window, "after its attempt was stamped"),
     "suppressions keyed by str.lower()": (_lower_keys, "was suppressed at"),
@@ -68,6 +79,14 @@ MUTANTS: dict[str, tuple[Callable[[pytest.MonkeyPatch], Any], str]] = {
     ),
     "no tombstone for deleted users": (_no_tombstone, "whose user was deleted"),
     "late acceptances dropped": (_drop_late_acceptances, "was dropped"),
+    "a missing Postmark template failed for good": (
+        _template_refusals_final,
+        "never dead-lettered",
+    ),
+    "a template that cannot render raised out of delivery": (
+        _render_failures_raised,
+        "TemplateProblem|still pending|is recorded",
+    ),
 }
 
 
@@ -82,6 +101,8 @@ def test_the_simulation_catches(mutant: str, monkeypatch: pytest.MonkeyPatch) ->
                 await sim.run_schedule(seed)
             except AssertionError as exc:
                 return seed, str(exc)
+            except Exception as exc:  # a notifier that died of an error the code let out
+                return seed, f"{type(exc).__name__}: {exc}"
         return None
 
     found = asyncio.run(first_failure())
