@@ -12,6 +12,7 @@ Generated secrets are kept in `.postroom/dev.env` so the token stays the same be
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from postroom.migrate import upgrade
 from postroom_cli.embedded import (
@@ -228,8 +230,46 @@ def _taken_port(wanted: list[tuple[int, str, str]]) -> str | None:
     return None
 
 
+class StackRunning(Exception):
+    """Another `postroom dev` runs from this checkout; the message says which."""
+
+
+def _hold_checkout(state_dir: Path) -> IO[str]:
+    """This checkout's stack lock, held until the process ends (the kernel lets go of it
+    then, even after a SIGKILL: no stale lock). A second stack on one checkout would take
+    over the first one's PostgreSQL, share its outbox and overwrite its settings."""
+    lock = (state_dir / "dev.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise StackRunning(
+            f"a stack is already running from this checkout (pid {pid}); stop it first "
+            f"(Ctrl-C where it runs, or kill {pid})"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def _run_dev() -> int:
     STATE_DIR.mkdir(exist_ok=True)
+    try:
+        lock = _hold_checkout(STATE_DIR)
+    except StackRunning as exc:
+        print(f"postroom dev: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_stack()
+    finally:
+        lock.close()
+
+
+def _run_stack() -> int:
     env = dict(os.environ)
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
