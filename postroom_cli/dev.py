@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,6 +389,7 @@ def _run_children(
             print(f"postroom dev: the {name} did not become ready", file=sys.stderr)
             return 1
     token = env["API_TOKENS"].split(",")[0].strip()
+    cli = _command_that_works()
     topic = f"{env.get('KAFKA_TOPIC_PREFIX', 'postroom')}.user"
     print(
         f"\nPostroom is running.\n"
@@ -404,8 +406,8 @@ def _run_children(
         f"  curl -sX POST {base}/v1/users -H 'Authorization: Bearer {token}' \\\n"
         f"       -H 'Content-Type: application/json' "
         f'-d \'{{"email":"ada@example.com","name":"Ada"}}\'\n'
-        f"  postroom outbox recent           # the event it committed\n"
-        f"  postroom events tail --from-beginning   # the same event on Kafka\n"
+        f"  {cli} outbox recent           # the event it committed\n"
+        f"  {cli} events tail --from-beginning   # the same event on Kafka\n"
         f"  open {inbox} for the welcome email; its link verifies the address\n\n"
         f"{_BROKER_NOTE.get(broker.kind, '') if broker else ''}"
         f"Ctrl-C stops everything.",
@@ -426,6 +428,20 @@ def _stop_infrastructure(postgres: EmbeddedPostgres | None, broker: Broker | Non
     if postgres is not None:
         postgres.stop()
         print("embedded PostgreSQL stopped")
+
+
+def _command_that_works() -> str:
+    """How to call `postroom` from this shell: the virtualenv's script (`.venv/bin/postroom`
+    from the checkout) unless `postroom` on the PATH is that very script."""
+    script = Path(sys.executable).with_name("postroom")
+    if not script.exists():
+        return f"{Path(sys.executable).name} -m postroom_cli"
+    found = shutil.which("postroom")
+    if found and Path(found).resolve() == script.resolve():
+        return "postroom"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
 
 
 def _supervise(children: list[Child]) -> int:

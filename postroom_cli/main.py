@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -96,6 +97,11 @@ def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T
             err=True,
         )
         raise typer.Exit(code=UNREACHABLE) from None
+
+
+def _utc(moment: datetime) -> str:
+    """A time as the API writes it: ISO 8601 in UTC, with `Z`."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _print_json(value: Any) -> None:
@@ -235,7 +241,14 @@ def outbox_recent(
     settings = _load("outbox", CommonSettings)
     rows = _run("outbox", admin.recent(settings, limit=limit, parked_only=parked), settings)
     if as_json:
-        _print_json([dataclasses.asdict(row) for row in rows])
+        # The payload as the object it is, times as the API writes them (ISO 8601, `Z`).
+        _print_json(
+            [
+                dataclasses.asdict(row)
+                | {"payload": json.loads(row.payload), "created_at": _utc(row.created_at)}
+                for row in rows
+            ]
+        )
         return
     if not rows:
         typer.echo("no rows")

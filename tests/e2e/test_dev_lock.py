@@ -4,6 +4,7 @@ first stack's PostgreSQL, shared its outbox and overwrote its settings)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,18 @@ def test_a_second_stack_on_one_checkout_is_refused_and_the_first_goes_on(tmp_pat
     first = DevStack(tmp_path, ports)
     try:
         first.wait_for(r"Postroom is running", timeout=120)
+        # The banner's operator commands work as printed, from this shell.
+        command = first.wait_for(r"^  (\S+(?: -m postroom_cli)?) outbox recent ").group(1)
+        shown = subprocess.run(
+            [*command.split(), "outbox", "recent", "--json"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == []
         settings = (tmp_path / ".postroom" / "dev.settings").read_text()
         postgres_pid = (tmp_path / ".postroom" / "pg" / "postmaster.pid").read_text().split()[0]
 

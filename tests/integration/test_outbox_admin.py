@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -199,3 +201,27 @@ async def test_prune_deletes_only_old_published_rows(
     assert deleted == 1
     left = await db.fetch("SELECT payload->>'name' AS name FROM outbox ORDER BY id")
     assert [row["name"] for row in left] == ["new", "unpublished"]
+
+
+async def test_recent_as_json_gives_the_payload_as_an_object_and_times_with_z(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    created = await client.post("/v1/users", json={"email": "ada@example.com", "name": "Ada"})
+    assert created.status_code == 201
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "postroom_cli",
+        "outbox",
+        "recent",
+        "--json",
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    printed, _ = await asyncio.wait_for(done.communicate(), timeout=60)
+    assert done.returncode == 0
+    [row] = json.loads(printed)
+    assert row["payload"]["email"] == "ada@example.com"  # an object, not a string in a string
+    assert row["payload"]["user_id"] == created.json()["id"]
+    assert row["created_at"].endswith("Z")
+    assert datetime.fromisoformat(row["created_at"]).utcoffset() == timedelta(0)
