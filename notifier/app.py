@@ -41,7 +41,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
     metrics = NotifierMetrics(registry)
     outbox = OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify)
     # The catalogue and every template checked now: a problem stops the start, in one line.
-    emails = settings.load_emails(base_url=settings.public_base_url)
+    emails = settings.load_emails()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -118,7 +118,7 @@ class Delivery:
         emails: Emails | None = None,
     ) -> None:
         self.settings = settings
-        self.emails = emails or settings.load_emails(base_url=settings.public_base_url)
+        self.emails = emails or settings.load_emails()
         self.store = store
         self.postmark = postmark
         self.dead_letters = dead_letters

@@ -9,6 +9,7 @@ has templates for is no error: its emails fall back to DEFAULT_LOCALE."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import langcodes
@@ -29,8 +30,11 @@ class InvalidLocale(ValueError):
     """Not a well-formed BCP 47 language tag."""
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_locale(tag: str) -> str:
-    """The tag in its canonical form (`en-us` -> `en-US`), or InvalidLocale."""
+    """The tag in its canonical form (`en-us` -> `en-US`), or InvalidLocale. Cached: every
+    email rendered asks it of its user's locale (a refusal is not cached, and is cheap for a
+    string too long to be a tag)."""
     if len(tag) > MAX_LENGTH or not _WELL_FORMED.fullmatch(tag):  # `$` lets "en\n" by
         raise InvalidLocale(f"{tag[:MAX_LENGTH]!r} is not a BCP 47 language tag (e.g. de-AT)")
     if langcodes.tag_is_valid(tag):

@@ -173,6 +173,8 @@ class EmailSettings(BrandSettings):
 
     notifier_templates_dir: Path | None = None
     default_locale: str = "en"
+    # Where verification links point (HttpServiceSettings reads it too, with this default).
+    public_base_url: str = "http://127.0.0.1:8000"
 
     @field_validator("notifier_templates_dir", mode="before")
     @classmethod
@@ -187,7 +189,7 @@ class EmailSettings(BrandSettings):
         except InvalidLocale as exc:
             raise ValueError(str(exc)) from None
 
-    def load_emails(self, *, base_url: str, check_all: bool = True) -> Emails:
+    def load_emails(self, *, check_all: bool = True) -> Emails:
         """The catalogue and templates in effect, checked (unless `check_all` is false):
         ConfigError in one line naming the first problem (a catalogue that does not validate,
         a template or a variable missing in some locale)."""
@@ -197,7 +199,7 @@ class EmailSettings(BrandSettings):
         try:
             emails = Emails.load(
                 self.notifier_templates_dir,
-                brand=Brand(self.brand_name, self.brand_support_email, base_url),
+                brand=Brand(self.brand_name, self.brand_support_email, self.public_base_url),
                 default_locale=self.default_locale,
             )
         except CatalogueError as exc:

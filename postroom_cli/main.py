@@ -376,26 +376,12 @@ def events_publish(
         typer.echo(f"wrote {path}")
 
 
-class TemplateSettings(EmailSettings):
-    """What the `templates` verbs read: the emails' settings, and where links point."""
-
-    public_base_url: str = "http://127.0.0.1:8000"
-
-
 def _emails() -> Emails:
-    """The emails in effect, or exit 2 with the one-line reason the catalogue is refused."""
-    from postroom.emails import Brand, CatalogueError, Emails
-
-    settings = _load("templates", TemplateSettings)
+    """The emails in effect, unchecked (`check` reports every problem), or exit 2 with the
+    one-line reason the catalogue is refused."""
     try:
-        return Emails.load(
-            settings.notifier_templates_dir,
-            brand=Brand(
-                settings.brand_name, settings.brand_support_email, settings.public_base_url
-            ),
-            default_locale=settings.default_locale,
-        )
-    except CatalogueError as exc:
+        return _load("templates", EmailSettings).load_emails(check_all=False)
+    except ConfigError as exc:
         raise _fail("templates", str(exc)) from None
 
 

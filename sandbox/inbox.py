@@ -261,7 +261,7 @@ async def previews(request: Request, sandbox: SandboxDep) -> HTMLResponse:
     settings = sandbox.settings
     source = str(settings.notifier_templates_dir or "the built-in templates")
     try:
-        emails = settings.load_emails(base_url=settings.public_base_url, check_all=False)
+        emails = settings.load_emails(check_all=False)
     except ConfigError as exc:
         return _render(request, "previews.html", status=500, refused=str(exc), source=source)
     locale = request.query_params.get("locale") or emails.default_locale

@@ -26,5 +26,3 @@ class SandboxSettings(EmailSettings):
     sandbox_webhook_delay_ms: int = Field(default=250, ge=0, le=600_000)
     sandbox_max_messages: int = Field(default=10_000, ge=1, le=1_000_000)
     sandbox_fault_seed: int | None = None
-    # Where the Templates page's sample verification links point.
-    public_base_url: str = "http://127.0.0.1:8000"

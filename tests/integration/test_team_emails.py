@@ -22,7 +22,7 @@ from postroom.settings import ConfigError
 from tests.support.names import address
 from tests.support.postmark import Sandbox
 from tests.support.settings import POSTMARK_TOKEN, make_notifier_settings
-from tests.support.stack import running_stack
+from tests.support.stack import Stack, running_stack
 from tests.support.waiting import wait_until
 
 TEAM = Path(__file__).parents[1] / "fixtures" / "team_emails"
@@ -33,6 +33,28 @@ BRAND: dict[str, Any] = {
     "mail_from": "Acme <hello@acme.test>",
     "mail_reply_to": "support@acme.test",
 }
+
+
+async def register_losing_the_answer(
+    stack: Stack, db: asyncpg.Connection, email: str, name: str, *, search_delay_ms: int = 0
+) -> None:
+    """Register `email` while Postmark accepts the welcome and its answer is lost (the
+    message hidden from Postmark's search for `search_delay_ms`); return once that attempt
+    timed out, with the faults cleared."""
+    faults: dict[str, object] = {"timeout_rate": 1.0, "timeout_ms": 1500, "timeout_accepts": True}
+    if search_delay_ms:
+        faults["search_delay_ms"] = search_delay_ms
+    await stack.sandbox.put("/api/faults", json=faults)
+    await stack.api.post("/v1/users", json={"email": email, "name": name})
+
+    async def answer_lost() -> bool:
+        row = await db.fetchrow(
+            "SELECT attempts, attempt_open FROM notifications WHERE recipient = $1", email
+        )
+        return bool(row and row["attempts"] >= 1 and not row["attempt_open"])
+
+    await wait_until(answer_lost, what="the first attempt to time out", within=30)
+    await stack.sandbox.delete("/api/faults")
 
 
 def by_tag(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -112,19 +134,7 @@ async def test_a_lost_answer_on_the_catalogues_stream_is_found_not_sent_again(
         **BRAND,
     ) as stack:
         await stack.wait_consuming()
-        await stack.sandbox.put(
-            "/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 1500, "timeout_accepts": True}
-        )
-        await stack.api.post("/v1/users", json={"email": email, "name": "Lost"})
-
-        async def answer_lost() -> bool:
-            row = await db.fetchrow(
-                "SELECT attempts, attempt_open FROM notifications WHERE recipient = $1", email
-            )
-            return bool(row and row["attempts"] >= 1 and not row["attempt_open"])
-
-        await wait_until(answer_lost, what="the first attempt to time out", within=30)
-        await stack.sandbox.delete("/api/faults")
+        await register_losing_the_answer(stack, db, email, "Lost")
         [sent] = await stack.wait_status(email, "sent", within=30)
         messages = await stack.messages(email)
 
@@ -269,19 +279,7 @@ async def test_a_lost_answer_for_a_template_email_is_found_by_search_not_sent_tw
     ) as stack:
         await stack.wait_consuming()
         # Postmark takes the message, and the answer never comes back.
-        await stack.sandbox.put(
-            "/api/faults", json={"timeout_rate": 1.0, "timeout_ms": 1500, "timeout_accepts": True}
-        )
-        await stack.api.post("/v1/users", json={"email": email, "name": "Lost"})
-
-        async def answer_lost() -> bool:
-            row = await db.fetchrow(
-                "SELECT attempts, attempt_open FROM notifications WHERE recipient = $1", email
-            )
-            return bool(row and row["attempts"] >= 1 and not row["attempt_open"])
-
-        await wait_until(answer_lost, what="the first attempt to time out", within=30)
-        await stack.sandbox.delete("/api/faults")
+        await register_losing_the_answer(stack, db, email, "Lost")
         [sent] = await stack.wait_status(email, "sent", within=30)
         messages = await stack.messages(email)
 
@@ -334,27 +332,7 @@ async def test_an_email_whose_stream_changed_while_in_doubt_is_found_not_sent_tw
         notifier_search_settle=60.0,  # this notifier never resends: it only waits
     ) as stack:
         await stack.wait_consuming()
-        await stack.sandbox.put(
-            "/api/faults",
-            json={
-                "timeout_rate": 1.0,
-                "timeout_ms": 1500,
-                "timeout_accepts": True,
-                "search_delay_ms": 3000,
-            },
-        )
-        await stack.api.post("/v1/users", json={"email": email, "name": "Moved"})
-
-        async def in_doubt() -> bool:
-            row = await db.fetchrow(
-                "SELECT attempts, attempt_open, doubt_since FROM notifications "
-                "WHERE recipient = $1",
-                email,
-            )
-            return bool(row and row["doubt_since"] and not row["attempt_open"])
-
-        await wait_until(in_doubt, what="the first attempt to time out", within=30)
-        await stack.sandbox.delete("/api/faults")
+        await register_losing_the_answer(stack, db, email, "Moved", search_delay_ms=3000)
     await asyncio.sleep(3.5)  # the search index has caught up by now
     # The first notifier may have scheduled its wait for the settle window: a minute later.
     await db.execute("UPDATE notifications SET next_attempt_at = now() WHERE recipient = $1", email)
@@ -492,25 +470,7 @@ async def test_an_email_renamed_while_in_doubt_is_found_sent_not_failed(
         notifier_search_settle=60.0,
     ) as stack:
         await stack.wait_consuming()
-        await stack.sandbox.put(
-            "/api/faults",
-            json={
-                "timeout_rate": 1.0,
-                "timeout_ms": 1500,
-                "timeout_accepts": True,
-                "search_delay_ms": 3000,
-            },
-        )
-        await stack.api.post("/v1/users", json={"email": email, "name": "Renamed"})
-
-        async def in_doubt() -> bool:
-            row = await db.fetchrow(
-                "SELECT attempt_open, doubt_since FROM notifications WHERE recipient = $1", email
-            )
-            return bool(row and row["doubt_since"] and not row["attempt_open"])
-
-        await wait_until(in_doubt, what="the first attempt to time out", within=30)
-        await stack.sandbox.delete("/api/faults")
+        await register_losing_the_answer(stack, db, email, "Renamed", search_delay_ms=3000)
     await asyncio.sleep(3.5)
     await db.execute("UPDATE notifications SET next_attempt_at = now() WHERE recipient = $1", email)
 
