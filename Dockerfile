@@ -1,5 +1,5 @@
 # One image for every Postroom process; the command picks it (`python -m <process>`, as in
-# compose), and `postroom migrate` applies the migrations, which ship inside the package.
+# compose), and `postroom migrate` applies the migrations, which ship in the wheel.
 #
 # Two stages: the first installs the locked dependencies and the package's wheel into a
 # virtual environment; the second copies only that environment onto a clean base, so no
@@ -30,6 +30,7 @@ COPY outbox_relay/ outbox_relay/
 COPY notifier/ notifier/
 COPY sandbox/ sandbox/
 COPY postroom_cli/ postroom_cli/
+COPY migrations/ migrations/
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
     && pip --python /opt/postroom/bin/python install --no-deps /tmp/dist/postroom-*.whl
 

@@ -56,12 +56,12 @@ import psutil
 from aiokafka import AIOKafkaProducer
 from postmarker.core import PostmarkClient
 
+from migrations import upgrade
 from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import cloudevent_headers
 from postroom import events, tokens
 from postroom.emails import Emails
 from postroom.kafka import create_missing_topics
-from postroom.migrate import upgrade
 from postroom.settings import KafkaSettings
 from postroom_cli.embedded import (
     EmbeddedPostgres,

@@ -59,8 +59,8 @@ from typing import Any
 import asyncpg
 
 from api.settings import ApiSettings
+from migrations import upgrade
 from postroom.addresses import address_key
-from postroom.migrate import upgrade
 from postroom.settings import plain_url
 from postroom_cli.embedded import EmbeddedPostgres, free_port, postgres_bin_dir, wait_for_port
 

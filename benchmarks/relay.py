@@ -50,12 +50,12 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from migrations import upgrade
 from outbox_relay.claims import OutboxRow
 from outbox_relay.publisher import Publisher, cloudevent_headers
 from outbox_relay.settings import RelaySettings
 from postroom import events
 from postroom.kafka import topic_partitions
-from postroom.migrate import upgrade
 from postroom.outbox import OutboxWriter, shard_of
 from postroom.settings import asyncpg_url
 from postroom_cli.embedded import (

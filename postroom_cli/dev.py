@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from postroom.migrate import upgrade
+from migrations import upgrade
 from postroom_cli.embedded import (
     Broker,
     EmbeddedPostgres,

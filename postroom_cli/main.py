@@ -159,7 +159,7 @@ def sandbox() -> None:
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply database migrations up to REVISION (default: head)."""
-    from postroom import migrate as migrations
+    import migrations
 
     try:
         settings = load(CommonSettings)

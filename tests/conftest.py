@@ -31,7 +31,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.settings import ApiSettings
-from postroom.migrate import upgrade
+from migrations import upgrade
 from postroom.settings import plain_url
 from postroom_cli.embedded import EmbeddedPostgres, free_port
 from tests.support import brokers

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from postroom.migrate import upgrade
+from migrations import upgrade
 from postroom_cli.embedded import EmbeddedPostgres, free_port
 from tests.support.processes import start_api, stop_api
 from tests.support.settings import API_TOKEN

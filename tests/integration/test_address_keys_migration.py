@@ -14,8 +14,8 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from migrations import MigrationRefused, alembic_config, upgrade
 from postroom.addresses import address_key
-from postroom.migrate import MigrationRefused, alembic_config, upgrade
 from postroom_cli.main import main
 from tests.support.postgres import PostgresServer, run_async
 

@@ -28,12 +28,12 @@ from hypothesis import strategies as st
 from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from migrations import upgrade
 from notifier.plans import PlannedEmail, SourceRecord, plan
 from notifier.store import NotificationStore
 from postroom import events
 from postroom.addresses import address_key
 from postroom.db import create_engine
-from postroom.migrate import upgrade
 from postroom.outbox import OutboxWriter
 from tests.support.postgres import PostgresServer
 from tests.support.postmark import Sandbox

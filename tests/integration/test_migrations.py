@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from postroom.migrate import alembic_config, upgrade
+from migrations import alembic_config, upgrade
 from postroom.models import metadata
 from postroom.settings import asyncpg_url
 from tests.support.postgres import run_async

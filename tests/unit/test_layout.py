@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = "postroom"
+# The schema's revisions: they read the shared tables, and the command applies them.
+MIGRATIONS = "migrations"
 PROCESSES = ("api", "outbox_relay", "notifier", "sandbox")
 COMMAND = "postroom_cli"
 
@@ -37,13 +39,17 @@ def wrong_arrows(package: str, forbidden: set[str]) -> list[str]:
 
 
 def test_the_shared_package_imports_no_process_and_not_the_command() -> None:
-    assert wrong_arrows(SHARED, {*PROCESSES, COMMAND}) == []
+    assert wrong_arrows(SHARED, {*PROCESSES, COMMAND, MIGRATIONS}) == []
+
+
+def test_the_migrations_import_only_shared_code() -> None:
+    assert wrong_arrows(MIGRATIONS, {*PROCESSES, COMMAND}) == []
 
 
 @pytest.mark.parametrize("process", PROCESSES)
 def test_a_process_imports_no_other_process_and_not_the_command(process: str) -> None:
     others = {p for p in PROCESSES if p != process}
-    assert wrong_arrows(process, {*others, COMMAND}) == []
+    assert wrong_arrows(process, {*others, COMMAND, MIGRATIONS}) == []
 
 
 def test_the_reader_sees_a_late_import(tmp_path: Path) -> None:

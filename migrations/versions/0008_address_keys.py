@@ -23,8 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
+from migrations import MigrationRefused
 from postroom.addresses import address_key
-from postroom.migrate import MigrationRefused
 
 revision: str = "0008"
 down_revision: str | None = "0007"

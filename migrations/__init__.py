@@ -1,4 +1,10 @@
-"""Apply Alembic migrations from code (the `postroom migrate` verb, `make dev`, the tests)."""
+"""The database's schema, as Alembic revisions, and the code that applies them (the
+`postroom migrate` verb, `make dev`, the tests).
+
+The package ships in the wheel beside `api` and `notifier`, so an installed Postroom migrates
+from any folder: nothing here reads `alembic.ini`, which serves whoever writes a revision in a
+checkout (`alembic revision -m "..."` from its root).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-# Both ship inside the package: an installed Postroom (the image) migrates from anywhere.
 HERE = Path(__file__).resolve().parent
 
 
@@ -17,8 +22,9 @@ class MigrationRefused(Exception):
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(HERE / "alembic.ini"))
-    config.set_main_option("script_location", str(HERE / "migrations"))
+    config = Config()
+    config.set_main_option("script_location", str(HERE))
+    config.set_main_option("path_separator", "os")
     config.attributes["url"] = database_url
     config.attributes["configure_logging"] = False
     return config

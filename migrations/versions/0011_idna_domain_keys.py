@@ -30,8 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
+from migrations import MigrationRefused
 from postroom.addresses import address_key
-from postroom.migrate import MigrationRefused
 
 revision: str = "0011"
 down_revision: str | None = "0010"
