@@ -23,6 +23,7 @@ SECRETS = (
     "POSTMARK_SERVER_TOKEN",
     "WEBHOOK_USERNAME",
     "WEBHOOK_PASSWORD",
+    "POSTGRES_PASSWORD",
     "POSTMARK_API_URL",  # not a secret, but compose asks for it as for one
 )
 GOOD_SECRETS = {
@@ -31,6 +32,7 @@ GOOD_SECRETS = {
     "POSTMARK_SERVER_TOKEN": "compose-check-postmark-token",
     "WEBHOOK_USERNAME": "postmark",
     "WEBHOOK_PASSWORD": "compose-check-webhook-password",
+    "POSTGRES_PASSWORD": "composecheckdatabasepassword",
     "POSTMARK_API_URL": "http://sandbox:8025/",
 }
 
@@ -121,6 +123,25 @@ def test_compose_refuses_to_start_without_api_tokens(tmp_path: Path) -> None:
     result = compose_config(tmp_path, **without)
     assert result.returncode != 0
     assert "API_TOKENS" in result.stderr
+
+
+def test_compose_refuses_to_start_without_a_database_password(tmp_path: Path) -> None:
+    """No default password: one everybody knows would guard the users' addresses."""
+    without = {k: v for k, v in GOOD_SECRETS.items() if k != "POSTGRES_PASSWORD"}
+    result = compose_config(tmp_path, **without)
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD" in result.stderr
+
+
+def test_every_process_reaches_the_database_with_the_password_it_was_given(
+    config: dict[str, Any],
+) -> None:
+    services = config["services"]
+    password = GOOD_SECRETS["POSTGRES_PASSWORD"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    for name in ("migrate", "api", "relay-a", "relay-b", "notifier"):
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert url == f"postgresql://postroom:{password}@postgres:5432/postroom", name
 
 
 def test_the_notifier_sends_where_it_is_told_and_the_sandbox_runs_only_under_its_profile(
