@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # Every dependency comes from the lock, each file checked against its hash; the project itself
 # is then installed on top, and `pip check` proves the lock satisfies pyproject.toml.
 $(STAMP): pyproject.toml requirements/dev.txt
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON)" \
+		"not found: Postroom needs Python 3.11 (make dev PYTHON=/path/to/python3.11)" >&2; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
