@@ -12,6 +12,7 @@
 - `catalog`: checking the outbox against the published event schemas.
 - `tcp_proxy`: a TCP proxy a test cuts and restores, to play an unreachable broker.
 - `dev`: `postroom dev` (what `make dev` runs) started in a folder of its own.
+- `metrics`: the series each process exports, for checking rules and dashboards against.
 
 The fixtures that start the shared servers stay in `tests/conftest.py`.
 """
