@@ -145,9 +145,7 @@ class Client:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: Connection(self), self.host, self.port
-            )
+            _, conn = await loop.create_connection(lambda: Connection(self), self.host, self.port)
         except OSError as exc:
             self.open -= 1
             if self.queue:
@@ -211,10 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             # under a millisecond, which their latency counts.
             await asyncio.sleep(max(0.001, start + n * interval - time.perf_counter()))
     load_seconds = time.perf_counter() - start
-    try:
+    with contextlib.suppress(TimeoutError):  # the unanswered are reported as such
         await asyncio.wait_for(client.all_done.wait(), timeout=args.timeout)
-    except TimeoutError:
-        pass
     cpu = time.process_time() - cpu0
     for conn in list(client.idle):
         client._close(conn)
@@ -230,8 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "cpu_seconds": cpu,
         "connections_peak": client.peak,
         "results": [
-            [r.n, wall(r.due), wall(r.sent), wall(r.answered), r.status, r.error]
-            for r in requests
+            [r.n, wall(r.due), wall(r.sent), wall(r.answered), r.status, r.error] for r in requests
         ],
     }
 

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -709,45 +710,67 @@ def throughput(args: argparse.Namespace, stack: Stack) -> None:
 @dataclass
 class Sent:
     email: str
-    started: float  # wall clock, when the POST was handed to the client
-    late: float  # how far behind its slot in the schedule it started, seconds
-    answered: float = 0.0  # seconds the POST took
-    user_id: str = ""
+    due: float  # wall clock: when the schedule said to send it (latency starts here)
+    sent: float  # wall clock: when its bytes went out
+    answered: float  # wall clock: when its whole answer was read
 
 
-async def post_users(
-    api: httpx.AsyncClient, rate: float, seconds: float, tag: str, *, first: int = 0
-) -> list[Sent]:
-    """POST /v1/users at `rate` per second for `seconds`, unique emails; every answer 201."""
-    total = int(rate * seconds)
-    sent: list[Sent] = []
-    failures: list[str] = []
-    started = time.perf_counter()
+@dataclass
+class Load:
+    """What `benchmarks.loadgen` reported for one run."""
 
-    async def one(n: int) -> None:
-        slot = started + n / rate
-        delay = slot - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        email = f"{tag}-{first + n}@example.com"
-        record = Sent(email=email, started=time.time(), late=max(0.0, -delay))
-        clock = time.perf_counter()
-        try:
-            answer = await api.post("/v1/users", json={"email": email, "name": "Bench User"})
-        except httpx.HTTPError as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
-            return
-        record.answered = time.perf_counter() - clock
-        if answer.status_code != 201:
-            failures.append(f"{answer.status_code} {answer.text[:300]}")
-            return
-        record.user_id = answer.json()["id"]
-        sent.append(record)
+    sent: list[Sent]
+    failures: list[str]
+    requests: int
+    seconds: float
+    cpu_seconds: float
+    connections: int
 
-    await asyncio.gather(*(one(n) for n in range(total)))
-    if failures:
-        raise BenchmarkError(f"{len(failures)} of {total} POSTs failed; first: {failures[0]}")
-    return sent
+
+async def generate_load(
+    api_url: str, token: str, rate: float, seconds: float, tag: str, workdir: Path
+) -> Load:
+    """POST /v1/users at `rate` per second for `seconds` from `benchmarks.loadgen`, in a
+    process of its own (open loop, unique addresses `<tag>-<n>@example.com`)."""
+    out = workdir / f"load-{tag}.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        "--url",
+        api_url,
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        "--tag",
+        tag,
+        "--out",
+        str(out),
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "LOADGEN_TOKEN": token},  # not on the command line
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise BenchmarkError(f"the load generator failed: {stderr.decode()[-2000:]}")
+    report = json.loads(out.read_text())
+    sent, failures = [], []
+    for n, due, started, answered, status, error in report["results"]:
+        if status == 201:
+            sent.append(Sent(f"{tag}-{n}@example.com", due, started, answered))
+        else:
+            failures.append(f"{status or 'no answer'}: {error}")
+    missing = report["requests"] - report["answered"]
+    failures += [f"no answer within the generator's timeout ({missing} requests)"] * bool(missing)
+    return Load(
+        sent=sent,
+        failures=failures,
+        requests=report["requests"],
+        seconds=report["load_seconds"],
+        cpu_seconds=report["cpu_seconds"],
+        connections=report["connections_peak"],
+    )
 
 
 _STAGES = """
@@ -774,126 +797,134 @@ async def stages(database_url: str, tag: str) -> dict[str, dict[str, float]]:
     }
 
 
-async def measure_end_to_end(stack: Stack, args: argparse.Namespace, api_url: str) -> None:
-    tag = f"e2e-{uuid.uuid4().hex[:6]}"
-    headers = {"Authorization": f"Bearer {stack.secrets['API_TOKENS']}"}
-    # An idle connection is dropped well before the api's keep-alive (uvicorn's 5 s) ends:
-    # reused at the instant the server closes it, a POST fails with a ReadError.
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=1.0)
-    services = ["api", "relay", "notifier", "sandbox"]
-    watch = [stack.children[name] for name in services]
-    async with (
-        httpx.AsyncClient(base_url=api_url, headers=headers, limits=limits, timeout=10) as api,
-        httpx.AsyncClient(base_url=stack.sandbox_url, timeout=30) as sandbox,
-    ):
-        # Warm-up: the notifier joins its group, every connection is open, topics exist.
-        warm = max(10, int(args.rate))
-        print(f"warm-up: {warm} users over 2 s ...", flush=True)
-        before = await captured(sandbox)
-        await post_users(api, warm / 2, 2, f"{tag}w")
-        await wait_captured(sandbox, before + warm, within=120, watch=watch)
+STAGE_LABELS = (
+    "POST due -> outbox row inserted (api)",
+    "outbox row inserted -> Kafka ack (relay)",
+    "Kafka ack -> notification recorded (consume)",
+    "notification recorded -> captured (send)",
+)
+SERVICES = ["api", "relay", "notifier", "sandbox"]
 
-        total = int(args.rate * args.seconds)
-        print(f"load: {args.rate} POST /v1/users per second for {args.seconds} s ...", flush=True)
-        meter = meter_for(stack, services)
-        before = await captured(sandbox)
-        meter.start()
-        load_started = time.perf_counter()
-        sent = await post_users(api, args.rate, args.seconds, tag)
-        load_seconds = time.perf_counter() - load_started
-        await wait_captured(sandbox, before + total, within=120, watch=watch)
-        meter.stop()
-        mem = memory(stack, services)
-        messages = [m for m in await all_messages(sandbox) if m["To"].startswith(f"{tag}-")]
+
+@dataclass
+class Step:
+    """One rate held for a while: latencies in ms (ascending), CPU seconds per process."""
+
+    rate: float
+    requests: int
+    achieved: float  # requests the generator sent per second
+    failures: list[str]
+    e2e: list[float]
+    answered: list[float]  # POST due -> answer read
+    late: list[float]  # POST due -> bytes sent (waiting for a connection, or the generator)
+    stage_ms: dict[str, list[float]]
+    cpu: dict[str, float]
+    window: float
+    mem: dict[str, tuple[float, float]]
+    behind: int  # emails not captured within the drain allowance
+    connections: int
+
+    @property
+    def registrations(self) -> int:
+        return len(self.e2e)
+
+    def cpu_ms_per_registration(self, name: str) -> float:
+        return 1000 * self.cpu[name] / max(1, self.requests)
+
+    def core_share(self, name: str) -> float:
+        return self.cpu[name] / self.window
+
+
+async def measure_step(
+    stack: Stack,
+    sandbox: httpx.AsyncClient,
+    api_url: str,
+    rate: float,
+    seconds: float,
+    tag: str,
+    *,
+    drain_within: float,
+) -> Step:
+    """Hold `rate` for `seconds`, wait up to `drain_within` s for the emails, and check that
+    every registration got exactly one."""
+    watch = [stack.children[name] for name in SERVICES]
+    meter = meter_for(stack, SERVICES)
+    before = await captured(sandbox)
+    meter.start()
+    load = await generate_load(
+        api_url, stack.secrets["API_TOKENS"], rate, seconds, tag, stack.workdir
+    )
+    behind = 0
+    try:
+        await wait_captured(sandbox, before + len(load.sent), within=drain_within, watch=watch)
+    except BenchmarkError:
+        behind = before + len(load.sent) - await captured(sandbox)
+    meter.stop()
+    meter.cpu["load generator"] = load.cpu_seconds
+    meter.cpu.pop("this benchmark", None)
+    mem = memory(stack, SERVICES)
+    if behind:
+        # Let the rest arrive before the next step, so it measures its own emails only.
+        await wait_captured(sandbox, before + len(load.sent), within=600, watch=watch)
+    messages = [m for m in await all_messages(sandbox) if m["To"].startswith(f"{tag}-")]
+    (await sandbox.delete("/api/messages")).raise_for_status()  # keep the sandbox small
     by_email = Counter(m["To"] for m in messages)
     repeated = [email for email, n in by_email.items() if n > 1]
-    if len(messages) != total or repeated or set(by_email) != {s.email for s in sent}:
+    if repeated or set(by_email) != {s.email for s in load.sent}:
         raise BenchmarkError(
-            f"{len(messages)} messages captured for {total} users ({len(repeated)} repeated)"
+            f"{len(messages)} messages captured for {len(load.sent)} users "
+            f"({len(repeated)} repeated): not exactly one email each"
         )
     arrived = {m["To"]: received_at(m) for m in messages}
     split = await stages(stack.database_url, tag)
-    if len(split) != total:
-        raise BenchmarkError(f"found the database stamps of {len(split)} of {total} users")
+    if len(split) != len(load.sent):
+        raise BenchmarkError(f"found the database stamps of {len(split)} of {len(load.sent)}")
 
     def ms(values: list[float]) -> list[float]:
         return sorted(1000 * v for v in values)
 
-    e2e = ms([arrived[s.email] - s.started for s in sent])
-    post = ms([s.answered for s in sent])
-    late = ms([s.late for s in sent])
-
-    def stage(start: Callable[[Sent], float], end: Callable[[Sent], float]) -> list[float]:
-        return ms([end(s) - start(s) for s in sent])
-
-    def stamp(key: str) -> Callable[[Sent], float]:
-        return lambda s: split[s.email][key]
-
-    stage_rows = [
-        (
-            "POST sent -> outbox row inserted (api)",
-            stage(lambda s: s.started, stamp("outbox_created")),
-        ),
-        (
-            "outbox row inserted -> Kafka ack (relay)",
-            stage(stamp("outbox_created"), stamp("published")),
-        ),
-        (
-            "Kafka ack -> notification recorded (consume)",
-            stage(stamp("published"), stamp("notification_created")),
-        ),
-        (
-            "notification recorded -> captured (send)",
-            stage(stamp("notification_created"), lambda s: arrived[s.email]),
-        ),
+    sent = load.sent
+    marks: list[Callable[[Sent], float]] = [
+        lambda s: s.due,
+        lambda s: split[s.email]["outbox_created"],
+        lambda s: split[s.email]["published"],
+        lambda s: split[s.email]["notification_created"],
+        lambda s: arrived[s.email],
     ]
-
-    print("\n## end to end\n")
-    print(
-        f"command: python -m benchmarks.notifier end-to-end --rate {args.rate:g} "
-        f"--seconds {args.seconds:g}"
-    )
-    for line in stack.info:
-        print(line)
-    print(
-        f"\n{total} POST /v1/users in {load_seconds:.2f} s ({total / load_seconds:.1f}/s; "
-        f"start lateness against the schedule p50 {percentile(late, 0.5):.2f} ms, "
-        f"p99 {percentile(late, 0.99):.2f} ms, max {late[-1]:.2f} ms)"
-    )
-    print(f"\n{'ms':46} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
-
-    def row(label: str, values: list[float]) -> None:
-        print(
-            f"{label:46} {percentile(values, 0.5):>8.1f} {percentile(values, 0.9):>8.1f} "
-            f"{percentile(values, 0.99):>8.1f} {values[-1]:>8.1f}"
-        )
-
-    row("POST sent -> message captured", e2e)
-    row("POST answered (client side)", post)
-    print("stages (their percentiles do not add up):")
-    for label, values in stage_rows:
-        row(f"  {label}", values)
-    print(f"every one of the {total} users got exactly one welcome email")
-    print_resources(meter, mem, total, "user")
-    p99 = percentile(e2e, 0.99)
-    met = p99 <= TARGET_E2E_P99_MS
-    print(
-        f"\ntarget p99 <= {TARGET_E2E_P99_MS:.0f} ms at 100 requests/s: "
-        f"{'met' if met else 'MISSED'} (p99 {p99:.1f} ms at {args.rate} requests/s)"
+    return Step(
+        rate=rate,
+        requests=load.requests,
+        achieved=load.requests / load.seconds,
+        failures=load.failures,
+        e2e=ms([arrived[s.email] - s.due for s in sent]),
+        answered=ms([s.answered - s.due for s in sent]),
+        late=ms([s.sent - s.due for s in sent]),
+        stage_ms={
+            label: ms([marks[i + 1](s) - marks[i](s) for s in sent])
+            for i, label in enumerate(STAGE_LABELS)
+        },
+        cpu=dict(meter.cpu),
+        window=meter.seconds,
+        mem=mem,
+        behind=behind,
+        connections=load.connections,
     )
 
 
-def end_to_end(args: argparse.Namespace, stack: Stack) -> None:
+def start_pipeline(stack: Stack, *, api_workers: int = 1) -> str:
+    """PostgreSQL, the broker, the sandbox, the api, one relay and one notifier, as `make dev`
+    wires them; the api's URL."""
     stack.start_infrastructure()
     api_port, relay_port, notifier_port = free_port(), free_port(), free_port()
     # As `make dev`: bounce webhooks go to the notifier (none here: no test addresses).
     stack.start_sandbox(
-        max_messages=max(10_000, 2 * int(args.rate * args.seconds) + 1000),
+        max_messages=200_000,
         webhook_url=f"http://127.0.0.1:{notifier_port}/webhooks/postmark",
     )
     env = {
         **stack.service_env("postroom"),
         "API_PORT": str(api_port),
+        "API_WORKERS": str(api_workers),
         "RELAY_METRICS_PORT": str(relay_port),
         "NOTIFIER_PORT": str(notifier_port),
         "SANDBOX_PORT": stack.sandbox_url.rsplit(":", 1)[1],
@@ -904,7 +935,253 @@ def end_to_end(args: argparse.Namespace, stack: Stack) -> None:
     stack.start("relay", env, "/readyz", relay_port)
     stack.start("notifier", env, "/readyz", notifier_port)
     stack.info = machine(stack)
-    asyncio.run(measure_end_to_end(stack, args, f"http://127.0.0.1:{api_port}"))
+    return f"http://127.0.0.1:{api_port}"
+
+
+async def warm_up(stack: Stack, sandbox: httpx.AsyncClient, api_url: str, rate: float) -> None:
+    """The notifier joins its group, connections open, topics exist."""
+    warm = max(20, int(rate))
+    print(f"warm-up: {warm} users over 2 s ...", flush=True)
+    step = await measure_step(
+        stack, sandbox, api_url, warm / 2, 2, f"w{uuid.uuid4().hex[:6]}", drain_within=120
+    )
+    if step.failures:
+        raise BenchmarkError(f"the warm-up's POSTs failed: {step.failures[0]}")
+
+
+def print_step(step: Step) -> None:
+    print(
+        f"\n{step.requests} POST /v1/users at {step.rate:g}/s (sent at {step.achieved:.1f}/s, "
+        f"{len(step.failures)} failed, up to {step.connections} connections; start lateness "
+        f"p50 {percentile(step.late, 0.5):.2f} ms, p99 {percentile(step.late, 0.99):.2f} ms)"
+    )
+    if step.failures:
+        print(f"  first failure: {step.failures[0]}")
+    print(f"\n{'ms':46} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
+
+    def row(label: str, values: list[float]) -> None:
+        print(
+            f"{label:46} {percentile(values, 0.5):>8.1f} {percentile(values, 0.9):>8.1f} "
+            f"{percentile(values, 0.99):>8.1f} {values[-1]:>8.1f}"
+        )
+
+    row("POST due -> message captured", step.e2e)
+    row("POST due -> answered", step.answered)
+    print("stages (their percentiles do not add up):")
+    for label, values in step.stage_ms.items():
+        row(f"  {label}", values)
+    if step.behind:
+        print(f"{step.behind} emails were not captured within the drain allowance")
+    print(f"every one of the {step.registrations} users got exactly one welcome email")
+    print(f"\nCPU in the measured window ({step.window:.2f} s), per process:")
+    print(f"  {'process':16} {'CPU s':>7} {'% of a core':>12} {'CPU ms/user':>12}")
+    for name in step.cpu:
+        print(
+            f"  {name:16} {step.cpu[name]:>7.2f} {100 * step.core_share(name):>12.1f} "
+            f"{step.cpu_ms_per_registration(name):>12.3f}"
+        )
+    total = sum(step.cpu_ms_per_registration(n) for n in step.cpu if n != "load generator")
+    print(f"  {'the pipeline':16} {'':>7} {'':>12} {total:>12.3f}  (all but the generator)")
+    print("\nmemory at the end (MB = 2^20 bytes):")
+    print(f"  {'process':16} {'RSS':>8} {'peak RSS':>9}  target <= {TARGET_RSS_MB:.0f} MB")
+    for name, (rss, peak) in step.mem.items():
+        verdict = "met" if peak <= TARGET_RSS_MB else "MISSED"
+        print(f"  {name:16} {rss:>8.1f} {peak:>9.1f}  {verdict}")
+
+
+def end_to_end(args: argparse.Namespace, stack: Stack) -> None:
+    api_url = start_pipeline(stack, api_workers=args.api_workers)
+
+    async def measure() -> Step:
+        async with httpx.AsyncClient(base_url=stack.sandbox_url, timeout=120) as sandbox:
+            await warm_up(stack, sandbox, api_url, args.rate)
+            print(f"load: {args.rate:g} POST /v1/users per second for {args.seconds:g} s ...")
+            tag = f"e2e-{uuid.uuid4().hex[:6]}"
+            return await measure_step(
+                stack, sandbox, api_url, args.rate, args.seconds, tag, drain_within=120
+            )
+
+    step = asyncio.run(measure())
+    print("\n## end to end\n")
+    print(
+        f"command: python -m benchmarks.notifier end-to-end --rate {args.rate:g} "
+        f"--seconds {args.seconds:g}"
+        + (f" --api-workers {args.api_workers}" * (args.api_workers > 1))
+    )
+    for line in stack.info:
+        print(line)
+    print_step(step)
+    if step.failures:
+        raise BenchmarkError(f"{len(step.failures)} of {step.requests} POSTs failed")
+    p99 = percentile(step.e2e, 0.99)
+    met = p99 <= TARGET_E2E_P99_MS
+    print(
+        f"\ntarget p99 <= {TARGET_E2E_P99_MS:.0f} ms at 100 requests/s: "
+        f"{'met' if met else 'MISSED'} (p99 {p99:.1f} ms at {args.rate:g} requests/s)"
+    )
+
+
+# --- capacity ----------------------------------------------------------------------------------
+
+CAPACITY_RATES = (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000)
+
+
+def why_stop(step: Step) -> str:
+    """Why this step is past the knee, or "" while the pipeline keeps up."""
+    if step.failures:
+        return f"{len(step.failures)} POSTs failed"
+    if step.behind:
+        return f"emails fell behind ({step.behind} not captured within the drain allowance)"
+    if percentile(step.e2e, 0.99) > TARGET_E2E_P99_MS:
+        return f"POST -> email p99 {percentile(step.e2e, 0.99):.0f} ms > {TARGET_E2E_P99_MS:.0f}"
+    if step.achieved < 0.95 * step.rate:
+        return f"the generator sent only {step.achieved:.0f}/s"
+    return ""
+
+
+def capacity(args: argparse.Namespace, stack: Stack) -> None:
+    api_url = start_pipeline(stack, api_workers=args.api_workers)
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else list(CAPACITY_RATES)
+    steps: list[Step] = []
+    reason = ""
+
+    async def climb() -> None:
+        nonlocal reason
+        async with httpx.AsyncClient(base_url=stack.sandbox_url, timeout=120) as sandbox:
+            await warm_up(stack, sandbox, api_url, rates[0])
+            for rate in rates:
+                print(f"\nstep: {rate:g} POST /v1/users per second for {args.seconds:g} s ...")
+                tag = f"c{int(rate)}-{uuid.uuid4().hex[:6]}"
+                step = await measure_step(
+                    stack, sandbox, api_url, rate, args.seconds, tag, drain_within=args.drain
+                )
+                steps.append(step)
+                print(
+                    f"  p99 {percentile(step.e2e, 0.99):.1f} ms, {len(step.failures)} failed, "
+                    f"{step.behind} behind; busiest: {busiest(step)}",
+                    flush=True,
+                )
+                reason = why_stop(step)
+                if reason:
+                    return
+                await asyncio.sleep(args.pause)
+
+    asyncio.run(climb())
+    command = f"python -m benchmarks.notifier capacity --seconds {args.seconds:g}" + (
+        f" --api-workers {args.api_workers}" if args.api_workers > 1 else ""
+    )
+    print("\n## capacity\n")
+    print(f"command: {command}")
+    for line in stack.info:
+        print(line)
+    print_capacity(steps, reason)
+    if args.json:
+        Path(args.json).write_text(json.dumps(capacity_json(steps, reason, stack, command)))
+        print(f"\nfigures written to {args.json}")
+    if args.plot:
+        plot_capacity(steps, Path(args.plot), command)
+        print(f"plot written to {args.plot}")
+
+
+def busiest(step: Step) -> str:
+    name = max((n for n in step.cpu if n != "load generator"), key=lambda n: step.core_share(n))
+    return f"{name} at {100 * step.core_share(name):.0f}% of a core"
+
+
+def print_capacity(steps: list[Step], reason: str) -> None:
+    names = [n for n in steps[0].cpu if n != "load generator"]
+    print(
+        f"\n{'rate/s':>7} {'sent/s':>7} {'fail':>5} {'p50 ms':>8} {'p99 ms':>8} "
+        + " ".join(f"{'p99 ' + label.split('(')[1].rstrip(')'):>14}" for label in STAGE_LABELS)
+        + f" {'CPU ms/user':>12} {'gen ms':>7}"
+    )
+    for step in steps:
+        total = sum(step.cpu_ms_per_registration(n) for n in names)
+        print(
+            f"{step.rate:>7g} {step.achieved:>7.1f} {len(step.failures):>5} "
+            f"{percentile(step.e2e, 0.5):>8.1f} {percentile(step.e2e, 0.99):>8.1f} "
+            + " ".join(f"{percentile(step.stage_ms[label], 0.99):>14.1f}" for label in STAGE_LABELS)
+            + f" {total:>12.2f} {step.cpu_ms_per_registration('load generator'):>7.3f}"
+        )
+    print("\n% of a core per process (CPU ms per registration):")
+    print(f"{'rate/s':>7} " + " ".join(f"{name:>17}" for name in names))
+    for step in steps:
+        cells = [
+            f"{100 * step.core_share(n):>6.1f} ({step.cpu_ms_per_registration(n):>6.2f})"
+            for n in names
+        ]
+        print(f"{step.rate:>7g} " + " ".join(f"{c:>17}" for c in cells))
+    print("\npeak RSS, MB, at each step's end:")
+    print(f"{'rate/s':>7} " + " ".join(f"{name:>10}" for name in steps[0].mem))
+    for step in steps:
+        print(f"{step.rate:>7g} " + " ".join(f"{p:>10.1f}" for _, p in step.mem.values()))
+    good = [s for s in steps if not why_stop(s)]
+    print()
+    if good:
+        knee = good[-1]
+        print(
+            f"knee: {knee.rate:g} registrations/s held with p99 "
+            f"{percentile(knee.e2e, 0.99):.1f} ms, no failure, every email on time; "
+            f"busiest process there: {busiest(knee)}"
+        )
+    else:
+        print("knee: below the first step")
+    if reason:
+        last = steps[-1]
+        print(f"at {last.rate:g}/s: {reason}; busiest process: {busiest(last)}")
+    else:
+        print("every step held: the knee is above the highest rate tried")
+
+
+def capacity_json(steps: list[Step], reason: str, stack: Stack, command: str) -> dict[str, Any]:
+    return {
+        "command": command,
+        "machine": stack.info,
+        "stopped": reason,
+        "steps": [
+            {
+                "rate": s.rate,
+                "achieved": s.achieved,
+                "failures": len(s.failures),
+                "behind": s.behind,
+                "e2e_p50_ms": percentile(s.e2e, 0.5),
+                "e2e_p99_ms": percentile(s.e2e, 0.99),
+                "stages_p99_ms": {k: percentile(v, 0.99) for k, v in s.stage_ms.items()},
+                "cpu_ms_per_registration": {n: s.cpu_ms_per_registration(n) for n in s.cpu},
+                "core_share": {n: s.core_share(n) for n in s.cpu},
+                "peak_rss_mb": {n: p for n, (_, p) in s.mem.items()},
+            }
+            for s in steps
+        ],
+    }
+
+
+def plot_capacity(steps: list[Step], path: Path, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rates = [s.rate for s in steps]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    top.plot(rates, [percentile(s.e2e, 0.99) for s in steps], "o-", label="POST -> email p99")
+    top.plot(rates, [percentile(s.e2e, 0.5) for s in steps], "o--", label="POST -> email p50")
+    top.axhline(TARGET_E2E_P99_MS, color="grey", linestyle=":", label="target p99 250 ms")
+    top.set_yscale("log")
+    top.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    top.set_ylabel("ms")
+    top.legend()
+    top.set_title("Postroom end to end on one machine")
+    for name in steps[0].cpu:
+        bottom.plot(rates, [100 * s.core_share(name) for s in steps], "o-", label=name)
+    bottom.set_ylabel("% of a core")
+    bottom.set_xlabel("registrations offered per second")
+    bottom.legend(fontsize="small", ncol=2)
+    fig.text(0.01, 0.005, command, fontsize="x-small", color="grey")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -926,6 +1203,15 @@ def main(argv: list[str] | None = None) -> int:
     e2e_cmd = sub.add_parser("end-to-end", help="POST /v1/users -> captured email")
     e2e_cmd.add_argument("--rate", type=float, default=100.0, help="requests per second")
     e2e_cmd.add_argument("--seconds", type=float, default=20.0)
+    e2e_cmd.add_argument("--api-workers", type=int, default=1, help="API_WORKERS")
+    cap_cmd = sub.add_parser("capacity", help="step the rate up to the knee")
+    cap_cmd.add_argument("--rates", default="", help="comma-separated, requests per second")
+    cap_cmd.add_argument("--seconds", type=float, default=15.0, help="per step")
+    cap_cmd.add_argument("--drain", type=float, default=10.0, help="seconds for the last emails")
+    cap_cmd.add_argument("--pause", type=float, default=2.0, help="seconds between steps")
+    cap_cmd.add_argument("--api-workers", type=int, default=1, help="API_WORKERS")
+    cap_cmd.add_argument("--json", default="", help="write the figures here")
+    cap_cmd.add_argument("--plot", default="", help="write a PNG plot here")
     args = parser.parse_args(argv)
     if getattr(args, "events", 1) < 1 or getattr(args, "rate", 1) <= 0:
         parser.error("--events and --rate must be positive")
@@ -938,6 +1224,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "throughput":
                 throughput(args, stack)
+            elif args.command == "capacity":
+                capacity(args, stack)
             else:
                 end_to_end(args, stack)
         except BenchmarkError as exc:
