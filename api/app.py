@@ -19,7 +19,7 @@ from postroom.models import idempotency_keys
 from postroom.models import outbox as outbox_table
 from postroom.outbox import OutboxWriter
 from postroom.retention import Pruner, Retention
-from postroom.serve import freeze_heap, serve
+from postroom.serve import freeze_heap, serve, worker_app
 from postroom.tracing import is_probe
 from postroom.web import (
     database_problem,
@@ -98,4 +98,12 @@ def main() -> None:
         ApiSettings,
         create_app,
         address=lambda s: (s.api_host, s.api_port),
+        workers=lambda s: s.api_workers,
+        worker_factory="api.app:create_worker_app",
     )
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one worker under API_WORKERS > 1 (uvicorn calls it in each worker)."""
+    app: FastAPI = worker_app("api", ApiSettings, create_app)
+    return app

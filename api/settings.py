@@ -14,6 +14,9 @@ class ApiSettings(HttpServiceSettings, BrandSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # Processes serving the api on one port, past one core on one host (docs/operations.md,
+    # "Scaling"); each has its own pool of DATABASE_POOL_SIZE connections.
+    api_workers: int = Field(default=1, ge=1, le=64)
     email_token_max_age: int = Field(default=48 * 3600, ge=60, description="seconds")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     idempotency_key_ttl: int = Field(default=24 * 3600, ge=60, description="seconds")

@@ -25,9 +25,14 @@ def serve(
     *,
     address: Callable[[S], tuple[str, int]],
     grace: int = 60,
+    workers: Callable[[S], int] = lambda settings: 1,
+    worker_factory: str = "",
 ) -> None:
     """Serve `make_app(settings)` until SIGTERM or Ctrl-C, which end the app's lifespan and so
     stop its work gracefully. A bad setting exits with status 2 and a one-line reason.
+
+    With more than one worker, uvicorn starts that many processes on the one socket, each
+    building its app by calling `worker_factory` ("module:function", see `worker_app`).
 
     uvicorn's access log stays off: it would print query strings, which carry verification
     tokens (ACCESS_LOG logs route templates instead)."""
@@ -47,12 +52,18 @@ def serve(
     )
     configure_tracing(f"postroom-{service}")
     host, port = address(settings)
+    count = workers(settings)
     try:
-        app = make_app(settings)
+        app = make_app(settings)  # with workers too: what only the app checks fails here, once
     except ConfigError as exc:  # what only the app can check (the emails' templates)
         _refuse_to_start(service, str(exc))
+    if count > 1:
+        assert worker_factory, f"{service} has no worker factory"
+        del app
     uvicorn.run(
-        app,
+        worker_factory if count > 1 else app,
+        factory=count > 1,
+        workers=count if count > 1 else None,
         host=host,
         port=port,
         access_log=False,
@@ -62,6 +73,21 @@ def serve(
         timeout_graceful_shutdown=grace,
         http=BoundedHeadProtocol,  # 431 past 32 KiB or 100 header fields
     )
+
+
+def worker_app(service: str, settings_class: type[S], make_app: Callable[[S], Any]) -> Any:
+    """One worker's app when a process runs several (`serve`'s `workers`): each worker is a
+    process of its own, started afresh, so it reads its settings and sets up its logs and
+    traces again, as `serve` did in the parent (which has already refused bad settings)."""
+    from postroom.logs import configure_logging
+    from postroom.tracing import configure_tracing
+
+    settings = load(settings_class)
+    configure_logging(
+        settings.log_level, json=settings.app_env != "development", service=f"postroom-{service}"
+    )
+    configure_tracing(f"postroom-{service}")
+    return make_app(settings)
 
 
 def _refuse_to_start(service: str, reason: str) -> NoReturn:
