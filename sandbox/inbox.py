@@ -306,9 +306,13 @@ def _render(request: Request, name: str, status: int = 200, **context: object) -
 
 
 def _from_another_site(request: Request) -> bool:
-    """Whether a POST came from another site's page. Without scripts, cookies or CORS on
-    these pages, the Origin browsers send with a form is what tells a cross-site form apart;
-    clients that send none (curl, tests) are not browsers posting on someone's behalf."""
+    """Whether a POST came from another site's page: these pages have no scripts, cookies or
+    CORS, so what the browser says of a form's origin is what tells. Chromium sends
+    `Origin: null` under our `no-referrer` policy, so `Sec-Fetch-Site` decides where browsers
+    send it; clients that send neither (curl, tests) are not browsers posting for a page."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
 
