@@ -1,4 +1,6 @@
-"""The sandbox's own JSON API, for tests and drills: captured messages, faults, counters."""
+"""The sandbox's own JSON API, for tests, drills and scripts: the dev inbox's messages, faults,
+counters. Deleting here empties the dev inbox only: Postmark's record of what was sent, which
+the outbound search reads for the notifier's send-once check, stays (see `store.py`)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,28 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from postroom.problems import ProblemType, problem_response
 from sandbox.faults import Faults, FaultsUpdate
+from sandbox.inbox_filter import InboxFilter
 from sandbox.state import SandboxDep
 
 router = APIRouter()  # open: health
 operator_router = APIRouter()  # the capture API: the server token outside development
 
-_METADATA_PREFIX = "metadata_"
+MESSAGE_NOT_FOUND = ProblemType(
+    "message-not-found",
+    404,
+    "Message not found",
+    "No message in the dev inbox has this id: it was never captured, or it was deleted.",
+)
+
+
+def _not_found(request: Request) -> JSONResponse:
+    return problem_response(
+        MESSAGE_NOT_FOUND,
+        "No message in the dev inbox has this id; it may have been deleted.",
+        instance=request.url.path,
+    )
 
 
 @router.get("/healthz")
@@ -23,32 +40,43 @@ async def healthz() -> dict[str, str]:
 
 @operator_router.get("/api/messages")
 async def list_messages(request: Request, sandbox: SandboxDep) -> JSONResponse:
-    """Captured messages, newest first; `?to=` and `?metadata_<field>=` narrow the list."""
-    params = request.query_params
-    metadata = {
-        key.removeprefix(_METADATA_PREFIX): value
-        for key, value in params.items()
-        if key.startswith(_METADATA_PREFIX) and len(key) > len(_METADATA_PREFIX)
-    }
-    found = sandbox.store.search(
-        recipient=params.get("to") or None, tag=params.get("tag") or None, metadata=metadata
-    )
+    """The dev inbox's messages, newest first, narrowed as its search box does: `q` (in a
+    recipient, the subject or the tag), `to` (a whole address), `subject` (part of it), `tag`,
+    `metadata_<field>`; case-insensitive but for metadata."""
+    found = sandbox.store.inbox(InboxFilter.from_params(request.query_params))
     return JSONResponse([message.capture_json() for message in found])
 
 
 @operator_router.get("/api/messages/{message_id}", response_model=None)
-async def get_message(message_id: str, sandbox: SandboxDep) -> dict[str, Any] | JSONResponse:
-    message = sandbox.store.get(message_id)
-    if message is None:
-        return JSONResponse(
-            {"ErrorCode": 701, "Message": "This message was not found."}, status_code=404
-        )
-    return message.capture_json()
+async def get_message(
+    message_id: str, request: Request, sandbox: SandboxDep
+) -> dict[str, Any] | JSONResponse:
+    message = sandbox.store.in_inbox(message_id)
+    return _not_found(request) if message is None else message.capture_json()
+
+
+@operator_router.get("/api/messages/{message_id}/raw", response_model=None)
+async def get_raw_message(
+    message_id: str, request: Request, sandbox: SandboxDep
+) -> dict[str, Any] | JSONResponse:
+    """The raw view: every field as Postmark received it as a header line, then the text part
+    and the HTML part's source."""
+    message = sandbox.store.in_inbox(message_id)
+    return _not_found(request) if message is None else message.raw_json()
+
+
+@operator_router.delete("/api/messages/{message_id}", status_code=204, response_model=None)
+async def delete_message(message_id: str, request: Request, sandbox: SandboxDep) -> Response:
+    """Delete one message from the dev inbox."""
+    if not sandbox.store.delete_from_inbox(message_id):
+        return _not_found(request)
+    return Response(status_code=204)
 
 
 @operator_router.delete("/api/messages", status_code=204)
 async def clear_messages(sandbox: SandboxDep) -> Response:
-    """Forget every message, bounce and inactive address: a clean slate for the next test."""
+    """Empty the dev inbox and forget every bounce and inactive address: a clean slate for the
+    next test."""
     sandbox.store.clear()
     return Response(status_code=204)
 

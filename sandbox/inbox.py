@@ -1,8 +1,9 @@
-"""The dev inbox: captured messages as web pages a developer can read and click through.
+"""The dev inbox: captured messages as web pages a developer can search, read, and delete.
 
 Message content is untrusted. Every value goes through Jinja2's autoescaping; the HTML part is
 shown only inside `<iframe sandbox srcdoc=...>` (no scripts, no same-origin access), and the
-pages carry a Content-Security-Policy that allows no scripts at all.
+pages carry a Content-Security-Policy that allows no scripts at all: deleting works with plain
+forms, and their POSTs are refused when another site's page sends them.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from itertools import islice
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import DictLoader, Environment
 from markupsafe import Markup, escape
 
 from postroom.emails import TemplateProblem
 from postroom.emails.samples import preview
 from postroom.settings import ConfigError
+from sandbox.inbox_filter import InboxFilter
 from sandbox.state import SandboxDep
 
 router = APIRouter(include_in_schema=False)
@@ -30,7 +32,7 @@ _TRAILING = ".,;:!?)]}'\""
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; "
-        "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+        "frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
     ),
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -67,6 +69,12 @@ pre { background: #fff; border: 1px solid #d5d9e0; padding: .8rem; white-space: 
       overflow-wrap: anywhere; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
 dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
+.bar { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: center; margin: .4rem 0; }
+.bar input[type=search] { width: 22rem; max-width: 100%; padding: .3rem .5rem; font: inherit; }
+button { font: inherit; padding: .25rem .8rem; cursor: pointer; }
+button.danger { background: #b42318; color: #fff; border: 1px solid #8f1c13; border-radius: 3px; }
+.actions { display: flex; gap: 1rem; align-items: center; }
+form { margin: 0; }
 </style>
 </head>
 <body>
@@ -83,8 +91,21 @@ _INDEX = """{% extends "layout.html" %}
 {% block head %}<meta http-equiv="refresh" content="5">{% endblock %}
 {% block title %}Inbox ({{ total }}){% endblock %}
 {% block main %}
-<p class="muted">{{ total }} captured message{{ "" if total == 1 else "s" }}, newest first;
-this page refreshes every 5 seconds. JSON at <code>/api/messages</code>.</p>
+<form class="bar" method="get" action="/" role="search">
+<input type="search" name="q" value="{{ search.q }}" aria-label="Search"
+ placeholder="Recipient, subject or tag">
+{% for name, value in search.fields() %}<input type="hidden" name="{{ name }}" value="{{ value
+}}">{% endfor %}
+<button type="submit">Search</button>
+{% if search %}<a href="/">Show all</a>{% endif %}
+{% if total %}<a href="/clear">Clear all&hellip;</a>{% endif %}
+</form>
+{% if search.fields() %}<p class="muted">Only messages with {% for name, value in search.fields()
+%}<code>{{ name }}</code> = <strong>{{ value }}</strong>{{ "" if loop.last else ", " }}{% endfor
+%}.</p>{% endif %}
+<p class="muted">{{ total }} message{{ "" if total == 1 else "s" }} in the inbox{% if search %},
+{{ found }} matching{% endif %}, newest first; this page refreshes every 5 seconds.
+JSON at <code>/api/messages{{ "?" ~ search.query_string() if search else "" }}</code>.</p>
 {% if messages %}
 <table>
 <thead><tr><th>Received (UTC)</th><th>From</th><th>To</th><th>Subject</th><th>Tag</th></tr></thead>
@@ -95,14 +116,17 @@ this page refreshes every 5 seconds. JSON at <code>/api/messages</code>.</p>
 <td>{{ m.sender }}</td>
 <td>{{ m.recipients | map(attribute="email") | join(", ") }}</td>
 <td><a href="/messages/{{ m.message_id }}">{{ m.subject or "(no subject)" }}</a></td>
-<td>{% if m.tag %}<span class="tag">{{ m.tag }}</span>{% endif %}</td>
+<td>{% if m.tag %}<a class="tag" href="/?tag={{ m.tag | urlencode }}"
+ title="Only messages tagged {{ m.tag }}">{{ m.tag }}</a>{% endif %}</td>
 </tr>
 {% endfor %}
 </tbody>
 </table>
-{% if total > messages | length %}
+{% if found > messages | length %}
 <p class="muted">Showing the newest {{ messages | length }}.</p>
 {% endif %}
+{% elif search %}
+<p>No messages match.</p>
 {% else %}
 <p>No messages yet. Send one to <code>POST /email</code>.</p>
 {% endif %}
@@ -112,7 +136,10 @@ this page refreshes every 5 seconds. JSON at <code>/api/messages</code>.</p>
 _MESSAGE = """{% extends "layout.html" %}
 {% block title %}{{ m.subject or "(no subject)" }}{% endblock %}
 {% block main %}
-<p><a href="/">&larr; all messages</a></p>
+<div class="actions"><a href="/">&larr; all messages</a>
+<a href="/messages/{{ m.message_id }}/raw">Raw</a>
+<form method="post" action="/messages/{{ m.message_id }}/delete">
+<button class="danger" type="submit">Delete</button></form></div>
 <h1>{{ m.subject or "(no subject)" }}</h1>
 <dl>
 <dt>From</dt><dd>{{ m.sender }}</dd>
@@ -125,6 +152,7 @@ _MESSAGE = """{% extends "layout.html" %}
   (<a href="/api/messages/{{ m.message_id }}">JSON</a>)</dd>
 <dt>Stream</dt><dd>{{ m.message_stream }}</dd>
 {% if m.tag %}<dt>Tag</dt><dd><span class="tag">{{ m.tag }}</span></dd>{% endif %}
+{% if m.template_alias %}<dt>Template</dt><dd><code>{{ m.template_alias }}</code></dd>{% endif %}
 </dl>
 {% if m.html_body %}
 <h2>HTML part</h2>
@@ -153,6 +181,41 @@ _MESSAGE = """{% extends "layout.html" %}
 <ul>{% for a in m.attachments %}<li>{{ a.Name }} <span class="muted">{{ a.ContentType }}</span>
 </li>{% endfor %}</ul>
 {% endif %}
+{% endblock %}
+"""
+
+_RAW = """{% extends "layout.html" %}
+{% block title %}Raw: {{ m.subject or "(no subject)" }}{% endblock %}
+{% block main %}
+<div class="actions"><a href="/messages/{{ m.message_id }}">&larr; the message</a>
+<a href="/api/messages/{{ m.message_id }}/raw">JSON</a></div>
+<h1>Raw message</h1>
+<p class="muted">As Postmark received it: its fields in Postmark's names, then its own
+headers; the text part; the HTML part's source.</p>
+<pre id="headers">{% for name, value in m.raw_headers() %}{{ name }}: {{ value }}
+{% endfor %}</pre>
+<h2>Text part</h2>
+{% if m.text_body is not none %}<pre id="text-part">{{ m.text_body }}</pre>
+{% else %}<p class="muted">None.</p>{% endif %}
+<h2>HTML part (source)</h2>
+{% if m.html_body is not none %}<pre id="html-part">{{ m.html_body }}</pre>
+{% else %}<p class="muted">None.</p>{% endif %}
+{% endblock %}
+"""
+
+_CLEAR = """{% extends "layout.html" %}
+{% block title %}Clear the inbox{% endblock %}
+{% block main %}
+<h1>Clear the inbox?</h1>
+<p>This deletes all {{ total }} message{{ "" if total == 1 else "s" }} from the dev inbox and
+makes every address the sandbox bounced active again.</p>
+<p class="muted">Postmark's record of what was sent stays: the outbound message search still
+finds these messages, as it would at Postmark, so the notifier never sends one twice.</p>
+<div class="actions">
+<form method="post" action="/clear"><button class="danger" type="submit">Delete all
+messages</button></form>
+<a href="/">Cancel</a>
+</div>
 {% endblock %}
 """
 
@@ -223,6 +286,8 @@ def create_templates() -> Environment:
                 "layout.html": _LAYOUT,
                 "index.html": _INDEX,
                 "message.html": _MESSAGE,
+                "raw.html": _RAW,
+                "clear.html": _CLEAR,
                 "not_found.html": _NOT_FOUND,
                 "previews.html": _PREVIEWS,
             }
@@ -240,18 +305,77 @@ def _render(request: Request, name: str, status: int = 200, **context: object) -
     return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
 
+def _from_another_site(request: Request) -> bool:
+    """Whether a POST came from another site's page: these pages have no scripts, cookies or
+    CORS, so what the browser says of a form's origin is what tells. Chromium sends
+    `Origin: null` under our `no-referrer` policy, so `Sec-Fetch-Site` decides where browsers
+    send it; clients that send neither (curl, tests) are not browsers posting for a page."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+
+
+def _refused() -> HTMLResponse:
+    return HTMLResponse(
+        "Refused: this form was sent from another site.", status_code=403, headers=_HEADERS
+    )
+
+
 @router.get("/")
 async def inbox(request: Request, sandbox: SandboxDep) -> HTMLResponse:
-    messages = list(islice(sandbox.store.newest_first(), _PAGE_SIZE))
-    return _render(request, "index.html", messages=messages, total=len(sandbox.store))
+    search = InboxFilter.from_params(request.query_params)
+    found = sandbox.store.inbox(search)
+    return _render(
+        request,
+        "index.html",
+        messages=found[:_PAGE_SIZE],
+        found=len(found),
+        total=sandbox.store.inbox_size,
+        search=search,
+    )
 
 
 @router.get("/messages/{message_id}")
 async def message_page(message_id: str, request: Request, sandbox: SandboxDep) -> HTMLResponse:
-    message = sandbox.store.get(message_id)
+    message = sandbox.store.in_inbox(message_id)
     if message is None:
         return _render(request, "not_found.html", status=404, message_id=message_id)
     return _render(request, "message.html", m=message)
+
+
+@router.get("/messages/{message_id}/raw")
+async def raw_page(message_id: str, request: Request, sandbox: SandboxDep) -> HTMLResponse:
+    message = sandbox.store.in_inbox(message_id)
+    if message is None:
+        return _render(request, "not_found.html", status=404, message_id=message_id)
+    return _render(request, "raw.html", m=message)
+
+
+@router.post("/messages/{message_id}/delete", response_model=None)
+async def delete_message(
+    message_id: str, request: Request, sandbox: SandboxDep
+) -> HTMLResponse | RedirectResponse:
+    if _from_another_site(request):
+        return _refused()
+    if not sandbox.store.delete_from_inbox(message_id):
+        return _render(request, "not_found.html", status=404, message_id=message_id)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/clear")
+async def clear_page(request: Request, sandbox: SandboxDep) -> HTMLResponse:
+    """Clearing asks first, on a page of its own: there is no script to ask with."""
+    return _render(request, "clear.html", total=sandbox.store.inbox_size)
+
+
+@router.post("/clear", response_model=None)
+async def clear(request: Request, sandbox: SandboxDep) -> HTMLResponse | RedirectResponse:
+    if _from_another_site(request):
+        return _refused()
+    sandbox.store.clear()
+    return RedirectResponse("/", status_code=303)
 
 
 @router.get("/previews")

@@ -118,6 +118,42 @@ class Message:
             "TemplateAlias": self.template_alias,
         }
 
+    def raw_headers(self) -> list[tuple[str, str]]:
+        """The message's fields as Postmark received them, one (name, value) each, in Postmark's
+        names (fields it was sent without are left out), then its own `Headers` as given."""
+        fields: list[tuple[str, str | None]] = [
+            ("MessageID", self.message_id),
+            ("ReceivedAt", self.received_at.isoformat()),
+            ("From", self.sender),
+            ("To", self.to),
+            ("Cc", self.cc),
+            ("Bcc", self.bcc),
+            ("ReplyTo", self.reply_to),
+            ("Subject", self.subject),
+            ("Tag", self.tag),
+            ("MessageStream", self.message_stream),
+            ("TemplateAlias", self.template_alias),
+            ("TrackOpens", None if self.track_opens is None else str(self.track_opens).lower()),
+            ("TrackLinks", self.track_links),
+        ]
+        lines = [(name, value) for name, value in fields if value]
+        lines += [(f"Metadata[{name}]", value) for name, value in self.metadata.items()]
+        lines += [
+            ("Attachment", f"{attachment['Name']} ({attachment['ContentType'] or 'no type'})")
+            for attachment in self.attachments
+        ]
+        lines += [(header["Name"], header["Value"]) for header in self.headers]
+        return [(name, _one_line(value)) for name, value in lines]
+
+    def raw_json(self) -> dict[str, Any]:
+        """The raw view: every header line, the text part and the HTML part's source."""
+        return {
+            "MessageID": self.message_id,
+            "Headers": [{"Name": name, "Value": value} for name, value in self.raw_headers()],
+            "TextBody": self.text_body,
+            "HtmlBody": self.html_body,
+        }
+
     def search_json(self) -> dict[str, Any]:
         """One entry of `GET /messages/outbound`, in Postmark's shape."""
         return {
@@ -165,6 +201,11 @@ class Message:
             "ErrorCode": 0,
             "Message": "Test job accepted" if test else "OK",
         }
+
+
+def _one_line(value: str) -> str:
+    """A header value on one line, so a line break inside it cannot pass for another header."""
+    return value.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @lru_cache(maxsize=65_536)

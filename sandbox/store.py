@@ -1,4 +1,11 @@
-"""What the sandbox remembers, in memory: captured messages, bounces, inactive addresses."""
+"""What the sandbox remembers, in memory: captured messages, bounces, inactive addresses.
+
+A message lives in two places. Postmark's record of what was sent is what the outbound search
+reads, and the notifier asks that search whether an earlier attempt went out before it sends
+again: deleting mail in the dev inbox, like a recipient deleting theirs, never touches it (only
+the `max_messages` bound ages it out, as Postmark's retention does). The inbox is what the dev
+inbox shows: the same messages, less those deleted there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
 from sandbox.bounces import Bounce
+from sandbox.inbox_filter import InboxFilter
 from sandbox.messages import Message
 from sandbox.templates import Templates
 
@@ -13,7 +21,8 @@ from sandbox.templates import Templates
 class Store:
     def __init__(self, *, max_messages: int) -> None:
         self.max_messages = max_messages
-        self._messages: OrderedDict[str, Message] = OrderedDict()
+        self._messages: OrderedDict[str, Message] = OrderedDict()  # Postmark's record
+        self._inbox: OrderedDict[str, Message] = OrderedDict()
         self._bounces: OrderedDict[int, Bounce] = OrderedDict()
         # case-folded address -> the bounce that made it inactive
         self._inactive: dict[str, Bounce] = {}
@@ -26,15 +35,33 @@ class Store:
 
     def add(self, message: Message) -> None:
         self._messages[message.message_id] = message
+        self._inbox[message.message_id] = message
         self.captured_total += 1
         while len(self._messages) > self.max_messages:
-            self._messages.popitem(last=False)
+            oldest, _ = self._messages.popitem(last=False)
+            self._inbox.pop(oldest, None)
 
     def get(self, message_id: str) -> Message | None:
+        """A sent message, as Postmark's record has it (deleted from the inbox or not)."""
         return self._messages.get(message_id)
 
     def newest_first(self) -> Iterator[Message]:
         return reversed(self._messages.values())
+
+    @property
+    def inbox_size(self) -> int:
+        return len(self._inbox)
+
+    def in_inbox(self, message_id: str) -> Message | None:
+        return self._inbox.get(message_id)
+
+    def inbox(self, wanted: InboxFilter) -> list[Message]:
+        """The inbox's messages that match, newest first."""
+        return [message for message in reversed(self._inbox.values()) if wanted.matches(message)]
+
+    def delete_from_inbox(self, message_id: str) -> bool:
+        """Take a message out of the inbox; False when it was not there."""
+        return self._inbox.pop(message_id, None) is not None
 
     def search(
         self,
@@ -90,7 +117,8 @@ class Store:
             del self._inactive[bounce.email.lower()]
 
     def clear(self) -> None:
-        """A clean slate: no messages, no bounces, every address active again."""
-        self._messages.clear()
+        """A clean slate for the next test: an empty inbox, no bounces, every address active
+        again. Postmark's record of what was sent stays, for the notifier's send-once search."""
+        self._inbox.clear()
         self._bounces.clear()
         self._inactive.clear()

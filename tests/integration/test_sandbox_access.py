@@ -74,3 +74,22 @@ async def test_health_stays_open_and_development_needs_no_token(
     assert (await production.get("/healthz")).status_code == 200
     assert (await development.get("/")).status_code == 200
     assert (await development.get("/api/messages")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/clear"),
+        ("POST", "/messages/some-id/delete"),
+        ("DELETE", "/api/messages"),
+        ("DELETE", "/api/messages/some-id"),
+        ("GET", "/api/messages/some-id/raw"),
+    ],
+)
+async def test_deleting_and_the_raw_view_need_the_token_too(
+    production: httpx.AsyncClient, method: str, path: str
+) -> None:
+    refused = await production.request(method, path)
+    allowed = await production.request(method, path, headers={"X-Postmark-Server-Token": TOKEN})
+    assert refused.status_code == 401
+    assert allowed.status_code != 401
