@@ -13,6 +13,7 @@ from api.settings import ApiSettings
 from api.slots import SlotReport
 from api.users import Refused
 from postroom.db import create_engine, create_pool
+from postroom.docs import create_fastapi
 from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import idempotency_keys
@@ -70,7 +71,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await app.state.engine.dispose()
             await pool.close()
 
-    app = FastAPI(
+    app = create_fastapi(
         telemetry={"exclude": is_probe},
         generate_unique_id_function=operation_id,
         title="Postroom API",

@@ -30,6 +30,7 @@ from postroom.auth import bearer_scheme, principal_of
 from postroom.db import Connection, is_unavailable
 from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, handle_problem, problem_responses
+from postroom.web import JsonBodyRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ async def handle_refusal(request: Request, exc: Exception) -> JSONResponse:
     return await handle_problem(request, REFUSALS[type(exc)])
 
 
-users_router = APIRouter(prefix="/v1", tags=["users"])
+users_router = APIRouter(prefix="/v1", tags=["users"], route_class=JsonBodyRoute)
 pages_router = APIRouter()
 
 

@@ -19,6 +19,7 @@ from notifier.settings import NotifierSettings
 from notifier.store import NotificationStore
 from notifier.webhooks import WebhookMetrics, build_router, webhook_schemas
 from postroom.db import create_engine
+from postroom.docs import create_fastapi
 from postroom.metrics import process_registry
 from postroom.middleware import BodySizeLimit, RequestMetrics
 from postroom.models import webhook_receipts
@@ -100,7 +101,7 @@ def create_app(settings: NotifierSettings | None = None, *, consume: bool = True
             postmark.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = create_fastapi(
         telemetry={"exclude": is_probe},
         generate_unique_id_function=operation_id,
         title="Postroom notifier",

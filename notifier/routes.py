@@ -19,7 +19,14 @@ from postroom.addresses import address_key
 from postroom.models import notifications, suppressions
 from postroom.problems import ProblemError, problem_response, problem_responses
 from postroom.text import NO_CONTROL_CHARACTERS
-from postroom.web import EngineDep, OutboxDep, PrincipalDep, database_ready, only_query
+from postroom.web import (
+    EngineDep,
+    JsonBodyRoute,
+    OutboxDep,
+    PrincipalDep,
+    database_ready,
+    only_query,
+)
 
 Status = Literal["pending", "sent", "suppressed", "failed", "delivered", "bounced", "complained"]
 
@@ -79,7 +86,7 @@ class SuppressionList(BaseModel):
     next_cursor: str | None = NEXT_CURSOR
 
 
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
 # What every route here may answer: it needs the bearer token and the database.
 AUTHENTICATED = (problems.UNAUTHORIZED, problems.DATABASE_UNAVAILABLE)

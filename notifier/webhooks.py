@@ -36,7 +36,7 @@ from postroom.addresses import address_key
 from postroom.models import bounces, notifications, webhook_receipts
 from postroom.outbox import OutboxWriter
 from postroom.problems import ProblemError, problem_responses
-from postroom.web import EngineDep
+from postroom.web import EngineDep, is_json
 
 log = structlog.get_logger("postroom.webhooks")
 
@@ -300,8 +300,7 @@ def build_router(
         Open, Click and unknown record types are acknowledged and counted. The body is read
         leniently, as Postmark sends it: stored as far as it can be, or refused with a 4xx
         problem, never a 5xx."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        if not is_json(request.headers.get("content-type")):
             raise ProblemError(problems.UNSUPPORTED_MEDIA_TYPE, "Send the webhook as JSON.")
         raw = await request.body()
         try:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from outbox_relay.metrics import RelayMetrics
 from outbox_relay.relay import Relay
 from outbox_relay.settings import RelaySettings
+from postroom.docs import create_fastapi
 from postroom.problems import RELAY_NOT_READY, problem_response
 from postroom.serve import freeze_heap, serve
 from postroom.tracing import is_probe
@@ -53,7 +54,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
             relay.stop()
             await task
 
-    app = FastAPI(
+    app = create_fastapi(
         telemetry={"exclude": is_probe},
         generate_unique_id_function=operation_id,
         title="Postroom outbox relay",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -182,7 +182,6 @@ class Problem(BaseModel):
     type: str = Field(
         description="What went wrong, as a stable URI: one of those listed above (more may "
         "come; a client that does not know one goes by `status`).",
-        examples=[kind.uri for kind in PROBLEM_TYPES.values()],
     )
     title: str = Field(description="The same for every problem of this type.")
     status: int
@@ -193,17 +192,17 @@ class Problem(BaseModel):
     )
 
 
-def problem_schema() -> dict[str, Any]:
-    """The Problem component of the OpenAPI documents, listing every known type."""
+def problem_schema(kinds: Iterable[ProblemType]) -> dict[str, Any]:
+    """The Problem component of an OpenAPI document, listing `kinds`: the types its process
+    answers with."""
+    kinds = list(kinds)
     schema = Problem.model_json_schema()
+    schema["properties"]["type"]["examples"] = [kind.uri for kind in kinds]
     schema["description"] = "\n".join(
         [
             "An error, as RFC 9457 describes it. Its `type` is one of:",
             "",
-            *(
-                f"- `{kind.uri}` ({kind.status} {kind.title}): {kind.about}"
-                for kind in PROBLEM_TYPES.values()
-            ),
+            *(f"- `{kind.uri}` ({kind.status} {kind.title}): {kind.about}" for kind in kinds),
         ]
     )
     return schema

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from postroom.docs import create_fastapi
 from postroom.serve import serve
 from postroom.tracing import is_probe
 from sandbox import control, inbox, postmark_api
@@ -47,7 +48,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
         finally:
             await sandbox.webhooks.close()
 
-    app = FastAPI(
+    app = create_fastapi(
         telemetry={"exclude": is_probe},
         title="Postroom Postmark sandbox",
         version="1.0.0",

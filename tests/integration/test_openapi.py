@@ -125,12 +125,68 @@ async def test_each_problem_response_names_the_types_it_answers_with(
                 assert kind.uri in response["description"]
 
 
-async def test_the_problem_component_lists_every_known_type(document: dict[str, Any]) -> None:
+# What any request to the process may be answered, whatever the route.
+ANY_REQUEST = {"not-found", "method-not-allowed", "request-header-too-large", "internal-error"}
+
+
+def answered(document: dict[str, Any]) -> set[str]:
+    """The problem types the document's routes say they answer with."""
+    return {
+        slug
+        for _, _, operation in operations(document)
+        for response in operation["responses"].values()
+        for slug in response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("examples", {})
+    }
+
+
+async def test_the_problem_component_lists_the_types_its_process_answers(
+    document: dict[str, Any],
+) -> None:
     problem = document["components"]["schemas"]["Problem"]
     listed = problem["properties"]["type"]["examples"]
-    assert listed == [kind.uri for kind in PROBLEM_TYPES.values()]
+    slugs = {uri.removeprefix(TYPE_PREFIX) for uri in listed}
+    assert answered(document) | ANY_REQUEST <= slugs
+    # A body too large is answered by a middleware, on any route of a process that limits.
+    assert slugs - answered(document) - ANY_REQUEST <= {"body-too-large"}
+    assert listed == [kind.uri for kind in PROBLEM_TYPES.values() if kind.slug in slugs]
     for kind in PROBLEM_TYPES.values():
-        assert f"`{kind.uri}` ({kind.status} {kind.title})" in problem["description"]
+        described = f"`{kind.uri}` ({kind.status} {kind.title})" in problem["description"]
+        assert described == (kind.slug in slugs)
+
+
+@pytest.mark.parametrize(
+    ("name", "own", "others"),
+    [
+        ("api", {"email-taken", "body-too-large"}, {"consumer-halted", "relay-not-ready"}),
+        ("notifier", {"invalid-webhook", "body-too-large"}, {"email-taken", "relay-not-ready"}),
+        ("relay", {"relay-not-ready"}, {"email-taken", "consumer-halted", "body-too-large"}),
+    ],
+)
+async def test_each_process_lists_only_its_own_problem_types(
+    name: str, own: set[str], others: set[str]
+) -> None:
+    problem = (await served(build(name)))["components"]["schemas"]["Problem"]
+    slugs = {uri.removeprefix(TYPE_PREFIX) for uri in problem["properties"]["type"]["examples"]}
+    assert own | ANY_REQUEST <= slugs
+    assert not others & slugs
+    if name == "relay":  # no route of its own but the operations routes
+        assert slugs == ANY_REQUEST | {"relay-not-ready"}
+
+
+async def test_every_route_that_takes_a_json_body_documents_the_415(
+    document: dict[str, Any],
+) -> None:
+    taking = 0
+    for path, method, operation in operations(document):
+        content = operation.get("requestBody", {}).get("content", {})
+        responses = operation["responses"]
+        if "application/json" in content:
+            taking += 1
+            examples = responses["415"]["content"][PROBLEM_MEDIA_TYPE]["examples"]
+            assert list(examples) == ["unsupported-media-type"], (path, method)
+        else:
+            assert "415" not in responses, (path, method)
+    assert taking == len(JSON_BODIES[document["info"]["title"]])
 
 
 def test_problem_types_are_named_in_one_place() -> None:
@@ -143,6 +199,13 @@ def test_problem_types_are_named_in_one_place() -> None:
     ]
     assert spelt == ["postroom/problems.py"]
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", slug) for slug in PROBLEM_TYPES)
+
+
+JSON_BODIES = {
+    "Postroom API": ["createUser", "updateUser", "verifyEmail"],
+    "Postroom notifier": ["addSuppression", "receivePostmarkWebhook"],
+    "Postroom outbox relay": [],
+}
 
 
 # Generated clients name their methods after these: renaming a route's function changes its

@@ -24,11 +24,22 @@ async def test_openapi_lists_every_answer_a_route_gives(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
     expected = {
         # 410: a replayed Idempotency-Key whose user was deleted since.
-        ("/v1/users", "post"): {"201", "400", "401", "409", "410", "413", "422", "503"},
+        # 415: a body that is not JSON.
+        ("/v1/users", "post"): {"201", "400", "401", "409", "410", "413", "415", "422", "503"},
         ("/v1/users/{user_id}", "get"): {"200", "401", "404", "422", "503"},
-        ("/v1/users/{user_id}", "patch"): {"200", "400", "401", "404", "409", "413", "422", "503"},
+        ("/v1/users/{user_id}", "patch"): {
+            "200",
+            "400",
+            "401",
+            "404",
+            "409",
+            "413",
+            "415",
+            "422",
+            "503",
+        },
         ("/v1/users/{user_id}", "delete"): {"204", "401", "404", "422", "503"},
-        ("/v1/email-verifications", "post"): {"200", "400", "410", "413", "422", "503"},
+        ("/v1/email-verifications", "post"): {"200", "400", "410", "413", "415", "422", "503"},
         ("/verify-email", "get"): {"200", "400", "410", "503"},
         ("/verify-email", "post"): {"200", "400", "410", "413", "503"},
         ("/verify-email/resend", "post"): {"202", "400", "409", "410", "413", "429", "503"},
