@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -69,34 +70,69 @@ def _load(process: str, cls: type[S]) -> S:
 UNREACHABLE = 3
 POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate it (refused or too slow)
 
+# Seconds the operator verbs give the broker to answer a request, connecting included (per
+# address in KAFKA_BOOTSTRAP_SERVERS): a stack that is down costs seconds, not aiokafka's 40.
+# The database's bound is DATABASE_CONNECT_TIMEOUT.
+KAFKA_TIMEOUT = 5.0
+
 T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _reason(exc: BaseException) -> str:
+    """An error's first line; a timeout, whose text is empty, by its name."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return type(exc).__name__ if isinstance(exc, TimeoutError) or not text else text
+
+
+class _KafkaComplaints(logging.Handler):
+    """Keeps aiokafka's log records from the terminal, remembering the last error one of them
+    carried: aiokafka logs why it could not connect, then raises an error that only says it
+    could not."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.last = next((a for a in args if isinstance(a, BaseException)), self.last)
+
+
 def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T:
     """Run an operator verb's work; a database or broker that does not answer is one line
-    and exit code 3, not a traceback."""
+    on stderr and exit code 3, not a traceback or the client's own logging."""
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from postroom.db import is_unavailable
 
+    kafka_log = logging.getLogger("aiokafka")
+    complaints = _KafkaComplaints()
+    kafka_log.addHandler(complaints)
+    kafka_log.propagate = False
     try:
         return asyncio.run(work)
     except (KafkaConnectionError, KafkaTimeoutError) as exc:
         where = getattr(settings, "kafka_bootstrap_servers", "?")
-        typer.echo(f"postroom {verb}: the broker at {where} does not answer ({exc})", err=True)
+        cause = complaints.last or exc
+        timed_out = isinstance(cause, TimeoutError | KafkaTimeoutError)
+        reason = f"waited {KAFKA_TIMEOUT:g} s" if timed_out else _reason(cause)
+        typer.echo(f"postroom {verb}: the broker at {where} does not answer ({reason})", err=True)
         raise typer.Exit(code=UNREACHABLE) from None
     except Exception as exc:
         if not is_unavailable(exc):
             raise
         url = make_url(settings.sqlalchemy_url)
-        reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc).splitlines()[0]
         typer.echo(
-            f"postroom {verb}: the database at {url.host}:{url.port} does not answer ({reason})",
+            f"postroom {verb}: the database at {url.host}:{url.port} does not answer "
+            f"({_reason(exc)})",
             err=True,
         )
         raise typer.Exit(code=UNREACHABLE) from None
+    finally:
+        kafka_log.removeHandler(complaints)
+        kafka_log.propagate = True
 
 
 def _utc(moment: datetime) -> str:
@@ -326,6 +362,7 @@ def events_tail(
                 limit=limit,
                 wait=wait,
                 emit=lambda line: typer.echo(line),
+                request_timeout=KAFKA_TIMEOUT,
             ),
             settings,
         )
@@ -538,7 +575,7 @@ def dlq_list(as_json: JsonOption = False) -> None:
     from notifier.dlq import list_dead_letters
 
     settings = _load("dlq", NotifierSettings)
-    letters = _run("dlq", list_dead_letters(settings), settings)
+    letters = _run("dlq", list_dead_letters(settings, request_timeout=KAFKA_TIMEOUT), settings)
     if as_json:
         _print_json(
             [
@@ -584,6 +621,7 @@ def dlq_replay(
     pending first; a deleted user's are held back, left failed; one sent since is skipped);
     each record once unless --from-beginning. A record of another reason than --reason, or
     whose email is still being worked on, is left for a later replay."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from notifier.dlq import Replayed, replay
@@ -594,7 +632,10 @@ def dlq_replay(
     async def work() -> Replayed:
         engine = create_engine(settings, application_name="postroom-cli")
         try:
-            with Progress(transient=True) as bar:
+            # On stderr, and only on a terminal: stdout holds the outcome, and a failure is
+            # one line on stderr.
+            console = Console(stderr=True)
+            with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
                 task = bar.add_task("replaying", total=None)
                 return await replay(
                     settings,
@@ -602,6 +643,7 @@ def dlq_replay(
                     from_beginning=from_beginning,
                     reason=reason,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    request_timeout=KAFKA_TIMEOUT,
                 )
         finally:
             await engine.dispose()
