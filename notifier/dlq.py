@@ -123,12 +123,18 @@ class DeadLetter:
 
 
 async def _read(
-    settings: NotifierSettings, consumer: AIOKafkaConsumer, *, from_beginning: bool
+    settings: NotifierSettings,
+    consumer: AIOKafkaConsumer,
+    *,
+    from_beginning: bool,
+    request_timeout: float,
 ) -> list[DeadLetter]:
     topic = settings.topic("notifier.dlq")
     partitions = [
         TopicPartition(topic, p)
-        for p in await topic_partitions(settings.kafka_bootstrap_servers, topic)
+        for p in await topic_partitions(
+            settings.kafka_bootstrap_servers, topic, request_timeout=request_timeout
+        )
     ]
     if not partitions:
         return []
@@ -161,13 +167,21 @@ async def _read(
     return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
 
 
-async def list_dead_letters(settings: NotifierSettings) -> list[DeadLetter]:
+async def list_dead_letters(
+    settings: NotifierSettings, *, request_timeout: float = 40.0
+) -> list[DeadLetter]:
+    """Every dead letter on the topic. A broker that does not answer a request (connecting
+    included) within `request_timeout` seconds raises KafkaConnectionError or
+    KafkaTimeoutError."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=int(request_timeout * 1000),
     )
-    await consumer.start()
+    # Stopped even when it never started, or it is reported unclosed at exit.
     try:
-        return await _read(settings, consumer, from_beginning=True)
+        await consumer.start()
+        return await _read(settings, consumer, from_beginning=True, request_timeout=request_timeout)
     finally:
         await consumer.stop()
 
@@ -193,6 +207,7 @@ async def replay(
     from_beginning: bool = False,
     reason: str | None = None,
     progress: Callable[[int, int], Any] = lambda done, total: None,
+    request_timeout: float = 40.0,
 ) -> Replayed:
     """Replay dead letters not replayed yet (or all).
 
@@ -200,7 +215,10 @@ async def replay(
     it stops at the first letter of another reason than `reason`, or whose notification is
     still pending, so a later replay still finds it. Letters after that one are read again
     then; replaying one twice is harmless (a notification no longer failed is skipped, and
-    the notifier takes a record once by its `ce_id`). The offset never moves back."""
+    the notifier takes a record once by its `ce_id`). The offset never moves back.
+
+    A broker that does not answer a request (connecting included) within `request_timeout`
+    seconds raises KafkaConnectionError or KafkaTimeoutError."""
     store = NotificationStore(
         engine,
         OutboxWriter(shards=settings.relay_shards, notify=settings.outbox_notify),
@@ -213,16 +231,21 @@ async def replay(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.notifier_group_id}-dlq-replay",
         enable_auto_commit=False,
+        request_timeout_ms=int(request_timeout * 1000),
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
+        request_timeout_ms=int(request_timeout * 1000),
     )
-    await consumer.start()
-    await producer.start()
+    # Both stopped even when one never started, or it is reported unclosed at exit.
     try:
-        letters = await _read(settings, consumer, from_beginning=from_beginning)
+        await consumer.start()
+        await producer.start()
+        letters = await _read(
+            settings, consumer, from_beginning=from_beginning, request_timeout=request_timeout
+        )
         committed = {
             tp.partition: await consumer.committed(tp) or 0 for tp in consumer.assignment()
         }

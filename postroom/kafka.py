@@ -47,12 +47,16 @@ def text_headers(headers: Any) -> tuple[tuple[str, str], ...]:
     )
 
 
-async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+async def topic_partitions(
+    bootstrap_servers: str, topic: str, *, request_timeout: float = 40.0
+) -> list[int]:
     """The partitions of `topic`, asked of the cluster now ([] if it does not exist). A
     consumer's `partitions_for_topic` only knows topics it already follows."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(request_timeout * 1000)
+    )
     try:
+        await admin.start()
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -50,18 +51,30 @@ def _fail(process: str, reason: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-# What `make dev` filled in for the stack it runs. The operator verbs read it, so they work
-# against that stack from the same checkout; `.env` wins over it and the environment over both.
-# The processes themselves never read it.
-DEV_SETTINGS = ".postroom/dev.settings"
+def _load(
+    process: str,
+    cls: type[S],
+    *,
+    verbose: bool = False,
+    database: bool = False,
+    broker: bool = False,
+) -> S:
+    """An operator verb's settings, or exit 2 with the one-line reason. They come from the
+    environment, `.env`, and the settings `make dev` wrote for the checkout's stack (see
+    `postroom_cli.stack`); the processes themselves never read that file. Verbose, one line on
+    stderr says which file was found and where the database and the broker the verb talks to
+    are."""
+    from postroom_cli.stack import describe, settings_files
 
-
-def _load(process: str, cls: type[S]) -> S:
-    """An operator verb's settings, or exit 2 with the one-line reason."""
+    files = settings_files()
     try:
-        return load(cls, env_file=(DEV_SETTINGS, ".env"))
+        settings = load(cls, env_file=tuple(str(path) for path in files))
     except ConfigError as exc:
         raise _fail(process, str(exc)) from None
+    if verbose:
+        line = describe(settings, files, database=database, broker=broker)
+        typer.echo(f"postroom {process}: {line}", err=True)
+    return settings
 
 
 # Exit codes of the operator verbs (README): 0 done, 1 refused (not found, not parked, ...),
@@ -69,34 +82,78 @@ def _load(process: str, cls: type[S]) -> S:
 UNREACHABLE = 3
 POSTMARK_REFUSED = 4  # suppressions remove: Postmark did not reactivate it (refused or too slow)
 
+# Seconds the operator verbs give the broker to answer a request, connecting included (per
+# address in KAFKA_BOOTSTRAP_SERVERS): a stack that is down costs seconds, not aiokafka's 40.
+# The database's bound is DATABASE_CONNECT_TIMEOUT.
+KAFKA_TIMEOUT = 5.0
+
 T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "-v",
+        "--verbose",
+        help="Say on stderr which settings file was found and which database and broker "
+        "this talks to.",
+    ),
+]
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's first line; a timeout, whose text is empty, by its name."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return type(exc).__name__ if isinstance(exc, TimeoutError) or not text else text
+
+
+class _KafkaComplaints(logging.Handler):
+    """Keeps aiokafka's log records from the terminal, remembering the last error one of them
+    carried: aiokafka logs why it could not connect, then raises an error that only says it
+    could not."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.last = next((a for a in args if isinstance(a, BaseException)), self.last)
 
 
 def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T:
     """Run an operator verb's work; a database or broker that does not answer is one line
-    and exit code 3, not a traceback."""
+    on stderr and exit code 3, not a traceback or the client's own logging."""
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from postroom.db import is_unavailable
 
+    kafka_log = logging.getLogger("aiokafka")
+    complaints = _KafkaComplaints()
+    kafka_log.addHandler(complaints)
+    kafka_log.propagate = False
     try:
         return asyncio.run(work)
     except (KafkaConnectionError, KafkaTimeoutError) as exc:
         where = getattr(settings, "kafka_bootstrap_servers", "?")
-        typer.echo(f"postroom {verb}: the broker at {where} does not answer ({exc})", err=True)
+        cause = complaints.last or exc
+        timed_out = isinstance(cause, TimeoutError | KafkaTimeoutError)
+        reason = f"waited {KAFKA_TIMEOUT:g} s" if timed_out else _reason(cause)
+        typer.echo(f"postroom {verb}: the broker at {where} does not answer ({reason})", err=True)
         raise typer.Exit(code=UNREACHABLE) from None
     except Exception as exc:
         if not is_unavailable(exc):
             raise
         url = make_url(settings.sqlalchemy_url)
-        reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc).splitlines()[0]
         typer.echo(
-            f"postroom {verb}: the database at {url.host}:{url.port} does not answer ({reason})",
+            f"postroom {verb}: the database at {url.host}:{url.port} does not answer "
+            f"({_reason(exc)})",
             err=True,
         )
         raise typer.Exit(code=UNREACHABLE) from None
+    finally:
+        kafka_log.removeHandler(complaints)
+        kafka_log.propagate = True
 
 
 def _utc(moment: datetime) -> str:
@@ -192,14 +249,14 @@ def _age(seconds: float | None) -> str:
 
 
 @outbox_app.command("status")
-def outbox_status(as_json: JsonOption = False) -> None:
+def outbox_status(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
     """Pending rows per shard, the oldest pending age, parked rows, and who owns each shard."""
     from rich.console import Console
     from rich.table import Table
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, verbose=verbose, database=True)
     report = _run("outbox", admin.status(settings), settings)
     if as_json:
         _print_json(
@@ -231,6 +288,7 @@ def outbox_recent(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     parked: Annotated[bool, typer.Option("--parked", help="Only parked rows.")] = False,
     as_json: JsonOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show the newest outbox rows."""
     from rich.console import Console
@@ -238,7 +296,7 @@ def outbox_recent(
 
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, verbose=verbose, database=True)
     rows = _run("outbox", admin.recent(settings, limit=limit, parked_only=parked), settings)
     if as_json:
         # The payload as the object it is, times as the API writes them (ISO 8601, `Z`).
@@ -272,11 +330,12 @@ def outbox_retry_parked(
     ids: Annotated[
         list[int] | None, typer.Argument(help="Row ids; all parked rows if none.")
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Put parked rows back in line for the relays."""
     from outbox_relay import admin
 
-    settings = _load("outbox", CommonSettings)
+    settings = _load("outbox", CommonSettings, verbose=verbose, database=True)
     retried = _run("outbox", admin.retry_parked(settings, ids=ids or []), settings)
     if ids and len(retried) < len(ids):
         missing = sorted(set(ids) - set(retried))
@@ -291,11 +350,12 @@ def outbox_prune(
     older_than: Annotated[
         float | None, typer.Option(help="Seconds; default OUTBOX_RETENTION.")
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Delete published rows older than the retention (the relays also do this every minute)."""
     from outbox_relay import admin
 
-    settings = _load("outbox", RelaySettings)
+    settings = _load("outbox", RelaySettings, verbose=verbose, database=True)
     age = settings.outbox_retention if older_than is None else older_than
     deleted = _run("outbox", admin.prune(settings, older_than=age), settings)
     typer.echo(f"deleted {deleted} published row(s)")
@@ -309,12 +369,13 @@ def events_tail(
     wait: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without a record.")
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print the records of <prefix>.<aggregate> as JSON lines, following new ones."""
     from postroom.settings import KafkaSettings
     from postroom_cli.tail import tail
 
-    settings = _load("events", KafkaSettings)
+    settings = _load("events", KafkaSettings, verbose=verbose, broker=True)
     topic = settings.topic(aggregate)
     try:
         _run(
@@ -326,6 +387,7 @@ def events_tail(
                 limit=limit,
                 wait=wait,
                 emit=lambda line: typer.echo(line),
+                request_timeout=KAFKA_TIMEOUT,
             ),
             settings,
         )
@@ -530,15 +592,15 @@ async def _with_notifier_parts(settings: NotifierSettings, work: Any) -> Any:
 
 
 @dlq_app.command("list")
-def dlq_list(as_json: JsonOption = False) -> None:
+def dlq_list(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
     """The records on <prefix>.notifier.dlq, with why each is there."""
     from rich.console import Console
     from rich.table import Table
 
     from notifier.dlq import list_dead_letters
 
-    settings = _load("dlq", NotifierSettings)
-    letters = _run("dlq", list_dead_letters(settings), settings)
+    settings = _load("dlq", NotifierSettings, verbose=verbose, broker=True)
+    letters = _run("dlq", list_dead_letters(settings, request_timeout=KAFKA_TIMEOUT), settings)
     if as_json:
         _print_json(
             [
@@ -579,22 +641,27 @@ def dlq_replay(
         str | None,
         typer.Option(help="Only this reason (unreadable, delivery-failed, outcome-unknown)."),
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Put dead letters back on the topic they came from (failed notifications back to
     pending first; a deleted user's are held back, left failed; one sent since is skipped);
     each record once unless --from-beginning. A record of another reason than --reason, or
     whose email is still being worked on, is left for a later replay."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from notifier.dlq import Replayed, replay
     from postroom.db import create_engine
 
-    settings = _load("dlq", NotifierSettings)
+    settings = _load("dlq", NotifierSettings, verbose=verbose, database=True, broker=True)
 
     async def work() -> Replayed:
         engine = create_engine(settings, application_name="postroom-cli")
         try:
-            with Progress(transient=True) as bar:
+            # On stderr, and only on a terminal: stdout holds the outcome, and a failure is
+            # one line on stderr.
+            console = Console(stderr=True)
+            with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
                 task = bar.add_task("replaying", total=None)
                 return await replay(
                     settings,
@@ -602,6 +669,7 @@ def dlq_replay(
                     from_beginning=from_beginning,
                     reason=reason,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    request_timeout=KAFKA_TIMEOUT,
                 )
         finally:
             await engine.dispose()
@@ -631,6 +699,7 @@ def suppressions_list(
         typer.Option(help="Where the previous page ended: the cursor it printed (on stderr)."),
     ] = None,
     as_json: JsonOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Suppressed addresses, newest first, LIMIT at a time; when more follow, the command for
     the next page goes to stderr (so --json output stays one JSON list)."""
@@ -639,7 +708,7 @@ def suppressions_list(
 
     from notifier import listings
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, verbose=verbose, database=True)
 
     async def work(engine: Any, _outbox: Any, _postmark: Any) -> listings.Page:
         async with engine.connect() as conn:
@@ -688,11 +757,12 @@ def suppressions_add(
     email: str,
     reason: Annotated[str, typer.Option()] = "ManualSuppression",
     details: Annotated[str | None, typer.Option()] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Suppress an address by hand (emits email.suppressed)."""
     from notifier import suppressions as admin
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, verbose=verbose, database=True)
 
     async def work(engine: Any, outbox: Any, _postmark: Any) -> bool:
         return await admin.add(engine, outbox, email=email, reason=reason, details=details)
@@ -706,13 +776,13 @@ def suppressions_add(
 
 
 @suppressions_app.command("remove")
-def suppressions_remove(email: str) -> None:
+def suppressions_remove(email: str, verbose: VerboseOption = False) -> None:
     """Lift a suppression, reactivating the address at Postmark when a bounce made it
     inactive there (emits email.reactivated). Spam complaints cannot be lifted."""
     from notifier import suppressions as admin
     from notifier.postmark import PostmarkUnauthorized, PostmarkUnavailable, RequestRejected
 
-    settings = _load("suppressions", NotifierSettings)
+    settings = _load("suppressions", NotifierSettings, verbose=verbose, database=True)
 
     async def work(engine: Any, outbox: Any, postmark: Any) -> Any:
         # Postmark's errors come back as values: a broken connection to Postmark is not the

@@ -21,19 +21,28 @@ async def tail(
     limit: int | None,
     wait: float | None,
     emit: Callable[[str], None],
+    request_timeout: float = 40.0,
 ) -> int:
     """Print one JSON line per record; stop after `limit` records or `wait` idle seconds.
-    Returns how many were printed."""
+    Returns how many were printed. A broker that does not answer a request (connecting
+    included) within `request_timeout` seconds raises KafkaConnectionError or
+    KafkaTimeoutError."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=int(request_timeout * 1000),
     )
-    await consumer.start()
     printed = 0
+    # Stopped even when it never started: a consumer left open is reported when the process
+    # exits ("Unclosed AIOKafkaConsumer").
     try:
+        await consumer.start()
         partitions: list[int] = []
         deadline = time.monotonic() + (wait or 10.0)
         while not partitions:
-            partitions = await topic_partitions(settings.kafka_bootstrap_servers, topic)
+            partitions = await topic_partitions(
+                settings.kafka_bootstrap_servers, topic, request_timeout=request_timeout
+            )
             if not partitions:
                 if time.monotonic() > deadline:
                     raise LookupError(f"topic {topic} does not exist (yet)")
