@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -216,10 +217,12 @@ class Consumer:
 
     async def _loop(self, consumer: AIOKafkaConsumer, ownership: _Ownership) -> None:
         backoff = self._backoff()
+        size = self.settings.notifier_batch_size
+        last_batch = -math.inf  # when the last batch that was not full started
         while not self.stopping:
-            batches = await consumer.getmany(
-                timeout_ms=500, max_records=self.settings.notifier_batch_size
-            )
+            batches = await consumer.getmany(timeout_ms=500, max_records=size)
+            if batches:
+                batches, last_batch = await self._gather(consumer, batches, last_batch)
             if not batches:
                 self._silence = _silence(consumer)
                 await self._update_lag(consumer)
@@ -263,6 +266,28 @@ class Consumer:
                     await asyncio.wait_for(self._stopping.wait(), backoff.next_delay())
             else:
                 backoff.reset()
+
+    async def _gather(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[Record]],
+        last_batch: float,
+    ) -> tuple[dict[TopicPartition, list[Record]], float]:
+        """Let the records of the next few milliseconds join these: under a steady stream a
+        batch starts NOTIFIER_GATHER after the last one started, not at every record. What
+        the fetcher holds by then is added after each partition's records, in order."""
+        size = self.settings.notifier_batch_size
+        count = sum(len(records) for records in batches.values())
+        if count >= size:
+            return batches, -math.inf  # a backlog: the next batch goes at once
+        wait = last_batch + self.settings.notifier_gather - time.monotonic()
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            more = await consumer.getmany(timeout_ms=0, max_records=size - count)
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+        return batches, time.monotonic()
 
     async def _process(self, records: Sequence[Record]) -> None:
         """Settle a batch of records (each partition's in order): plan their emails and hand
