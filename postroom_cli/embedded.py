@@ -180,6 +180,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path, *, port: int, durable: bool = True) -> None:
         self.port = port
         self.durable = durable
+        # Named as the caller named the folder (`.postroom/pg/server.log`), wherever it is kept.
+        self.log_path = data_dir / "server.log"
         self._bin = postgres_bin_dir()
         self._user = _system_user()
         requested = data_dir.absolute()
@@ -258,6 +260,7 @@ class EmbeddedPostgres:
             # Throwaway test servers: trade crash safety for speed.
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         log = self.data_dir / "server.log"
+        offset = log.stat().st_size if log.exists() else 0
         proc = self._run(
             "pg_ctl",
             "-D",
@@ -273,9 +276,15 @@ class EmbeddedPostgres:
             timeout=90,
         )
         if proc.returncode != 0:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else proc.stderr
+            cause = None
+            with contextlib.suppress(OSError), log.open("rb") as file:
+                file.seek(offset)
+                cause = _server_failure(file.read().decode(errors="replace"))
+            if cause is None:
+                lines = proc.stderr.strip().splitlines()
+                cause = lines[0] if lines else f"pg_ctl exited with {proc.returncode}"
             raise InfrastructureError(
-                f"PostgreSQL did not start on port {self.port}: {tail.strip()}"
+                f"PostgreSQL did not start on port {self.port}: {cause} (log: {self.log_path})"
             )
         wait_for_port("127.0.0.1", self.port, timeout=30)
 
@@ -297,6 +306,26 @@ class EmbeddedPostgres:
         proc = self._run("createdb", *args, name)
         if proc.returncode != 0 and "already exists" not in proc.stderr:
             raise InfrastructureError(f"createdb {name} failed: {proc.stderr.strip()}")
+
+
+_LOG_LINE = re.compile(r"\b(LOG|WARNING|ERROR|FATAL|PANIC):\s+(.*)")
+
+
+def _server_failure(log: str) -> str | None:
+    """Why a PostgreSQL server's start failed, in one line of its log: the first FATAL or
+    PANIC, or the "could not ..." it logged just before (a failed bind: the FATAL after it
+    only says no socket could be made)."""
+    could_not = None
+    for line in log.splitlines():
+        found = _LOG_LINE.search(line)
+        if found is None:
+            continue
+        level, message = found.groups()
+        if level in ("FATAL", "PANIC"):
+            return could_not or message.strip()
+        if message.startswith("could not") and could_not is None:
+            could_not = message.strip()
+    return could_not
 
 
 def tansu_binary() -> str:

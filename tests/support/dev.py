@@ -43,6 +43,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def left_running(workdir: Path) -> list[str]:
+    """The processes a stack in `workdir` started that still run, as "pid command": each works
+    in `workdir`, or (PostgreSQL) in its data folder, which `.postroom/pg` is or links to."""
+    folders = [workdir.resolve()]
+    pg = workdir / ".postroom" / "pg"
+    if pg.exists():
+        folders.append(pg.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # gone meanwhile
+        if command and any(cwd == f or f in cwd.parents for f in folders):
+            found.append(f"{proc.name} {command}")
+    return found
+
+
 def dev_ports() -> dict[str, int]:
     """Free ports for every server `postroom dev` starts, so a test stack collides with none."""
     return {
