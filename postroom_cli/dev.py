@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -93,20 +93,21 @@ class Child:
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[self.name]],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            # A group of its own: Ctrl-C and a closed terminal reach the supervisor alone,
-            # which stops each child with one SIGTERM (a second signal would cut the
-            # child's graceful stop short).
-            process_group=0,
-        )
-        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
-        print(f"dev     | started {self.name} (pid {self.process.pid})", flush=True)
+        with _signals.held():
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", MODULES[self.name]],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                # A group of its own: Ctrl-C and a closed terminal reach the supervisor alone,
+                # which stops each child with one SIGTERM (a second signal would cut the
+                # child's graceful stop short).
+                process_group=0,
+            )
+            threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+        _say(f"dev     | started {self.name} (pid {self.process.pid})")
 
     def _pump(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -163,24 +164,70 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> boo
     return False
 
 
-class Stopping(Exception):
-    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack."""
+class Stopping(BaseException):
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack. Not an Exception, as
+    KeyboardInterrupt is not, so that no `except Exception` on its way swallows it."""
 
 
-def _stop_on_signal(signum: int, _frame: object) -> None:
-    # Once: the stack is then stopped in order, and more signals must not cut that short.
-    for each in _STOP_SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
-    print(f"dev     | {signal.Signals(signum).name}: stopping", flush=True)
-    raise Stopping
+def _say(line: str) -> None:
+    # A signal can arrive in the middle of a print, whose buffer then refuses the handler's
+    # own print: that line is lost, not the stop.
+    with contextlib.suppress(RuntimeError):
+        print(line, flush=True)
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+class _StopSignals:
+    """The first stop signal stops the stack: Stopping is raised wherever the supervisor is,
+    except while it starts a process (`held`), where it is raised once the start is done:
+    interrupted in the middle, a start leaves a process running that nobody stops."""
+
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.stopping = False
+        self._holding = 0
+
+    def install(self) -> None:
+        for each in self.names:
+            signal.signal(each, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        # Once: the stack is then stopped in order, and more signals must not cut that short.
+        # (A handler, not SIG_IGN: an ignored signal stays ignored in the processes we start.)
+        if self.stopping:
+            return
+        self.stopping = True
+        self.received = signum
+        _say(f"dev     | {signal.Signals(signum).name}: stopping")
+        if not self._holding:
+            raise Stopping
+
+    def ignore(self) -> None:
+        """The stack is being stopped for another reason: signals no longer interrupt that."""
+        self.stopping = True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding += 1
+        try:
+            yield
+        except InfrastructureError:
+            # pg_ctl, initdb and mvn share our terminal and fail on the same Ctrl-C: the stop
+            # is what happened, not their failure.
+            if self.received is None:
+                raise
+        finally:
+            self._holding -= 1
+        if self.received is not None and not self._holding:
+            raise Stopping
+
+
+_signals = _StopSignals()
 
 
 def run_dev() -> int:
-    for each in _STOP_SIGNALS:
-        signal.signal(each, _stop_on_signal)
+    _signals.install()
     try:
         return _run_dev()
     except Stopping:
@@ -298,8 +345,9 @@ def _run_stack() -> int:
         if postgres is not None:
             port = pg_port
             print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
-            postgres.start()
-            postgres.create_database("postroom")
+            with _signals.held():
+                postgres.start()
+                postgres.create_database("postroom")
             defaults["DATABASE_URL"] = postgres.url("postroom")
         if "KAFKA_BOOTSTRAP_SERVERS" not in env:
             port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
@@ -314,23 +362,26 @@ def _run_stack() -> int:
                 # Tansu grants no producer ids: the idempotent producer must be off.
                 defaults["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
             print(f"starting {broker.description} on 127.0.0.1:{port} ({where})")
-            broker.start()
+            _start_broker(broker)
             defaults["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        return _run_children(env, defaults, children, broker)
     except InfrastructureError as exc:
         print(f"postroom dev: {exc}", file=sys.stderr)
-        _stop_infrastructure(postgres, broker)
         return 1
-    except Stopping:
-        _stop_infrastructure(postgres, broker)
-        raise
-    try:
-        return _run_children(env, defaults, children, broker)
     finally:
+        _signals.ignore()
         for child in children.values():
             child.stop()
         for child in children.values():
             child.wait()
         _stop_infrastructure(postgres, broker)
+
+
+def _start_broker(broker: Broker) -> None:
+    broker.prepare()  # the first run's download: a Ctrl-C may cut it short
+    with _signals.held():
+        broker.start(wait=False)
+    broker.wait_started()
 
 
 def _run_children(

@@ -346,9 +346,22 @@ class Broker(Protocol):
     description: str  # for a banner: "Apache Kafka 4.4.0"
 
     @property
+    def log_path(self) -> Path | None: ...
+
+    @property
     def bootstrap_servers(self) -> str: ...
 
-    def start(self) -> None: ...
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+
+    def prepare(self) -> None:
+        """Fetch what it runs from (slow the first time only); start() does it if needed."""
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start; without `wait`, return once the process runs, then call wait_started()."""
+
+    def wait_started(self) -> None: ...
 
     def stop(self) -> None:
         """Stop; started again, an Apache Kafka broker still has its records."""
@@ -378,11 +391,19 @@ class TansuBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.advertised_port}"
 
-    def start(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def prepare(self) -> None:
+        tansu_binary()
+
+    def start(self, *, wait: bool = True) -> None:
+        binary = tansu_binary()
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [
-                tansu_binary(),
+                binary,
                 "broker",
                 "--listener-url",
                 f"tcp://127.0.0.1:{self.port}",
@@ -397,6 +418,10 @@ class TansuBroker:
             # that use it have finished stopping; its owner stops it last.
             process_group=0,
         )
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
         try:
             wait_for_port("127.0.0.1", self.port, timeout=30)
         except InfrastructureError:
@@ -579,6 +604,9 @@ class KafkaBroker:
     @property
     def _pid_file(self) -> Path:
         return self.data_dir / "broker.pid"
+
+    def prepare(self) -> None:
+        maven_classpath(KAFKA_POM)
 
     def _properties(self) -> str:
         replicas = str(min(3, len(self.voters)))
