@@ -4,6 +4,8 @@ Starts an embedded PostgreSQL and an Apache Kafka broker (KRaft) whose data pers
 `.postroom/` (Tansu, in memory, where there is no Java 17+ and Maven, or with
 POSTROOM_DEV_BROKER=tansu), applies migrations and runs each process (the Postmark
 sandbox with its dev inbox, api, relay, notifier) as a child with one shared environment.
+What dies is started again: a process after a growing pause, PostgreSQL or the broker at
+once, but only once in a row (see Server).
 Every setting given in the environment is honoured; only missing ones get development
 defaults, which are printed.
 Generated secrets are kept in `.postroom/dev.env` so the token stays the same between runs.
@@ -36,6 +38,7 @@ from postroom_cli.embedded import (
     KafkaBroker,
     TansuBroker,
     broker_kind,
+    process_alive,
 )
 
 STATE_DIR = Path(".postroom")
@@ -167,6 +170,10 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> boo
 class Stopping(BaseException):
     """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack. Not an Exception, as
     KeyboardInterrupt is not, so that no `except Exception` on its way swallows it."""
+
+
+class StackFailed(Exception):
+    """PostgreSQL or the broker died and could not be brought back; the message says which."""
 
 
 def _say(line: str) -> None:
@@ -341,6 +348,7 @@ def _run_stack() -> int:
     if (taken := _taken_port(wanted)) is not None:
         print(f"postroom dev: {taken}", file=sys.stderr)
         return 1
+    servers: list[Server] = []
     try:
         if postgres is not None:
             port = pg_port
@@ -349,6 +357,7 @@ def _run_stack() -> int:
                 postgres.start()
                 postgres.create_database("postroom")
             defaults["DATABASE_URL"] = postgres.url("postroom")
+            servers.append(_watched_postgres(postgres))
         if "KAFKA_BOOTSTRAP_SERVERS" not in env:
             port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
             if broker_kind("POSTROOM_DEV_BROKER") == "kafka":
@@ -364,8 +373,9 @@ def _run_stack() -> int:
             print(f"starting {broker.description} on 127.0.0.1:{port} ({where})")
             _start_broker(broker)
             defaults["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-        return _run_children(env, defaults, children, broker)
-    except InfrastructureError as exc:
+            servers.append(_watched_broker(broker))
+        return _run_children(env, defaults, children, broker, servers)
+    except (InfrastructureError, StackFailed) as exc:
         print(f"postroom dev: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -384,11 +394,76 @@ def _start_broker(broker: Broker) -> None:
     broker.wait_started()
 
 
+# A server that dies again this soon after its restart is not restarted a second time.
+RESTART_WINDOW = 60.0
+
+
+class Server:
+    """PostgreSQL or the broker, watched by the supervisor: restarted when it dies, said in one
+    line; dying again within RESTART_WINDOW of that restart, or not starting again, it stops
+    the stack (StackFailed), since the processes cannot work without it."""
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        pid: Callable[[], int | None],
+        restart: Callable[[], None],
+        log: Path | None,
+    ) -> None:
+        self.description = description
+        self._pid = pid
+        self._restart = restart
+        self.log = f" (log: {log})" if log else ""
+        self.restarted_at: float | None = None
+
+    def check(self, now: float) -> None:
+        pid = self._pid()
+        if pid is not None and process_alive(pid):
+            return
+        if self.restarted_at is not None and now - self.restarted_at < RESTART_WINDOW:
+            raise StackFailed(
+                f"{self.description} died again within {RESTART_WINDOW:.0f} s of its restart"
+                f"{self.log}; stopping the stack"
+            )
+        _say(f"dev     | {self.description} died; restarting it{self.log}")
+        try:
+            self._restart()
+        except InfrastructureError:
+            raise StackFailed(
+                f"{self.description} died and did not start again{self.log}; stopping the stack"
+            ) from None
+        self.restarted_at = time.monotonic()
+        _say(f"dev     | {self.description} restarted")
+
+
+def _watched_postgres(postgres: EmbeddedPostgres) -> Server:
+    def restart() -> None:
+        # Its data folder is safe to start on again: PostgreSQL recovers from its WAL.
+        with _signals.held():
+            postgres.start()
+
+    return Server(
+        "embedded PostgreSQL", pid=lambda: postgres.pid, restart=restart, log=postgres.log_path
+    )
+
+
+def _watched_broker(broker: Broker) -> Server:
+    # Apache Kafka starts again on its log folder, records kept; Tansu starts empty.
+    return Server(
+        broker.description,
+        pid=lambda: broker.pid,
+        restart=lambda: _start_broker(broker),
+        log=broker.log_path,
+    )
+
+
 def _run_children(
     env: dict[str, str],
     defaults: dict[str, str],
     children: dict[str, Child],
     broker: Broker | None,
+    servers: list[Server],
 ) -> int:
     """Start the four processes on the infrastructure in `env`, then supervise them."""
     defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
@@ -464,7 +539,7 @@ def _run_children(
         f"Ctrl-C stops everything.",
         flush=True,
     )
-    return _supervise(list(children.values()))
+    return _supervise(list(children.values()), servers)
 
 
 _BROKER_NOTE = {
@@ -495,9 +570,12 @@ def _command_that_works() -> str:
     return str(script)
 
 
-def _supervise(children: list[Child]) -> int:
-    """Restart children that die, until a stop signal raises Stopping."""
+def _supervise(children: list[Child], servers: list[Server]) -> int:
+    """Restart what dies, until a stop signal raises Stopping or a server that cannot be
+    brought back raises StackFailed."""
     while True:
+        for server in servers:
+            server.check(time.monotonic())
         now = time.monotonic()
         for child in children:
             child.check(now)

@@ -46,6 +46,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie (dead, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's
+    with contextlib.suppress(OSError):  # no /proc: trust kill()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    return True
+
+
 def wait_for_port(host: str, port: int, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -239,6 +253,13 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.data_dir), "status").returncode == 0
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id as its lock file gives it (the process may have died)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        return None
 
     def start(self) -> None:
         """Initialise the data folder if new, then start the server and wait until it accepts."""

@@ -3,6 +3,7 @@ none of the stack's settings in its environment, as a developer's fresh checkout
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -122,8 +123,10 @@ class DevStack:
 
     def stop(self, signum: int = signal.SIGINT) -> int:
         """Ctrl-C (SIGINT to the whole process group, as a terminal sends it), or another
-        signal the same way (SIGHUP: the terminal closed); returns the exit code."""
-        os.killpg(self.process.pid, signum)
+        signal the same way (SIGHUP: the terminal closed); returns the exit code. A stack
+        that stopped by itself is only waited for."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
         code = self.process.wait(timeout=60)
         self._pump_thread.join(timeout=10)
         assert self.process.stdout is not None
