@@ -129,7 +129,8 @@ class Child:
                 self.restarts += 1
                 self.start()
             return
-        code = self.process.poll()
+        with _signals.held():  # see Server.check
+            code = self.process.poll()
         if code is not None:
             pause = min(30.0, 2.0**self.restarts)
             print(
@@ -155,7 +156,9 @@ class Child:
 def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        with _signals.held():  # see Server.check
+            ended = proc.poll() is not None
+        if ended:
             return False
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own loopback URL
@@ -418,7 +421,10 @@ class Server:
         self.restarted_at: float | None = None
 
     def check(self, now: float) -> None:
-        pid = self._pid()
+        # Held: interrupted inside poll(), a Popen keeps a lock that its wait() then waits
+        # for forever, and the stack would never stop.
+        with _signals.held():
+            pid = self._pid()
         if pid is not None and process_alive(pid):
             return
         if self.restarted_at is not None and now - self.restarted_at < RESTART_WINDOW:
