@@ -1,6 +1,13 @@
 """`python -m postroom_cli`: the `postroom` command."""
 
-from postroom_cli.main import main
+import signal
+import sys
+
+# As at the top of main.py, and sooner: a Ctrl-C while the command loads ends it quietly.
+signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
+
+from postroom_cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()

@@ -4,6 +4,8 @@ Starts an embedded PostgreSQL and an Apache Kafka broker (KRaft) whose data pers
 `.postroom/` (Tansu, in memory, where there is no Java 17+ and Maven, or with
 POSTROOM_DEV_BROKER=tansu), applies migrations and runs each process (the Postmark
 sandbox with its dev inbox, api, relay, notifier) as a child with one shared environment.
+What dies is started again: a process after a growing pause, PostgreSQL or the broker at
+once, but only once in a row (see Server).
 Every setting given in the environment is honoured; only missing ones get development
 defaults, which are printed.
 Generated secrets are kept in `.postroom/dev.env` so the token stays the same between runs.
@@ -24,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +38,7 @@ from postroom_cli.embedded import (
     KafkaBroker,
     TansuBroker,
     broker_kind,
+    process_alive,
 )
 
 STATE_DIR = Path(".postroom")
@@ -93,20 +96,21 @@ class Child:
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[self.name]],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            # A group of its own: Ctrl-C and a closed terminal reach the supervisor alone,
-            # which stops each child with one SIGTERM (a second signal would cut the
-            # child's graceful stop short).
-            process_group=0,
-        )
-        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
-        print(f"dev     | started {self.name} (pid {self.process.pid})", flush=True)
+        with _signals.held():
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", MODULES[self.name]],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                # A group of its own: Ctrl-C and a closed terminal reach the supervisor alone,
+                # which stops each child with one SIGTERM (a second signal would cut the
+                # child's graceful stop short).
+                process_group=0,
+            )
+            threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+        _say(f"dev     | started {self.name} (pid {self.process.pid})")
 
     def _pump(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -125,7 +129,8 @@ class Child:
                 self.restarts += 1
                 self.start()
             return
-        code = self.process.poll()
+        with _signals.held():  # see Server.check
+            code = self.process.poll()
         if code is not None:
             pause = min(30.0, 2.0**self.restarts)
             print(
@@ -151,7 +156,9 @@ class Child:
 def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        with _signals.held():  # see Server.check
+            ended = proc.poll() is not None
+        if ended:
             return False
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own loopback URL
@@ -163,24 +170,74 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], *, timeout: float) -> boo
     return False
 
 
-class Stopping(Exception):
-    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack."""
+class Stopping(BaseException):
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the stack. Not an Exception, as
+    KeyboardInterrupt is not, so that no `except Exception` on its way swallows it."""
 
 
-def _stop_on_signal(signum: int, _frame: object) -> None:
-    # Once: the stack is then stopped in order, and more signals must not cut that short.
-    for each in _STOP_SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
-    print(f"dev     | {signal.Signals(signum).name}: stopping", flush=True)
-    raise Stopping
+class StackFailed(Exception):
+    """PostgreSQL or the broker died and could not be brought back; the message says which."""
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+def _say(line: str) -> None:
+    # A signal can arrive in the middle of a print, whose buffer then refuses the handler's
+    # own print: that line is lost, not the stop.
+    with contextlib.suppress(RuntimeError):
+        print(line, flush=True)
+
+
+class _StopSignals:
+    """The first stop signal stops the stack: Stopping is raised wherever the supervisor is,
+    except while it starts a process (`held`), where it is raised once the start is done:
+    interrupted in the middle, a start leaves a process running that nobody stops."""
+
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.stopping = False
+        self._holding = 0
+
+    def install(self) -> None:
+        for each in self.names:
+            signal.signal(each, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        # Once: the stack is then stopped in order, and more signals must not cut that short.
+        # (A handler, not SIG_IGN: an ignored signal stays ignored in the processes we start.)
+        if self.stopping:
+            return
+        self.stopping = True
+        self.received = signum
+        _say(f"dev     | {signal.Signals(signum).name}: stopping")
+        if not self._holding:
+            raise Stopping
+
+    def ignore(self) -> None:
+        """The stack is being stopped for another reason: signals no longer interrupt that."""
+        self.stopping = True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding += 1
+        try:
+            yield
+        except InfrastructureError:
+            # pg_ctl, initdb and mvn share our terminal and fail on the same Ctrl-C: the stop
+            # is what happened, not their failure.
+            if self.received is None:
+                raise
+        finally:
+            self._holding -= 1
+        if self.received is not None and not self._holding:
+            raise Stopping
+
+
+_signals = _StopSignals()
 
 
 def run_dev() -> int:
-    for each in _STOP_SIGNALS:
-        signal.signal(each, _stop_on_signal)
+    _signals.install()
     try:
         return _run_dev()
     except Stopping:
@@ -294,13 +351,16 @@ def _run_stack() -> int:
     if (taken := _taken_port(wanted)) is not None:
         print(f"postroom dev: {taken}", file=sys.stderr)
         return 1
+    servers: list[Server] = []
     try:
         if postgres is not None:
             port = pg_port
             print(f"starting embedded PostgreSQL on 127.0.0.1:{port} (data in {STATE_DIR / 'pg'})")
-            postgres.start()
-            postgres.create_database("postroom")
+            with _signals.held():
+                postgres.start()
+                postgres.create_database("postroom")
             defaults["DATABASE_URL"] = postgres.url("postroom")
+            servers.append(_watched_postgres(postgres))
         if "KAFKA_BOOTSTRAP_SERVERS" not in env:
             port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
             if broker_kind("POSTROOM_DEV_BROKER") == "kafka":
@@ -314,18 +374,15 @@ def _run_stack() -> int:
                 # Tansu grants no producer ids: the idempotent producer must be off.
                 defaults["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
             print(f"starting {broker.description} on 127.0.0.1:{port} ({where})")
-            broker.start()
+            _start_broker(broker)
             defaults["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-    except InfrastructureError as exc:
+            servers.append(_watched_broker(broker))
+        return _run_children(env, defaults, children, broker, servers)
+    except (InfrastructureError, StackFailed) as exc:
         print(f"postroom dev: {exc}", file=sys.stderr)
-        _stop_infrastructure(postgres, broker)
         return 1
-    except Stopping:
-        _stop_infrastructure(postgres, broker)
-        raise
-    try:
-        return _run_children(env, defaults, children, broker)
     finally:
+        _signals.ignore()
         for child in children.values():
             child.stop()
         for child in children.values():
@@ -333,11 +390,86 @@ def _run_stack() -> int:
         _stop_infrastructure(postgres, broker)
 
 
+def _start_broker(broker: Broker) -> None:
+    broker.prepare()  # the first run's download: a Ctrl-C may cut it short
+    with _signals.held():
+        broker.start(wait=False)
+    broker.wait_started()
+
+
+# A server that dies again this soon after its restart is not restarted a second time.
+RESTART_WINDOW = 60.0
+
+
+class Server:
+    """PostgreSQL or the broker, watched by the supervisor: restarted when it dies, said in one
+    line; dying again within RESTART_WINDOW of that restart, or not starting again, it stops
+    the stack (StackFailed), since the processes cannot work without it."""
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        pid: Callable[[], int | None],
+        restart: Callable[[], None],
+        log: Path | None,
+    ) -> None:
+        self.description = description
+        self._pid = pid
+        self._restart = restart
+        self.log = f" (log: {log})" if log else ""
+        self.restarted_at: float | None = None
+
+    def check(self, now: float) -> None:
+        # Held: interrupted inside poll(), a Popen keeps a lock that its wait() then waits
+        # for forever, and the stack would never stop.
+        with _signals.held():
+            pid = self._pid()
+        if pid is not None and process_alive(pid):
+            return
+        if self.restarted_at is not None and now - self.restarted_at < RESTART_WINDOW:
+            raise StackFailed(
+                f"{self.description} died again within {RESTART_WINDOW:.0f} s of its restart"
+                f"{self.log}; stopping the stack"
+            )
+        _say(f"dev     | {self.description} died; restarting it{self.log}")
+        try:
+            self._restart()
+        except InfrastructureError:
+            raise StackFailed(
+                f"{self.description} died and did not start again{self.log}; stopping the stack"
+            ) from None
+        self.restarted_at = time.monotonic()
+        _say(f"dev     | {self.description} restarted")
+
+
+def _watched_postgres(postgres: EmbeddedPostgres) -> Server:
+    def restart() -> None:
+        # Its data folder is safe to start on again: PostgreSQL recovers from its WAL.
+        with _signals.held():
+            postgres.start()
+
+    return Server(
+        "embedded PostgreSQL", pid=lambda: postgres.pid, restart=restart, log=postgres.log_path
+    )
+
+
+def _watched_broker(broker: Broker) -> Server:
+    # Apache Kafka starts again on its log folder, records kept; Tansu starts empty.
+    return Server(
+        broker.description,
+        pid=lambda: broker.pid,
+        restart=lambda: _start_broker(broker),
+        log=broker.log_path,
+    )
+
+
 def _run_children(
     env: dict[str, str],
     defaults: dict[str, str],
     children: dict[str, Child],
     broker: Broker | None,
+    servers: list[Server],
 ) -> int:
     """Start the four processes on the infrastructure in `env`, then supervise them."""
     defaults.update(_load_dev_secrets(STATE_DIR / "dev.env"))
@@ -413,7 +545,7 @@ def _run_children(
         f"Ctrl-C stops everything.",
         flush=True,
     )
-    return _supervise(list(children.values()))
+    return _supervise(list(children.values()), servers)
 
 
 _BROKER_NOTE = {
@@ -444,9 +576,12 @@ def _command_that_works() -> str:
     return str(script)
 
 
-def _supervise(children: list[Child]) -> int:
-    """Restart children that die, until a stop signal raises Stopping."""
+def _supervise(children: list[Child], servers: list[Server]) -> int:
+    """Restart what dies, until a stop signal raises Stopping or a server that cannot be
+    brought back raises StackFailed."""
     while True:
+        for server in servers:
+            server.check(time.monotonic())
         now = time.monotonic()
         for child in children:
             child.check(now)

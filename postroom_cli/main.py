@@ -4,12 +4,25 @@ This package sits on top: it is the only one that imports every process."""
 
 from __future__ import annotations
 
+import signal
+import sys
+
+
+def _interrupted_while_loading(_signum: int, _frame: object) -> None:
+    raise SystemExit(130)
+
+
+# Loading the command takes a moment (pydantic, SQLAlchemy): a Ctrl-C then ends it quietly
+# with 130, as typer ends a command it interrupts, not with a traceback out of some import.
+# Put back once this module is loaded (ruff: the imports below come after this on purpose).
+_sigint_before = signal.signal(signal.SIGINT, _interrupted_while_loading)
+# ruff: noqa: E402
+
 import asyncio
 import dataclasses
 import importlib.metadata
 import json
 import logging
-import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -817,5 +830,12 @@ def suppressions_remove(email: str, verbose: VerboseOption = False) -> None:
         typer.echo(f"lifted {lifted.email} (bounce {lifted.reactivated_bounce} reactivated)")
 
 
+if _sigint_before is not None:
+    signal.signal(signal.SIGINT, _sigint_before)
+
+
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="postroom")
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="postroom")
+    except KeyboardInterrupt:  # before typer runs the command, which answers one with 130
+        sys.exit(130)

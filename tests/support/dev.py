@@ -3,6 +3,7 @@ none of the stack's settings in its environment, as a developer's fresh checkout
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -41,6 +42,27 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def left_running(workdir: Path) -> list[str]:
+    """The processes a stack in `workdir` started that still run, as "pid command": each works
+    in `workdir`, or (PostgreSQL) in its data folder, which `.postroom/pg` is or links to."""
+    folders = [workdir.resolve()]
+    pg = workdir / ".postroom" / "pg"
+    if pg.exists():
+        folders.append(pg.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # gone meanwhile
+        if command and any(cwd == f or f in cwd.parents for f in folders):
+            found.append(f"{proc.name} {command}")
+    return found
 
 
 def dev_ports() -> dict[str, int]:
@@ -101,8 +123,10 @@ class DevStack:
 
     def stop(self, signum: int = signal.SIGINT) -> int:
         """Ctrl-C (SIGINT to the whole process group, as a terminal sends it), or another
-        signal the same way (SIGHUP: the terminal closed); returns the exit code."""
-        os.killpg(self.process.pid, signum)
+        signal the same way (SIGHUP: the terminal closed); returns the exit code. A stack
+        that stopped by itself is only waited for."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
         code = self.process.wait(timeout=60)
         self._pump_thread.join(timeout=10)
         assert self.process.stdout is not None
