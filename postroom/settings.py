@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,7 +58,54 @@ def asyncpg_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url.removeprefix(prefix)
-    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got scheme {url.split(':')[0]!r}")
+    # Only what stands before "://" is shown: a value without it may be a libpq keyword
+    # string, password and all, and errors reach logs.
+    scheme = url.split("://", 1)[0] if "://" in url and len(url.split("://", 1)[0]) < 30 else ""
+    got = f", got scheme {scheme!r}" if scheme else " (postgresql://user:password@host:port/db)"
+    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL{got}")
+
+
+def check_database_url(url: str) -> None:
+    """Refuse, in one line that quotes none of it, a DATABASE_URL that would be read wrong
+    or fail later: a malformed port or query, or a host with an '@' in it (a password's
+    unencoded '@', which would send the rest of the password out as a host name)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(asyncpg_url(url))
+        port = parsed.port
+    except ConfigError:
+        raise
+    except Exception:  # SQLAlchemy says what it could not parse, quoting it
+        raise ConfigError(
+            "DATABASE_URL is not a URL Postroom can read: percent-encode the user name and "
+            "password (%40 for @, %2F for /, %3F for ?, %3A for :)"
+        ) from None
+    if parsed.host and ("@" in parsed.host or "%" in parsed.host):
+        raise ConfigError(
+            "DATABASE_URL's host has an '@' in it: percent-encode the password (%40 for @)"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError("DATABASE_URL's port must be between 1 and 65535")
+    # The engine (SQLAlchemy) and the pools (asyncpg, which splits URLs as urllib does) must
+    # read the same user, password, host and database: an unencoded '?', '/' or '#' in the
+    # password makes them disagree, and one of them would connect somewhere else.
+    split = urlsplit(plain_url(url))
+    try:
+        agree = (
+            unquote(split.username or "") == (parsed.username or "")
+            and unquote(split.password or "") == (parsed.password or "")
+            and (split.hostname or "") == (parsed.host or "").lower()
+            and split.port == port
+            and unquote(split.path.lstrip("/")) == (parsed.database or "")
+        )
+    except ValueError:
+        agree = False
+    if not agree:
+        raise ConfigError(
+            "DATABASE_URL is read two ways: percent-encode the user name and password "
+            "(%40 for @, %2F for /, %3F for ?, %23 for #, %3A for :)"
+        )
 
 
 def plain_url(url: str) -> str:
@@ -86,7 +134,7 @@ class CommonSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        asyncpg_url(value)
+        check_database_url(value)
         return value
 
     @property

@@ -77,12 +77,12 @@ def _load(
     `postroom_cli.stack`); the processes themselves never read that file. Verbose, one line on
     stderr says which file was found and where the database and the broker the verb talks to
     are."""
-    from postroom_cli.stack import describe, settings_files
+    from postroom_cli.stack import StackSettingsError, describe, settings_files
 
-    files = settings_files()
     try:
+        files = settings_files()
         settings = load(cls, env_file=tuple(str(path) for path in files))
-    except ConfigError as exc:
+    except (ConfigError, StackSettingsError) as exc:
         raise _fail(process, str(exc)) from None
     if verbose:
         line = describe(settings, files, database=database, broker=broker)
@@ -227,19 +227,30 @@ def sandbox() -> None:
 
 
 @app.command()
-def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def migrate(
+    revision: Annotated[str, typer.Argument()] = "head", verbose: VerboseOption = False
+) -> None:
     """Apply database migrations up to REVISION (default: head)."""
     import migrations
+    from postroom.db import is_unavailable
 
-    try:
-        settings = load(CommonSettings)
-    except ConfigError as exc:
-        raise _fail("migrate", str(exc)) from None
+    # As the operator verbs: in a checkout, the database of its `make dev` stack.
+    settings = _load("migrate", CommonSettings, verbose=verbose, database=True)
     try:
         migrations.upgrade(settings.database_url, revision)
     except migrations.MigrationRefused as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=1) from None
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        url = make_url(settings.sqlalchemy_url)
+        typer.echo(
+            f"postroom migrate: the database at {url.host}:{url.port} does not answer "
+            f"({_reason(exc)})",
+            err=True,
+        )
+        raise typer.Exit(code=UNREACHABLE) from None
     typer.echo(f"database migrated to {revision}")
 
 

@@ -11,11 +11,13 @@ defaults."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from sqlalchemy.engine import make_url
 
 from postroom.settings import CommonSettings, KafkaSettings
@@ -24,27 +26,56 @@ DEV_SETTINGS = Path(".postroom", "dev.settings")
 DOTENV = Path(".env")
 
 
+class StackSettingsError(Exception):
+    """The stack's settings file is there but cannot be used as it is; the message, one
+    line, says which file and why. A verb must not fall back to the defaults then: they may
+    name another checkout's stack."""
+
+
 def find_dev_settings(start: Path | None = None) -> Path | None:
     """The nearest `.postroom/dev.settings` from `start` (default: the current folder) up,
-    or None."""
+    or None. A link in its place counts, even a broken one (`check_dev_settings` says so)."""
     try:
         here = (start or Path.cwd()).absolute()
+    except OSError:
+        raise StackSettingsError("the current folder no longer exists") from None
+    try:
         device = here.stat().st_dev
         for folder in (here, *here.parents):
             if folder.stat().st_dev != device:
                 return None
-            if (folder / DEV_SETTINGS).is_file():
-                return folder / DEV_SETTINGS
+            candidate = folder / DEV_SETTINGS
+            if candidate.exists() or candidate.is_symlink():
+                return candidate
             if (folder / ".git").exists():
                 return None
-    except OSError:  # a folder deleted under us, or one we may not look into
+    except OSError:  # a folder we may not look into
         return None
     return None
 
 
+def check_dev_settings(path: Path) -> None:
+    """Refuse a settings file that cannot be read, is not UTF-8 text, or has a line that is
+    not `NAME=value` (which would be skipped, silently, by what reads it)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StackSettingsError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise StackSettingsError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise StackSettingsError(
+                f"{path}, line {binding.original.line}: not NAME=value (an unclosed quote?)"
+            )
+
+
 def settings_files() -> tuple[Path, ...]:
-    """The files an operator verb reads its settings from, the one that wins last."""
+    """The files an operator verb reads its settings from, the one that wins last; the
+    stack's own file checked first (StackSettingsError)."""
     found = find_dev_settings()
+    if found is not None:
+        check_dev_settings(found)
     return (*([found] if found else []), DOTENV)
 
 

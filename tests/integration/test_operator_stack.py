@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from postroom_cli.embedded import free_port
 from postroom_cli.main import KAFKA_TIMEOUT
 from tests.support.dev import clean_env
+from tests.support.postgres import PostgresServer
 from tests.support.settings import API_TOKEN, EMAIL_SECRET, POSTMARK_TOKEN, WEBHOOK_PASSWORD
 
 KAFKA_VERBS = [("dlq", "list"), ("dlq", "replay"), ("events", "tail")]
@@ -187,3 +188,89 @@ def test_a_checkout_inside_another_does_not_talk_to_the_outer_ones_stack(
         f"postroom outbox: no .postroom/dev.settings in {inner / 'api'} or above"
     )
     assert done.returncode == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b'DATABASE_URL=postgresql://a@127.0.0.1:1/db\nAPI_TOKENS="unclosed\n', "line 2: not"),
+        (b"DATABASE_URL=postgresql://a@127.0.0.1:1/caf\xe9\n", "is not UTF-8 text"),
+        (None, "cannot be read"),  # a link to nowhere
+    ],
+    ids=["unclosed quote", "latin-1", "broken link"],
+)
+def test_a_settings_file_that_cannot_be_used_is_one_line_and_exit_2_not_the_defaults(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    """Skipping what cannot be read would leave the defaults, which may name another
+    checkout's stack."""
+    path = tmp_path / ".postroom" / "dev.settings"
+    path.parent.mkdir()
+    if content is None:
+        path.symlink_to(tmp_path / "gone")
+    else:
+        path.write_bytes(content)
+
+    done = postroom("outbox", "status", "-v", cwd=tmp_path, env=clean_env())
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"postroom outbox: configuration error: {path}")
+    assert why in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://admin:Top@Secret9@127.0.0.1:1/db",
+        "postgresql://admin:Top?Secret9@127.0.0.1:1/db",
+        "postgresql://admin:Top/Secret9@127.0.0.1:1/db",
+        "host=db password=Secret9",
+    ],
+)
+def test_a_password_spelt_so_the_url_reads_wrong_never_reaches_the_terminal(
+    tmp_path: Path, url: str
+) -> None:
+    write_dev_settings(tmp_path, {"DATABASE_URL": url})
+    for verb in (("outbox", "status", "-v"), ("migrate", "-v")):
+        done = postroom(*verb, cwd=tmp_path, env=clean_env())
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"postroom {verb[0]}: configuration error: DATABASE_URL")
+        assert "Secret9" not in done.stderr + done.stdout
+
+
+async def test_migrate_in_a_checkout_migrates_its_stack_and_says_which(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    name = f"operator_migrate_{uuid.uuid4().hex[:8]}"
+    postgres.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = postgres.url(name)
+        write_dev_settings(tmp_path, {"DATABASE_URL": url})
+        (tmp_path / "api").mkdir()
+
+        done = postroom("migrate", "-v", cwd=tmp_path / "api", env=clean_env())
+
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "database migrated to head"
+        assert f"/{name} (DATABASE_URL from the settings file)" in done.stderr
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT version_num FROM alembic_version")
+        finally:
+            await conn.close()
+    finally:
+        postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrate_with_the_database_down_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env() | {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/postroom"}
+
+    done = postroom("migrate", cwd=tmp_path, env=env)
+
+    assert done.returncode == 3
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"postroom migrate: the database at 127.0.0.1:{port} does not answer")

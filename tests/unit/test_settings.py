@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from api.settings import ApiSettings
 from notifier.settings import NotifierSettings
-from postroom.settings import ConfigError, asyncpg_url
+from postroom.settings import CommonSettings, ConfigError, asyncpg_url
 
 GOOD = {
     "api_tokens": (SecretStr("prod-token-7f3a9c1e5b2d4f6a"),),
@@ -81,6 +81,45 @@ def test_tokens_come_comma_separated_from_the_environment(monkeypatch: pytest.Mo
 )
 def test_database_urls_in_any_common_spelling(given: str, expected: str) -> None:
     assert asyncpg_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://admin:Top@Secret9@127.0.0.1:5432/db",  # the rest would be the host
+        "postgresql://admin:Top?Secret9@127.0.0.1:5432/db",  # asyncpg: a query
+        "postgresql://admin:Top/Secret9@127.0.0.1:5432/db",  # asyncpg: a path
+        "postgresql://admin:Top#Secret9@127.0.0.1:5432/db",  # asyncpg: a fragment
+        "postgresql://admin:Secret9@127.0.0.1:port/db",
+        "postgresql://admin:Secret9@127.0.0.1:99999/db",
+        "host=db user=admin password=Secret9",  # a libpq keyword string
+        "mysql://admin:Secret9@db/x",
+        "postgresql://admin:Secret9@127.0.0.1:5432,127.0.0.2:5432/db",  # one host only
+    ],
+)
+def test_a_database_url_read_wrongly_is_refused_in_a_line_that_quotes_none_of_it(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        CommonSettings(database_url=url)
+    message = str(refused.value)
+    assert message.startswith("DATABASE_URL")
+    assert "\n" not in message
+    assert "Secret9" not in message
+    assert "127.0.0.1" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://admin:Top%40Secret%3F9@127.0.0.1:5432/db",
+        "postgresql:///postroom?host=/var/run/postgresql",
+        "postgresql+asyncpg://u:p@Db.Example.com/x?ssl=require",
+        "postgres://u@[::1]:5433/postroom",
+    ],
+)
+def test_well_formed_database_urls_are_accepted(url: str) -> None:
+    assert CommonSettings(database_url=url).database_url == url
 
 
 def run_api(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
