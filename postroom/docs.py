@@ -103,18 +103,21 @@ def create_fastapi(**kwargs: Any) -> FastAPI:
     assert openapi_url is not None
     app.mount(ASSETS_PATH, _Assets(directory=ASSETS_DIR), name="docs-assets")
 
-    @app.get(DOCS_PATH, include_in_schema=False)
+    @app.api_route(DOCS_PATH, methods=["GET", "HEAD"], include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         return swagger_page(app.title, request.scope.get("root_path", ""), openapi_url)
 
-    @app.get(REDOC_PATH, include_in_schema=False)
+    @app.api_route(REDOC_PATH, methods=["GET", "HEAD"], include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         return redoc_page(app.title, request.scope.get("root_path", ""), openapi_url)
 
     # For the Allow header of a 405 (postroom.web.include_routers adds the routers' routes).
-    pages = "|".join(re.escape(path) for path in (openapi_url, DOCS_PATH, REDOC_PATH))
     app.state.route_methods = [
-        (re.compile(f"^({pages})$"), frozenset({"GET"})),
+        (re.compile(f"^{re.escape(openapi_url)}$"), frozenset({"GET"})),
+        (
+            re.compile(f"^({re.escape(DOCS_PATH)}|{re.escape(REDOC_PATH)})$"),
+            frozenset({"GET", "HEAD"}),
+        ),
         (re.compile(f"^{re.escape(ASSETS_PATH)}/"), frozenset({"GET", "HEAD"})),
     ]
     return app

@@ -284,6 +284,11 @@ def operations_router(
         """Readiness: this process can do its work."""
         return await readiness(request) or Health(status="ready")
 
+    # Uptime checkers that ask with HEAD get the same status, without the body (uvicorn
+    # drops it); left out of the schema, which would list each operation twice.
+    router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
     @router.get(
         "/metrics",
         response_class=PlainTextResponse,

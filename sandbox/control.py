@@ -38,6 +38,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+
 @operator_router.get("/api/messages")
 async def list_messages(request: Request, sandbox: SandboxDep) -> JSONResponse:
     """The dev inbox's messages, newest first, narrowed as its search box does: `q` (in a

@@ -68,3 +68,11 @@ async def test_a_wrong_method_on_the_docs_names_the_one_allowed() -> None:
             answer = await http.post(path)
             assert answer.status_code == 405
             assert "GET" in answer.headers["allow"].split(", "), path
+
+
+async def test_uptime_checks_that_ask_with_head_get_the_answer_a_get_gets(app: FastAPI) -> None:
+    async with client(app) as http:
+        for path in ("/healthz", "/docs", "/redoc"):
+            head = await http.head(path)
+            assert head.status_code == 200, (app.title, path)
+            assert head.headers["content-type"] == (await http.get(path)).headers["content-type"]
