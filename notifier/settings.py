@@ -45,7 +45,7 @@ class NotifierSettings(KafkaSettings, HttpServiceSettings, EmailSettings):
     # full: under a steady stream the records of a few milliseconds share one transaction,
     # one Postmark call and one offset commit, at the price of at most this much latency; a
     # record arriving after a quiet spell is taken at once.
-    notifier_gather: float = Field(default=0.005, ge=0, le=1, description="seconds")
+    notifier_gather: float = Field(default=0.02, ge=0, le=1, description="seconds")
     # Webhook receipts recognise Postmark's re-posts (up to ~10.5 hours); then they go.
     webhook_receipt_retention: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
     # The longest the retry loop sleeps before it looks for due notifications again.

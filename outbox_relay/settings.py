@@ -21,7 +21,7 @@ class RelaySettings(KafkaSettings):
     # full: under a steady stream the rows of a few milliseconds share one claim, one producer
     # request and one mark, at the price of at most this much latency; a lone row, arriving
     # after a quiet spell, is claimed at once.
-    relay_gather: float = Field(default=0.005, ge=0, le=1, description="seconds")
+    relay_gather: float = Field(default=0.002, ge=0, le=1, description="seconds")
     relay_rebalance_interval: float = Field(default=1.0, gt=0, description="seconds")
     relay_backoff_initial: float = Field(default=0.1, gt=0, description="seconds")
     relay_backoff_max: float = Field(default=10.0, gt=0, description="seconds")
