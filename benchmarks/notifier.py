@@ -1061,6 +1061,10 @@ def capacity(args: argparse.Namespace, stack: Stack) -> None:
                     f"{step.behind} behind; busiest: {busiest(step)}",
                     flush=True,
                 )
+                if step.failures:
+                    kinds = Counter(failure[:90] for failure in step.failures)
+                    for kind, count in kinds.most_common(3):
+                        print(f"  {count} x {kind}")
                 reason = why_stop(step)
                 if reason:
                     return
