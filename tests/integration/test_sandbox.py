@@ -506,6 +506,26 @@ def test_an_unknown_bounce_cannot_be_activated(postmark: PostmarkClient) -> None
     assert refused.value.error_code == 1001
 
 
+@pytest.mark.parametrize(
+    "bounce_id",
+    [
+        "%C2%B2",  # "²": a digit to Python's str.isdigit, not to int()
+        "9" * 5000,  # past int()'s limit on digits
+    ],
+)
+def test_a_bounce_id_that_is_not_an_id_is_not_found_like_any_unknown_one(
+    live_sandbox: LiveSandbox, bounce_id: str
+) -> None:
+    headers = {"X-Postmark-Server-Token": SERVER_TOKEN, "Accept": "application/json"}
+
+    got = live_sandbox.api("GET", f"/bounces/{bounce_id}", headers=headers)
+    activated = live_sandbox.api("PUT", f"/bounces/{bounce_id}/activate", headers=headers)
+
+    for answer in (got, activated):
+        assert answer.status_code == 422
+        assert answer.json() == {"ErrorCode": 1001, "Message": "Bounce was not found."}
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_an_injected_error_captures_nothing(
     live_sandbox: LiveSandbox, postmark: PostmarkClient, status: int
