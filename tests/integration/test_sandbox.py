@@ -526,6 +526,24 @@ def test_a_bounce_id_that_is_not_an_id_is_not_found_like_any_unknown_one(
         assert answer.json() == {"ErrorCode": 1001, "Message": "Bounce was not found."}
 
 
+def test_its_own_api_refuses_a_body_that_is_not_json_with_415(live_sandbox: LiveSandbox) -> None:
+    body = json.dumps({"error_rate": 1.0})
+
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        answer = live_sandbox.api("PUT", "/api/faults", content=body, headers=headers)
+        assert answer.status_code == 415
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["type"].endswith("unsupported-media-type")
+
+    assert live_sandbox.api("GET", "/api/faults").json()["error_rate"] == 0.0
+    document = live_sandbox.api("GET", "/openapi.json").json()
+    assert "415" in document["paths"]["/api/faults"]["put"]["responses"]
+    assert "unsupported-media-type" in document["components"]["schemas"]["Problem"]["description"]
+    as_json = {"Content-Type": "application/json; charset=utf-8"}
+    accepted = live_sandbox.api("PUT", "/api/faults", content=body, headers=as_json)
+    assert (accepted.status_code, accepted.json()["error_rate"]) == (200, 1.0)
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_an_injected_error_captures_nothing(
     live_sandbox: LiveSandbox, postmark: PostmarkClient, status: int
