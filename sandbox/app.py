@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from postroom.docs import create_fastapi
 from postroom.problems import (
@@ -73,6 +74,12 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     # The capture API's own errors are problems (its Postmark routes answer as Postmark does).
     problems = [UNSUPPORTED_MEDIA_TYPE, VALIDATION_ERROR, control.MESSAGE_NOT_FOUND]
     publish_schemas(app, {"Problem": problem_schema(problems)})
+    # Outermost: a request under another name is answered 400 before any route sees it.
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=list(settings.sandbox_allowed_hosts),
+        www_redirect=False,
+    )
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     return app

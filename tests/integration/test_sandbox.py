@@ -150,6 +150,8 @@ def live_sandbox(receiver: HookReceiver) -> Iterator[LiveSandbox]:
         "WEBHOOK_USERNAME": HOOK_USER,
         "WEBHOOK_PASSWORD": HOOK_PASSWORD,
         "SANDBOX_FAULT_SEED": "7",
+        # As docker-compose.yml's: the name other containers reach it by, and loopback.
+        "SANDBOX_ALLOWED_HOSTS": "sandbox, 127.0.0.1",
         "LOG_LEVEL": "warning",
     }
     log_path = Path(tempfile.mkstemp(prefix="postroom-sandbox-", suffix=".log")[1])
@@ -542,6 +544,26 @@ def test_its_own_api_refuses_a_body_that_is_not_json_with_415(live_sandbox: Live
     as_json = {"Content-Type": "application/json; charset=utf-8"}
     accepted = live_sandbox.api("PUT", "/api/faults", content=body, headers=as_json)
     assert (accepted.status_code, accepted.json()["error_rate"]) == (200, 1.0)
+
+
+def test_it_answers_only_to_the_host_names_it_is_given(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    to = address("named")
+    sent = postmark.emails.send(**message(to))
+    port = live_sandbox.url.rsplit(":", 1)[1]
+
+    def inbox_as(host: str) -> httpx.Response:
+        return live_sandbox.api("GET", "/api/messages", params={"to": to}, headers={"Host": host})
+
+    named = inbox_as(f"sandbox:{port}")
+    assert named.status_code == 200
+    assert [found["MessageID"] for found in named.json()] == [sent["MessageID"]]
+    # SANDBOX_ALLOWED_HOSTS replaces the loopback names it defaults to.
+    for host in (f"localhost:{port}", f"evil.test:{port}", "sandbox.evil.test"):
+        refused = inbox_as(host)
+        assert refused.status_code == 400, host
+        assert sent["MessageID"] not in refused.text
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

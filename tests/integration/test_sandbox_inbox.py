@@ -316,3 +316,37 @@ def test_every_search_parameter_folds_case_alike(
     assert listed(inbox, tag=f"STRASSE-{word}") == [sent]
     assert listed(inbox, q=f"istanbul {word}") == [sent]
     assert listed(inbox, q=f"strasse.{word}") == [sent]
+
+
+def test_a_page_served_under_another_host_name_cannot_read_or_delete(
+    inbox: httpx.Client, postmark: PostmarkClient, sandbox: Sandbox
+) -> None:
+    # DNS rebinding: a page of evil.test, whose name now points at 127.0.0.1, is same-origin
+    # with the inbox as far as the browser knows; only the Host header tells.
+    to = address("rebinding")
+    message_id = send(postmark, to, Subject="Verify your address")
+    port = sandbox.url.rsplit(":", 1)[1]
+    evil = {"Host": f"evil.test:{port}", "Origin": f"http://evil.test:{port}"}
+
+    answers = [
+        inbox.get("/api/messages", headers=evil),
+        inbox.get(f"/api/messages/{message_id}", headers=evil),
+        inbox.get(f"/api/messages/{message_id}/raw", headers=evil),
+        inbox.get("/", headers=evil),
+        inbox.get(f"/messages/{message_id}", headers=evil),
+        inbox.post(f"/messages/{message_id}/delete", headers=evil),
+        inbox.post("/clear", headers=evil),
+        inbox.delete(f"/api/messages/{message_id}", headers=evil),
+        inbox.delete("/api/messages", headers=evil),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 400
+        assert message_id not in answer.text
+        assert "Verify" not in answer.text
+    assert listed(inbox, to=to) == [message_id]
+    # The loopback names, with the port, are the inbox's own.
+    for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1", "LOCALHOST"):
+        answer = inbox.get("/api/messages", params={"to": to}, headers={"Host": host})
+        assert answer.status_code == 200, host
+        assert [message["MessageID"] for message in answer.json()] == [message_id]
