@@ -9,13 +9,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from postroom.docs import create_fastapi
+from postroom.problems import (
+    UNSUPPORTED_MEDIA_TYPE,
+    VALIDATION_ERROR,
+    ProblemError,
+    handle_problem,
+    problem_schema,
+)
 from postroom.serve import serve
 from postroom.tracing import is_probe
+from postroom.web import include_routers, publish_schemas
 from sandbox import control, inbox, postmark_api
 from sandbox.settings import SandboxSettings
-from sandbox.state import OperatorDep, Sandbox
+from sandbox.state import Sandbox
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -58,10 +67,19 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     app.state.sandbox = sandbox
     app.state.templates = inbox.create_templates()
     # The Postmark routes come first: `/messages/outbound` must not be read as an inbox page.
-    app.include_router(postmark_api.router)
-    app.include_router(control.router)
-    app.include_router(control.operator_router, dependencies=[OperatorDep])
-    app.include_router(inbox.router, dependencies=[OperatorDep])
+    include_routers(
+        app, [postmark_api.router, control.router, control.operator_router, inbox.router]
+    )
+    app.add_exception_handler(ProblemError, handle_problem)
+    # The capture API's own errors are problems (its Postmark routes answer as Postmark does).
+    problems = [UNSUPPORTED_MEDIA_TYPE, VALIDATION_ERROR, control.MESSAGE_NOT_FOUND]
+    publish_schemas(app, {"Problem": problem_schema(problems)})
+    # Outermost: a request under another name is answered 400 before any route sees it.
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=list(settings.sandbox_allowed_hosts),
+        www_redirect=False,
+    )
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     return app

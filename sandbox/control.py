@@ -9,13 +9,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from postroom.problems import ProblemType, problem_response
+from postroom.problems import VALIDATION_ERROR, ProblemType, problem_response
+from postroom.web import JsonBodyRoute
 from sandbox.faults import Faults, FaultsUpdate
-from sandbox.inbox_filter import InboxFilter
-from sandbox.state import SandboxDep
+from sandbox.inbox_filter import InboxFilter, unknown_params
+from sandbox.state import OperatorDep, SandboxDep
 
 router = APIRouter()  # open: health
-operator_router = APIRouter()  # the capture API: the server token outside development
+# The capture API (the server token outside development); a body that is not JSON is a 415,
+# as on every Postroom process.
+operator_router = APIRouter(route_class=JsonBodyRoute, dependencies=[OperatorDep])
 
 MESSAGE_NOT_FOUND = ProblemType(
     "message-not-found",
@@ -45,7 +48,22 @@ router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=Fa
 async def list_messages(request: Request, sandbox: SandboxDep) -> JSONResponse:
     """The dev inbox's messages, newest first, narrowed as its search box does: `q` (in a
     recipient, the subject or the tag), `to` (a whole address), `subject` (part of it), `tag`,
-    `metadata_<field>`; case-insensitive but for metadata."""
+    `metadata_<field>`; case-insensitive but for metadata. Any other parameter is a 422."""
+    unknown = unknown_params(request.query_params)
+    if unknown:
+        return problem_response(
+            VALIDATION_ERROR,
+            "The request is not valid; see errors.",
+            instance=request.url.path,
+            errors=[
+                {
+                    "loc": ["query", name],
+                    "msg": "Unknown query parameter",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ],
+        )
     found = sandbox.store.inbox(InboxFilter.from_params(request.query_params))
     return JSONResponse([message.capture_json() for message in found])
 

@@ -21,10 +21,10 @@ from markupsafe import Markup, escape
 from postroom.emails import TemplateProblem
 from postroom.emails.samples import preview
 from postroom.settings import ConfigError
-from sandbox.inbox_filter import InboxFilter
-from sandbox.state import SandboxDep
+from sandbox.inbox_filter import InboxFilter, unknown_params
+from sandbox.state import OperatorDep, SandboxDep
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[OperatorDep])
 
 _PAGE_SIZE = 200
 _URL = re.compile(r"https?://[^\s<>\"']+")
@@ -100,6 +100,11 @@ _INDEX = """{% extends "layout.html" %}
 {% if search %}<a href="/">Show all</a>{% endif %}
 {% if total %}<a href="/clear">Clear all&hellip;</a>{% endif %}
 </form>
+{% if unknown %}<p class="problem">Unknown search parameter{{ "s" if unknown | length > 1 }}: {%
+for name in unknown %}<code>{{ name }}</code>{{ "" if loop.last else ", " }}{% endfor %}.
+The search takes <code>q</code>, <code>to</code>, <code>subject</code>, <code>tag</code> and
+<code>metadata_&lt;field&gt;</code>. <a href="/">Show all</a></p>
+{% else %}
 {% if search.fields() %}<p class="muted">Only messages with {% for name, value in search.fields()
 %}<code>{{ name }}</code> = <strong>{{ value }}</strong>{{ "" if loop.last else ", " }}{% endfor
 %}.</p>{% endif %}
@@ -129,6 +134,7 @@ JSON at <code>/api/messages{{ "?" ~ search.query_string() if search else "" }}</
 <p>No messages match.</p>
 {% else %}
 <p>No messages yet. Send one to <code>POST /email</code>.</p>
+{% endif %}
 {% endif %}
 {% endblock %}
 """
@@ -326,6 +332,18 @@ def _refused() -> HTMLResponse:
 @router.get("/")
 async def inbox(request: Request, sandbox: SandboxDep) -> HTMLResponse:
     search = InboxFilter.from_params(request.query_params)
+    unknown = unknown_params(request.query_params)
+    if unknown:  # a mistyped link: say so rather than list every message as if it matched
+        return _render(
+            request,
+            "index.html",
+            status=422,
+            messages=[],
+            found=0,
+            total=sandbox.store.inbox_size,
+            search=search,
+            unknown=unknown,
+        )
     found = sandbox.store.inbox(search)
     return _render(
         request,
@@ -334,6 +352,7 @@ async def inbox(request: Request, sandbox: SandboxDep) -> HTMLResponse:
         found=len(found),
         total=sandbox.store.inbox_size,
         search=search,
+        unknown=[],
     )
 
 

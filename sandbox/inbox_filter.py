@@ -3,18 +3,41 @@ search's URL can be shared and the same search can be scripted."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from sandbox.messages import Message
 
 METADATA_PREFIX = "metadata_"
+FIELDS = ("q", "to", "subject", "tag")
+
+
+def fold(text: str) -> str:
+    """Text as every search compares it: Unicode case folding (ß matches ss) of normalized
+    text (a precomposed é matches an e with a combining accent), without the dot folding
+    leaves on İ, so that "istanbul" finds "İstanbul"."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return folded.replace("i\u0307", "i")
+
+
+def unknown_params(names: Iterable[str]) -> list[str]:
+    """The query parameters a search does not take, so that a typo such as `?too=` is refused
+    instead of answered with every message."""
+    return sorted(
+        {
+            name
+            for name in names
+            if name not in FIELDS
+            and not (name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX))
+        }
+    )
 
 
 @dataclass(frozen=True)
 class InboxFilter:
-    """Every given condition must hold; text is compared case-insensitively.
+    """Every given condition must hold; text is compared as `fold` makes it, metadata exactly.
 
     `q` is the search box: found in a recipient's address or name, the subject or the tag.
     `to` is one recipient's whole address, `subject` part of the subject, `tag` the whole tag,
@@ -54,19 +77,19 @@ class InboxFilter:
 
     def matches(self, message: Message) -> bool:
         recipients = message.recipients
-        tag = (message.tag or "").casefold()
-        if self.to and all(address.key != self.to.lower() for address in recipients):
+        tag = fold(message.tag or "")
+        if self.to and all(fold(address.email) != fold(self.to) for address in recipients):
             return False
-        if self.subject and self.subject.casefold() not in message.subject.casefold():
+        if self.subject and fold(self.subject) not in fold(message.subject):
             return False
-        if self.tag and tag != self.tag.casefold():
+        if self.tag and tag != fold(self.tag):
             return False
         if any(message.metadata.get(name) != value for name, value in self.metadata.items()):
             return False
         if self.q:
-            wanted = self.q.casefold()
-            haystacks = [message.subject.casefold(), tag]
+            wanted = fold(self.q)
+            haystacks = [fold(message.subject), tag]
             for address in recipients:
-                haystacks += [address.email.casefold(), address.name.casefold()]
+                haystacks += [fold(address.email), fold(address.name)]
             return any(wanted in haystack for haystack in haystacks)
         return True

@@ -24,6 +24,7 @@ MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 MAX_BATCH_BYTES = 50 * 1024 * 1024
 MAX_PAGE = 500
 MAX_SEARCH_DEPTH = 10_000
+MAX_ID_DIGITS = len(str(2**64 - 1))
 _AUTH_HEADER = "x-postmark-server-token"
 _METADATA_PREFIX = "metadata_"
 
@@ -336,7 +337,9 @@ async def outbound_details(message_id: str, request: Request, sandbox: SandboxDe
 
 
 def _find_bounce(raw_id: str, sandbox: Sandbox) -> Bounce:
-    bounce = sandbox.store.bounce(int(raw_id)) if raw_id.isdigit() else None
+    # An id is ASCII digits that fit 64 bits ("²" is a digit to Python, not to int()).
+    numeric = raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= MAX_ID_DIGITS
+    bounce = sandbox.store.bounce(int(raw_id)) if numeric else None
     if bounce is None:
         raise PostmarkError(422, 1001, "Bounce was not found.")
     return bounce

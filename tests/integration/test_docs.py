@@ -25,7 +25,9 @@ ASSETS = {
 
 
 def client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs")
+    # A loopback name: the sandbox answers to no other by default.
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 @pytest.fixture(params=["api", "notifier", "relay", "sandbox"])

@@ -150,6 +150,8 @@ def live_sandbox(receiver: HookReceiver) -> Iterator[LiveSandbox]:
         "WEBHOOK_USERNAME": HOOK_USER,
         "WEBHOOK_PASSWORD": HOOK_PASSWORD,
         "SANDBOX_FAULT_SEED": "7",
+        # As docker-compose.yml's: the name other containers reach it by, and loopback.
+        "SANDBOX_ALLOWED_HOSTS": "sandbox, 127.0.0.1",
         "LOG_LEVEL": "warning",
     }
     log_path = Path(tempfile.mkstemp(prefix="postroom-sandbox-", suffix=".log")[1])
@@ -504,6 +506,64 @@ def test_an_unknown_bounce_cannot_be_activated(postmark: PostmarkClient) -> None
     with pytest.raises(ClientError) as refused:
         postmark.bounces.activate(2**60)
     assert refused.value.error_code == 1001
+
+
+@pytest.mark.parametrize(
+    "bounce_id",
+    [
+        "%C2%B2",  # "²": a digit to Python's str.isdigit, not to int()
+        "9" * 5000,  # past int()'s limit on digits
+    ],
+)
+def test_a_bounce_id_that_is_not_an_id_is_not_found_like_any_unknown_one(
+    live_sandbox: LiveSandbox, bounce_id: str
+) -> None:
+    headers = {"X-Postmark-Server-Token": SERVER_TOKEN, "Accept": "application/json"}
+
+    got = live_sandbox.api("GET", f"/bounces/{bounce_id}", headers=headers)
+    activated = live_sandbox.api("PUT", f"/bounces/{bounce_id}/activate", headers=headers)
+
+    for answer in (got, activated):
+        assert answer.status_code == 422
+        assert answer.json() == {"ErrorCode": 1001, "Message": "Bounce was not found."}
+
+
+def test_its_own_api_refuses_a_body_that_is_not_json_with_415(live_sandbox: LiveSandbox) -> None:
+    body = json.dumps({"error_rate": 1.0})
+
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        answer = live_sandbox.api("PUT", "/api/faults", content=body, headers=headers)
+        assert answer.status_code == 415
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["type"].endswith("unsupported-media-type")
+
+    assert live_sandbox.api("GET", "/api/faults").json()["error_rate"] == 0.0
+    document = live_sandbox.api("GET", "/openapi.json").json()
+    assert "415" in document["paths"]["/api/faults"]["put"]["responses"]
+    assert "unsupported-media-type" in document["components"]["schemas"]["Problem"]["description"]
+    as_json = {"Content-Type": "application/json; charset=utf-8"}
+    accepted = live_sandbox.api("PUT", "/api/faults", content=body, headers=as_json)
+    assert (accepted.status_code, accepted.json()["error_rate"]) == (200, 1.0)
+
+
+def test_it_answers_only_to_the_host_names_it_is_given(
+    live_sandbox: LiveSandbox, postmark: PostmarkClient
+) -> None:
+    to = address("named")
+    sent = postmark.emails.send(**message(to))
+    port = live_sandbox.url.rsplit(":", 1)[1]
+
+    def inbox_as(host: str) -> httpx.Response:
+        return live_sandbox.api("GET", "/api/messages", params={"to": to}, headers={"Host": host})
+
+    named = inbox_as(f"sandbox:{port}")
+    assert named.status_code == 200
+    assert [found["MessageID"] for found in named.json()] == [sent["MessageID"]]
+    # SANDBOX_ALLOWED_HOSTS replaces the loopback names it defaults to.
+    for host in (f"localhost:{port}", f"evil.test:{port}", "sandbox.evil.test"):
+        refused = inbox_as(host)
+        assert refused.status_code == 400, host
+        assert sent["MessageID"] not in refused.text
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

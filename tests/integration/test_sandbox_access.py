@@ -21,7 +21,7 @@ async def client_for(env: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(SandboxSettings(app_env=env, postmark_server_token=SecretStr(TOKEN)))
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             yield client
 
 

@@ -281,3 +281,72 @@ def test_every_page_shows_a_subject_with_markup_as_text(
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in pages[2].text  # the HTML part's source
     # What is typed in the search box comes back escaped in its value.
     assert 'value="&lt;script&gt;alert(1)&lt;/script&gt;' in pages[0].text
+
+
+@pytest.mark.parametrize("unknown", ["too", "metadata_", "unknown"])
+def test_an_unknown_search_parameter_is_refused_not_ignored(
+    inbox: httpx.Client, postmark: PostmarkClient, unknown: str
+) -> None:
+    send(postmark, address("typo"))  # what an ignored parameter would list
+
+    answer = inbox.get("/api/messages", params={unknown: "x", "q": "typo"})
+    page = inbox.get("/", params={unknown: "x"})
+
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.json()["errors"] == [
+        {"loc": ["query", unknown], "msg": "Unknown query parameter", "type": "extra_forbidden"}
+    ]
+    assert page.status_code == 422
+    assert f"Unknown search parameter: <code>{unknown}</code>" in page.text
+    assert 'href="/messages/' not in page.text
+
+
+def test_every_search_parameter_folds_case_alike(
+    inbox: httpx.Client, postmark: PostmarkClient
+) -> None:
+    word = unique("fold")
+    to = f"Straße.{word}@Example.com"
+    sent = send(postmark, to, Subject=f"Grüße aus İstanbul {word}", Tag=f"Straße-{word}")
+
+    # ß folds to ss and İ to i wherever text is compared: a whole address, the subject, the
+    # tag, and the search box.
+    assert listed(inbox, to=f"strasse.{word}@example.com") == [sent]
+    assert listed(inbox, subject=f"GRÜSSE AUS ISTANBUL {word}") == [sent]
+    assert listed(inbox, tag=f"STRASSE-{word}") == [sent]
+    assert listed(inbox, q=f"istanbul {word}") == [sent]
+    assert listed(inbox, q=f"strasse.{word}") == [sent]
+
+
+def test_a_page_served_under_another_host_name_cannot_read_or_delete(
+    inbox: httpx.Client, postmark: PostmarkClient, sandbox: Sandbox
+) -> None:
+    # DNS rebinding: a page of evil.test, whose name now points at 127.0.0.1, is same-origin
+    # with the inbox as far as the browser knows; only the Host header tells.
+    to = address("rebinding")
+    message_id = send(postmark, to, Subject="Verify your address")
+    port = sandbox.url.rsplit(":", 1)[1]
+    evil = {"Host": f"evil.test:{port}", "Origin": f"http://evil.test:{port}"}
+
+    answers = [
+        inbox.get("/api/messages", headers=evil),
+        inbox.get(f"/api/messages/{message_id}", headers=evil),
+        inbox.get(f"/api/messages/{message_id}/raw", headers=evil),
+        inbox.get("/", headers=evil),
+        inbox.get(f"/messages/{message_id}", headers=evil),
+        inbox.post(f"/messages/{message_id}/delete", headers=evil),
+        inbox.post("/clear", headers=evil),
+        inbox.delete(f"/api/messages/{message_id}", headers=evil),
+        inbox.delete("/api/messages", headers=evil),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 400
+        assert message_id not in answer.text
+        assert "Verify" not in answer.text
+    assert listed(inbox, to=to) == [message_id]
+    # The loopback names, with the port, are the inbox's own.
+    for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1", "LOCALHOST"):
+        answer = inbox.get("/api/messages", params={"to": to}, headers={"Host": host})
+        assert answer.status_code == 200, host
+        assert [message["MessageID"] for message in answer.json()] == [message_id]

@@ -12,9 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from sandbox.settings import SandboxSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = (
@@ -201,6 +204,23 @@ def test_the_sandbox_and_its_inbox_are_published_on_loopback_only(
     assert all(port.startswith("127.0.0.1:") for port in ports), ports
     # Outside development the sandbox's pages and capture API need its token.
     assert sandbox["environment"]["APP_ENV"] == "production"
+
+
+def test_the_sandbox_answers_to_the_names_it_is_reached_by_and_no_other(
+    config: dict[str, Any],
+) -> None:
+    services = config["services"]
+    sandbox = services["sandbox"]
+    allowed = SandboxSettings(
+        sandbox_allowed_hosts=sandbox["environment"]["SANDBOX_ALLOWED_HOSTS"]
+    ).sandbox_allowed_hosts
+    notifier_url = services["notifier"]["environment"]["POSTMARK_API_URL"]
+    health_url = re.search(r"http://[^'\"]+", " ".join(sandbox["healthcheck"]["test"]))
+    assert health_url
+    # The notifier (POSTMARK_API_URL), the health check and a browser on the published port.
+    reached_as = {urlsplit(notifier_url).hostname, urlsplit(health_url[0]).hostname, "localhost"}
+    assert reached_as <= set(allowed), allowed
+    assert "*" not in allowed
 
 
 def test_the_compose_kafka_is_the_version_the_tests_run() -> None:
