@@ -27,7 +27,9 @@ class BodySizeLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+                # A length longer than 20 digits is past any body (and int() refuses
+                # thousands of digits): refused before it is parsed.
+                if not value.isdigit() or len(value) > 20 or int(value) > self.max_bytes:
                     await self._refuse(scope, receive, send)
                 else:
                     await self.app(scope, receive, send)
