@@ -241,7 +241,7 @@ def http_server(
 async def _reset_tables(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE users, outbox, idempotency_keys")
+        await conn.execute("TRUNCATE users, outbox, idempotency_keys, verification_requests")
         # Start every measurement right after a checkpoint, so full-page writes and
         # checkpoint I/O fall alike on every phase. Needs superuser; skip it otherwise.
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
