@@ -286,7 +286,11 @@ class Consumer:
                 await asyncio.wait_for(self._stopping.wait(), wait)
             more = await consumer.getmany(timeout_ms=0, max_records=size - count)
             for tp, records in more.items():
-                batches.setdefault(tp, []).extend(records)
+                have = batches.setdefault(tp, [])
+                # Only what follows: a partition taken away and given back in the wait is
+                # read again from its committed offset, and a record twice in one batch
+                # would be planned twice.
+                have.extend(r for r in records if not have or r.offset > have[-1].offset)
         return batches, time.monotonic()
 
     async def _process(self, records: Sequence[Record]) -> None:
