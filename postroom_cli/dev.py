@@ -327,21 +327,33 @@ def _run_dev() -> int:
         lock.close()
 
 
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    """A port setting, or ValueError naming it (before anything starts)."""
+    value = env.get(name, str(default)).strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536):
+        raise ValueError(f"{name} must be a port number (1-65535), got {value[:20]!r}")
+    return int(value)
+
+
 def _run_stack() -> int:
     env = dict(os.environ)
     defaults: dict[str, str] = {"APP_ENV": "development"}
     postgres: EmbeddedPostgres | None = None
     broker: Broker | None = None
     children: dict[str, Child] = {}
-    pg_port = int(env.get("POSTROOM_DEV_PG_PORT", DEV_PG_PORT))
-    wanted = [
-        (int(env.get("API_PORT", API_PORT)), "api", "API_PORT"),
-        (int(env.get("RELAY_METRICS_PORT", RELAY_METRICS_PORT)), "relay", "RELAY_METRICS_PORT"),
-        (int(env.get("NOTIFIER_PORT", NOTIFIER_PORT)), "notifier", "NOTIFIER_PORT"),
-        (int(env.get("SANDBOX_PORT", SANDBOX_PORT)), "sandbox", "SANDBOX_PORT"),
-    ]
+    try:
+        pg_port = _port(env, "POSTROOM_DEV_PG_PORT", DEV_PG_PORT)
+        wanted = [
+            (_port(env, "API_PORT", API_PORT), "api", "API_PORT"),
+            (_port(env, "RELAY_METRICS_PORT", RELAY_METRICS_PORT), "relay", "RELAY_METRICS_PORT"),
+            (_port(env, "NOTIFIER_PORT", NOTIFIER_PORT), "notifier", "NOTIFIER_PORT"),
+            (_port(env, "SANDBOX_PORT", SANDBOX_PORT), "sandbox", "SANDBOX_PORT"),
+        ]
+        kafka_port = _port(env, "POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT)
+    except ValueError as exc:
+        print(f"postroom dev: configuration error: {exc}", file=sys.stderr)
+        return 2
     if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-        kafka_port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
         wanted.append((kafka_port, "embedded broker", "POSTROOM_DEV_KAFKA_PORT"))
     if "DATABASE_URL" not in env:
         postgres = EmbeddedPostgres(STATE_DIR / "pg", port=pg_port)
@@ -362,7 +374,7 @@ def _run_stack() -> int:
             defaults["DATABASE_URL"] = postgres.url("postroom")
             servers.append(_watched_postgres(postgres))
         if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-            port = int(env.get("POSTROOM_DEV_KAFKA_PORT", DEV_KAFKA_PORT))
+            port = kafka_port
             if broker_kind("POSTROOM_DEV_BROKER") == "kafka":
                 broker = KafkaBroker(
                     port=port, data_dir=STATE_DIR / "kafka", log_path=STATE_DIR / "broker.log"

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from postroom_cli.embedded import EmbeddedPostgres, free_port
 from tests.support.dev import DevStack, alive, clean_env, dev_ports, left_running
 
@@ -63,6 +65,29 @@ def test_a_taken_port_is_named_with_the_setting_that_moves_it(tmp_path: Path) ->
     assert f"(pid {os.getpid()})" in lines[0]  # this test holds it
     assert lines[0].endswith("set API_PORT to use another")
     assert "starting embedded PostgreSQL" not in done.stdout  # nothing was started
+
+
+@pytest.mark.parametrize("value", ["abc", "70000", "0", "²", "9" * 5000])
+def test_a_port_setting_that_is_not_a_port_is_one_line_before_anything_starts(
+    tmp_path: Path, value: str
+) -> None:
+    env = clean_env() | {name: str(port) for name, port in dev_ports().items()}
+    env["POSTROOM_DEV_PG_PORT"] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "postroom_cli", "dev"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(
+        "postroom dev: configuration error: POSTROOM_DEV_PG_PORT must be a port number"
+    )
+    assert "starting" not in done.stdout
 
 
 def test_ctrl_c_at_any_moment_of_the_start_ends_quietly_and_leaves_nothing_running(
