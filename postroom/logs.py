@@ -20,6 +20,20 @@ from postroom.tracing import add_trace_ids
 _QUIET = ("aiokafka", "kafka", "uvicorn.error", "httpx")
 
 
+class _StartingBroker(logging.Filter):
+    """aiokafka logs ERROR when a broker that has just started has no group coordinator
+    yet, and then simply asks again: a warning, which is what it is (a newcomer's first
+    `make dev` showed an "error" otherwise). A coordinator that stays away still says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and "GroupCoordinatorNotAvailable" in record.getMessage()
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _service(name: str) -> structlog.types.Processor:
     def add_service(
         _: Any, __: str, event_dict: MutableMapping[str, Any]
@@ -87,6 +101,9 @@ def configure_logging(
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if not any(isinstance(f, _StartingBroker) for f in coordinator.filters):
+        coordinator.addFilter(_StartingBroker())
     logging.captureWarnings(True)
 
     # structlog's own loggers print straight to the stream: no trip through `logging`.
