@@ -1,10 +1,10 @@
 """`python -m postroom_cli`: the `postroom` command."""
 
+import os
 import signal
-import sys
 
 # As at the top of main.py, and sooner: a Ctrl-C while the command loads ends it quietly.
-signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
+signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(130))  # see main.py
 
 from postroom_cli.main import main  # noqa: E402
 

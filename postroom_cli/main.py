@@ -4,12 +4,16 @@ This package sits on top: it is the only one that imports every process."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _interrupted_while_loading(_signum: int, _frame: object) -> None:
-    raise SystemExit(130)
+    # Nothing has started yet, so nothing to clean up; and an exception raised here could
+    # land where Python ignores it (an import lock's weakref callback), and the stack would
+    # then start regardless.
+    os._exit(130)
 
 
 # Loading the command takes a moment (pydantic, SQLAlchemy): a Ctrl-C then ends it quietly

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaConnectionError
 
 from postroom.logs import configure_logging
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """configure_logging sets the process's root handler to this test's captured stream;
+    the tests after it must not write to that stream once it is closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    structlog_config = structlog.get_config()
+    yield
+    root.handlers, root.level = handlers, level
+    structlog.configure(**structlog_config)
 
 
 def logged(capsys: pytest.CaptureFixture[str], error: Exception) -> str:
