@@ -51,6 +51,18 @@ class _NamedPrintLogger(structlog.PrintLogger):
     def __init__(self, file: TextIO, name: str) -> None:
         super().__init__(file)
         self.name = name
+        self._stream = file
+
+    def msg(self, message: str) -> None:
+        # One write per line, newline included: print() writes the two apart, and with
+        # several processes on one stream (API_WORKERS, unbuffered in the image) another's
+        # line could land between them, joining two JSON lines into one.
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 class _NamedPrintLoggerFactory:
