@@ -138,6 +138,16 @@ class _KafkaComplaints(logging.Handler):
         self.last = next((a for a in args if isinstance(a, BaseException)), self.last)
 
 
+def _database_down(verb: str, settings: CommonSettings, exc: BaseException) -> typer.Exit:
+    """Say in one line that the database does not answer; the exit (3) to raise."""
+    url = make_url(settings.sqlalchemy_url)
+    typer.echo(
+        f"postroom {verb}: the database at {url.host}:{url.port} does not answer ({_reason(exc)})",
+        err=True,
+    )
+    return typer.Exit(code=UNREACHABLE)
+
+
 def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T:
     """Run an operator verb's work; a database or broker that does not answer is one line
     on stderr and exit code 3, not a traceback or the client's own logging."""
@@ -161,13 +171,7 @@ def _run(verb: str, work: Coroutine[Any, Any, T], settings: CommonSettings) -> T
     except Exception as exc:
         if not is_unavailable(exc):
             raise
-        url = make_url(settings.sqlalchemy_url)
-        typer.echo(
-            f"postroom {verb}: the database at {url.host}:{url.port} does not answer "
-            f"({_reason(exc)})",
-            err=True,
-        )
-        raise typer.Exit(code=UNREACHABLE) from None
+        raise _database_down(verb, settings, exc) from None
     finally:
         kafka_log.removeHandler(complaints)
         kafka_log.propagate = True
@@ -248,13 +252,7 @@ def migrate(
     except Exception as exc:
         if not is_unavailable(exc):
             raise
-        url = make_url(settings.sqlalchemy_url)
-        typer.echo(
-            f"postroom migrate: the database at {url.host}:{url.port} does not answer "
-            f"({_reason(exc)})",
-            err=True,
-        )
-        raise typer.Exit(code=UNREACHABLE) from None
+        raise _database_down("migrate", settings, exc) from None
     typer.echo(f"database migrated to {revision}")
 
 
